@@ -1,0 +1,170 @@
+"""The EM driver: n_init starts × max_iter iterations, one data pass (one ``compute``) each.
+
+Per iteration the workers run the fused E-step + statistics per chunk and a
+fixed-order tree reduction brings one small dict to the driver, which does the
+M-step in numpy. Mirrors scikit-learn's ``BaseMixture.fit_predict``: the lower
+bound of iteration *i* is the mean log-likelihood of the parameters *before*
+that iteration's M-step; the start with the largest final lower bound wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import dask
+import numpy as np
+from dask.base import tokenize
+from sklearn.exceptions import ConvergenceWarning
+
+from daskgmm._gaussian import EStepParams, compute_precision_cholesky, covariances_from_precisions, m_step
+from daskgmm._suffstats import chunk_stats, map_reduce, shared
+
+logger = logging.getLogger("daskgmm")
+
+CONVERGENCE_MESSAGE = (
+    "Best performing initialization did not converge. "
+    "Try different init parameters, or increase max_iter, "
+    "tol, or check for degenerate data."
+)
+
+
+@dataclass
+class Params:
+    """One set of mixture parameters (float64)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray | None
+    precisions_cholesky: np.ndarray
+
+
+@dataclass
+class EMState:
+    """Where one EM start stands; everything needed to continue it."""
+
+    params: Params
+    n_iter: int = 0
+    lower_bound: float = -np.inf
+    lower_bounds: list = field(default_factory=list)
+    converged: bool = False
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class EMConfig:
+    covariance_type: str
+    tol: float
+    reg_covar: float
+    max_iter: int
+    split_every: int = 16
+    verbose: int = 0
+    verbose_interval: int = 10
+
+
+def statistics_pass(blocks, weight_blocks, p: EStepParams, token: str, split_every: int) -> dict:
+    """One pass over the data: the reduced sufficient statistics for parameters ``p``."""
+    ps = shared(p, name=f"gmm-params-{token}")
+    if weight_blocks is None:
+        args = [(b, ps) for b in blocks]
+    else:
+        args = [(b, ps, w) for b, w in zip(blocks, weight_blocks)]
+    graph = map_reduce(chunk_stats, args, f"gmm-em-stats-{token}", split_every)
+    (stats,) = dask.compute(graph)
+    return stats
+
+
+def em_step(state: EMState, blocks, weight_blocks, cfg: EMConfig, dtype, data_token: str) -> dict:
+    """One EM iteration in place on ``state``; returns the iteration's history record."""
+    t0 = time.perf_counter()
+    prm = state.params
+    p = EStepParams(prm.weights, prm.means, prm.precisions_cholesky, cfg.covariance_type, dtype)
+    token = tokenize(data_token, prm.weights, prm.means, prm.precisions_cholesky, cfg.covariance_type)
+    stats = statistics_pass(blocks, weight_blocks, p, token, cfg.split_every)
+    lower_bound = stats["loglik"] / stats["n"]
+    nk, means, covariances = m_step(stats, p.stat_centers, cfg.reg_covar, cfg.covariance_type, dtype)
+    weights = nk / nk.sum()
+    prec_chol = compute_precision_cholesky(covariances, cfg.covariance_type)
+    state.params = Params(weights, means, covariances, prec_chol)
+    change = lower_bound - state.lower_bound
+    state.n_iter += 1
+    state.lower_bound = float(lower_bound)
+    state.lower_bounds.append(float(lower_bound))
+    record = {
+        "iteration": state.n_iter,
+        "lower_bound": float(lower_bound),
+        "change": float(change),
+        "seconds": time.perf_counter() - t0,
+    }
+    state.history.append(record)
+    if abs(change) < cfg.tol:
+        state.converged = True
+    return record
+
+
+def run_em(state: EMState, blocks, weight_blocks, cfg: EMConfig, dtype, data_token: str, callback=None) -> EMState:
+    """Iterate until convergence or ``max_iter`` iterations of this start."""
+    start_iter = state.n_iter
+    t_init = time.perf_counter()
+    while state.n_iter - start_iter < cfg.max_iter:
+        record = em_step(state, blocks, weight_blocks, cfg, dtype, data_token)
+        _verbose_iter(cfg, state.n_iter - start_iter, record)
+        logger.info(
+            "iteration %d: lower bound %.6f (change %.3g, %.3fs)",
+            record["iteration"],
+            record["lower_bound"],
+            record["change"],
+            record["seconds"],
+        )
+        if callback is not None:
+            callback(state, record)
+        if state.converged:
+            break
+    _verbose_init_end(cfg, state, time.perf_counter() - t_init)
+    return state
+
+
+def _verbose_iter(cfg: EMConfig, n_iter: int, record: dict) -> None:
+    # scikit-learn's verbose output (the documented behaviour of ``verbose``)
+    if cfg.verbose and n_iter % cfg.verbose_interval == 0:
+        if cfg.verbose == 1:
+            print(f"  Iteration {n_iter}")
+        else:
+            print(f"  Iteration {n_iter}\t time lapse {record['seconds']:.5f}s\t ll change {record['change']:.5f}")
+
+
+def _verbose_init_end(cfg: EMConfig, state: EMState, seconds: float) -> None:
+    if cfg.verbose:
+        msg = "converged" if state.converged else "did not converge"
+        if cfg.verbose == 1:
+            print(f"Initialization {msg}.")
+        else:
+            print(f"Initialization {msg}. time lapse {seconds:.5f}s\t lower bound {state.lower_bound:.5f}.")
+
+
+def warn_not_converged() -> None:
+    warnings.warn(CONVERGENCE_MESSAGE, ConvergenceWarning, stacklevel=3)
+
+
+def complete_params(params: Params, covariance_type: str) -> Params:
+    """Fill in covariances when only precisions were given (``max_iter=0`` with precisions_init)."""
+    if params.covariances is None:
+        from daskgmm._gaussian import precisions_from_cholesky
+
+        prec = precisions_from_cholesky(params.precisions_cholesky, covariance_type)
+        params.covariances = covariances_from_precisions(prec, covariance_type)
+    return params
+
+
+__all__ = [
+    "EMConfig",
+    "EMState",
+    "Params",
+    "em_step",
+    "run_em",
+    "statistics_pass",
+    "warn_not_converged",
+    "complete_params",
+]

@@ -1,0 +1,182 @@
+"""Initialisation strategies that never pull the dataset onto the driver.
+
+``kmeans``
+    scikit-learn's ``KMeans(n_init=1)`` (Lloyd) on a seeded uniform sample of at most
+    ``init_sample_size`` rows, then **one pass over all the data** that assigns every row
+    to its nearest centre and accumulates the statistics of those hard labels, giving
+    the initial weights, means and covariances exactly as scikit-learn builds them from
+    its one-hot responsibilities. Why a sample and not k-means||: the centres only seed
+    EM, a 100k-row sample places them within sampling error of the full-data k-means,
+    and it costs one gather instead of several passes. When the data has no more rows
+    than ``init_sample_size`` the sample *is* the data and the random stream is used in
+    the same order as scikit-learn, so the result equals scikit-learn's for the same
+    ``random_state``.
+``k-means++``
+    scikit-learn's ``kmeans_plusplus`` on the same bounded sample; each component starts
+    from one chosen row (as in scikit-learn: weight 1/n, that row as mean, ``reg_covar``
+    as covariance).
+``random_from_data``
+    ``K`` distinct rows drawn uniformly from all rows and gathered by index.
+``random``
+    uniform random responsibilities normalised per row, generated chunk by chunk
+    (lazily, aligned with the data's chunks) and turned into statistics in one pass;
+    for in-memory numpy input the stream is scikit-learn's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dask
+import dask.array as da
+import numpy as np
+
+from daskgmm._gaussian import EStepParams, compute_precision_cholesky, m_step
+from daskgmm._suffstats import (
+    chunk_stats_given_resp,
+    chunk_stats_nearest,
+    map_reduce,
+    shared,
+)
+
+logger = logging.getLogger("daskgmm")
+
+#: default bound on the rows k-means / k-means++ see
+DEFAULT_INIT_SAMPLE_SIZE = 100_000
+
+
+def sample_rows(X: da.Array, n_samples: int, size: int, random_state: np.random.RandomState) -> np.ndarray:
+    """A seeded uniform sample of at most ``size`` rows (all rows, in order, if n <= size)."""
+    if n_samples <= size:
+        return np.asarray(X.compute())
+    idx = np.sort(random_state.choice(n_samples, size=size, replace=False))
+    return np.asarray(X[idx].compute())
+
+
+def gather_rows(X: da.Array, indices: np.ndarray) -> np.ndarray:
+    """Gather the given rows (in the given order) without materialising the array."""
+    indices = np.asarray(indices)
+    order = np.argsort(indices)
+    rows = np.asarray(X[indices[order]].compute())
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
+
+
+def _params_from_stats(stats, p, n_samples, reg_covar, covariance_type, dtype):
+    nk, means, covariances = m_step(stats, p.stat_centers, reg_covar, covariance_type, dtype)
+    weights = nk / n_samples
+    return weights, means, covariances
+
+
+def _stats_params(means_guess: np.ndarray, covariance_type: str, dtype) -> EStepParams:
+    """E-step parameters only used for their centres (statistics about ``means_guess``)."""
+    k, d = means_guess.shape
+    prec_chol = {
+        "full": np.broadcast_to(np.eye(d), (k, d, d)),
+        "tied": np.eye(d),
+        "diag": np.ones((k, d)),
+        "spherical": np.ones(k),
+    }[covariance_type]
+    return EStepParams(np.full(k, 1.0 / k), means_guess, prec_chol, covariance_type, dtype)
+
+
+def _one_row_params(rows, n_samples, reg_covar, covariance_type, dtype, X=None, sample_weight=None):
+    """Parameters when each component's responsibility is one data row (scikit-learn's way).
+
+    For ``tied``, scikit-learn's estimate uses ``X.T @ X`` over *all* rows whatever the
+    responsibilities, so the same second moment is accumulated here in one lazy pass.
+    """
+    k, d = rows.shape
+    if covariance_type == "tied":
+        # about the origin, as scikit-learn (this estimate is not translation invariant)
+        c = np.zeros(d)
+        Xc = X
+        if sample_weight is not None:
+            S = (Xc * sample_weight[:, None]).T @ Xc
+        else:
+            S = Xc.T @ Xc
+        stats = {"nk": np.ones(k), "u": rows - c, "s2": np.asarray(S.compute(), dtype=np.float64)}
+        centers = np.broadcast_to(c, rows.shape)
+    else:
+        s2 = np.zeros((k, d, d)) if covariance_type == "full" else np.zeros((k, d))
+        stats = {"nk": np.ones(k), "u": np.zeros((k, d)), "s2": s2}
+        centers = rows
+    nk, means, covariances = m_step(stats, centers, reg_covar, covariance_type, dtype)
+    return nk / n_samples, means, covariances
+
+
+def initialize(
+    X: da.Array,
+    *,
+    n_samples: int,
+    n_components: int,
+    covariance_type: str,
+    init_params: str,
+    reg_covar: float,
+    random_state: np.random.RandomState,
+    init_sample_size: int = DEFAULT_INIT_SAMPLE_SIZE,
+    in_memory: bool = False,
+    sample_weight: da.Array | None = None,
+    split_every: int = 16,
+    token: str = "",
+):
+    """Return initial ``(weights, means, covariances)`` (float64) for one EM start."""
+    dtype = X.dtype
+    blocks = X.to_delayed(optimize_graph=False).ravel()
+    wblocks = sample_weight.to_delayed(optimize_graph=False).ravel() if sample_weight is not None else None
+    total = float(sample_weight.sum().compute()) if sample_weight is not None else n_samples
+
+    if init_params in ("kmeans", "k-means++"):
+        from sklearn.cluster import KMeans, kmeans_plusplus
+
+        sample = sample_rows(X, n_samples, init_sample_size, random_state)
+        if init_params == "k-means++":
+            _, indices = kmeans_plusplus(sample, n_components, random_state=random_state)
+            rows = sample[indices].astype(np.float64)
+            return _one_row_params(rows, total, reg_covar, covariance_type, dtype, X, sample_weight)
+        km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state).fit(sample)
+        centers = km.cluster_centers_.astype(np.float64)
+        p = _stats_params(centers, covariance_type, dtype)
+        args = [
+            (b, shared(centers), shared(p)) + ((wblocks[i],) if wblocks is not None else ())
+            for i, b in enumerate(blocks)
+        ]
+        stats = dask.compute(map_reduce(chunk_stats_nearest, args, f"gmm-init-{token}", split_every))[0]
+        logger.debug("k-means init on %d sampled rows; one pass for initial statistics", len(sample))
+        return _params_from_stats(stats, p, total, reg_covar, covariance_type, dtype)
+
+    if init_params == "random_from_data":
+        indices = random_state.choice(n_samples, size=n_components, replace=False)
+        rows = gather_rows(X, indices).astype(np.float64)
+        return _one_row_params(rows, total, reg_covar, covariance_type, dtype, X, sample_weight)
+
+    if init_params == "random":
+        if in_memory:
+            # scikit-learn's stream: one (n, K) uniform draw from the shared RandomState
+            resp = random_state.uniform(size=(n_samples, n_components))
+            resp /= resp.sum(axis=1)[:, np.newaxis]
+            R = da.from_array(resp, chunks=(X.chunks[0], n_components))
+        else:
+            seed = int(random_state.randint(np.iinfo(np.int32).max))
+            R = da.random.RandomState(seed).uniform(size=(n_samples, n_components), chunks=(X.chunks[0], n_components))
+            R = R / R.sum(axis=1, keepdims=True)
+        rblocks = R.to_delayed(optimize_graph=False).ravel()
+        means_guess = np.zeros((n_components, X.shape[1]))
+        # centre the statistics on a cheap guess of the data mean: the mean of a few rows
+        guess = gather_rows(X, np.linspace(0, n_samples - 1, min(n_samples, 64)).astype(int)).mean(axis=0)
+        p = _stats_params(np.broadcast_to(guess, means_guess.shape).copy(), covariance_type, dtype)
+        args = [
+            (b, rblocks[i], shared(p)) + ((wblocks[i],) if wblocks is not None else ())
+            for i, b in enumerate(blocks)
+        ]
+        stats = dask.compute(map_reduce(chunk_stats_given_resp, args, f"gmm-init-{token}", split_every))[0]
+        return _params_from_stats(stats, p, total, reg_covar, covariance_type, dtype)
+
+    raise ValueError(
+        f"init_params must be one of 'kmeans', 'k-means++', 'random', 'random_from_data'; got {init_params!r}."
+    )
+
+
+def initial_precision_cholesky(covariances, covariance_type):
+    return compute_precision_cholesky(covariances, covariance_type)

@@ -1,0 +1,285 @@
+"""Parameter checks and input coercion at the boundary.
+
+Every input becomes one 2-D dask array of float32/float64 with the feature axis
+in a single chunk. Metadata checks (ndim, dtype, sizes) are eager; value checks
+(NaN, inf) ride along the first pass over the data (see ``_suffstats``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+#: default size of one chunk when daskgmm chunks an in-memory array (bytes)
+DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+
+@dataclass
+class Input:
+    """Normalised input: a dask array plus what is needed to shape outputs like the input."""
+
+    data: da.Array
+    kind: str  # "numpy" | "dask" | "zarr" | "xarray"
+    n_samples: int
+    n_features: int
+    sample_dim: str | None = None
+    sample_coords: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # path of a Zarr store, when known
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+
+def _float_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+
+
+def check_dtype(dtype: np.dtype, what: str = "X") -> np.dtype:
+    """Return the compute dtype for input ``dtype``, or raise a clear error."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {what} has dtype {dtype}. Pass real-valued features.")
+    if dtype.kind not in "biuf":
+        raise ValueError(
+            f"{what} has dtype {dtype}, which is not numeric: GaussianMixture needs numbers. "
+            f"Convert it first, for example with X.astype('float64')."
+        )
+    return _float_dtype(dtype)
+
+
+def check_shape(shape: tuple, what: str = "X") -> None:
+    if len(shape) != 2:
+        raise ValueError(
+            f"Expected 2D array, got {len(shape)}D array instead (shape={shape}). {what} must have "
+            "shape (n_samples, n_features): reshape with X.reshape(-1, 1) for a single feature, "
+            "or X.reshape(1, -1) for a single sample."
+        )
+    n, d = shape
+    if d is not None and not (isinstance(d, float) and math.isnan(d)) and d < 1:
+        raise ValueError(f"Found array with 0 feature(s) (shape={shape}) while a minimum of 1 is required.")
+
+
+def check_min_samples(n_samples: int, shape: tuple, minimum: int = 2) -> None:
+    if n_samples < minimum:
+        raise ValueError(
+            f"Found array with {n_samples} sample(s) (shape={shape}) while a minimum of "
+            f"{minimum} is required."
+        )
+
+
+def default_row_chunk(n_samples: int, n_features: int, itemsize: int) -> int:
+    """Rows per chunk for in-memory input: about ``DEFAULT_CHUNK_BYTES`` per chunk,
+    but at least a few chunks per core for large arrays so all cores work."""
+    rows = max(1, DEFAULT_CHUNK_BYTES // max(1, n_features * itemsize))
+    ncores = os.cpu_count() or 1
+    min_rows = 20_000
+    if n_samples > 2 * ncores * min_rows:
+        rows = min(rows, max(min_rows, -(-n_samples // (2 * ncores))))
+    return int(min(rows, max(n_samples, 1)))
+
+
+def _open_zarr_path(path: str | os.PathLike):
+    import zarr
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"No Zarr array at {path!r}: the path does not exist. Check the path "
+            "(for an array inside a group, give 'store.zarr/array_name')."
+        )
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as e:  # zarr raises several types for "not a store"
+        raise ValueError(f"{path!r} is not a Zarr array or group ({e}).") from e
+    if isinstance(node, zarr.Group):
+        names = sorted(name for name, _ in node.arrays())
+        raise ValueError(
+            f"{path!r} is a Zarr group, not an array. Pass one of its arrays, e.g. "
+            f"'{path}/{names[0] if names else 'NAME'}' (arrays in it: {names})."
+        )
+    return node
+
+
+def _is_xarray(X) -> bool:
+    try:
+        import xarray as xr
+    except ImportError:  # pragma: no cover - xarray is a dependency
+        return False
+    return isinstance(X, xr.DataArray)
+
+
+def _is_zarr_array(X) -> bool:
+    try:
+        import zarr
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(X, zarr.Array)
+
+
+def to_dask(
+    X,
+    *,
+    chunk_rows: int | None = None,
+    estimator=None,
+    reset: bool = True,
+    min_samples: int = 2,
+) -> Input:
+    """Normalise ``X`` (numpy, list, DataFrame, dask, zarr, path, xarray) to :class:`Input`.
+
+    ``estimator`` and ``reset`` are passed to scikit-learn's ``validate_data`` for
+    in-memory input, which records/checks ``n_features_in_`` and feature names.
+    """
+    source = None
+    sample_dim = None
+    sample_coords: dict[str, Any] = {}
+    if isinstance(X, (str, os.PathLike)):
+        source = os.fspath(X)
+        X = _open_zarr_path(X)
+
+    if _is_zarr_array(X):
+        check_shape(X.shape)
+        check_dtype(X.dtype)
+        arr = da.from_zarr(X)
+        kind = "zarr"
+        if source is None:
+            try:
+                source = str(X.store_path)
+            except Exception:  # pragma: no cover
+                source = None
+    elif _is_xarray(X):
+        if X.ndim != 2:
+            check_shape(X.shape)
+        sample_dim = X.dims[0]
+        sample_coords = {
+            name: c for name, c in X.coords.items() if c.dims == (sample_dim,)
+        }
+        data = X.data
+        arr = data if isinstance(data, da.Array) else _chunk_in_memory(np.asarray(data), chunk_rows)
+        kind = "xarray"
+    elif isinstance(X, da.Array):
+        arr = X
+        kind = "dask"
+    else:
+        Xn = _validate_in_memory(X, estimator, reset, min_samples)
+        arr = _chunk_in_memory(Xn, chunk_rows)
+        kind = "numpy"
+
+    check_shape(arr.shape)
+    dtype = check_dtype(arr.dtype)
+    if arr.dtype != dtype:
+        arr = arr.astype(dtype)
+    if chunk_rows is not None and kind != "numpy":
+        arr = arr.rechunk({0: chunk_rows})
+    if len(arr.chunks[1]) != 1:
+        arr = arr.rechunk({1: -1})
+    if any(math.isnan(c) for c in arr.chunks[0]):
+        # unknown chunk sizes (e.g. after boolean indexing): one pass to learn them
+        arr = arr.compute_chunk_sizes()
+    n_samples, n_features = (int(s) for s in arr.shape)
+    if n_features < 1:
+        check_shape((n_samples, 0))
+    if kind != "numpy":
+        check_min_samples(n_samples, (n_samples, n_features), min_samples)
+        if estimator is not None:
+            check_n_features(estimator, n_features, reset)
+    return Input(
+        data=arr,
+        kind=kind,
+        n_samples=n_samples,
+        n_features=n_features,
+        sample_dim=sample_dim,
+        sample_coords=sample_coords,
+        source=source,
+    )
+
+
+def _validate_in_memory(X, estimator, reset: bool, min_samples: int) -> np.ndarray:
+    from sklearn.utils.validation import check_array, validate_data
+
+    kwargs = dict(dtype=[np.float64, np.float32], ensure_min_samples=min_samples, ensure_all_finite=False)
+    if estimator is not None:
+        return validate_data(estimator, X, reset=reset, **kwargs)
+    return check_array(X, **kwargs)
+
+
+def _chunk_in_memory(X: np.ndarray, chunk_rows: int | None) -> da.Array:
+    n, d = X.shape
+    rows = chunk_rows or default_row_chunk(n, d, X.dtype.itemsize)
+    return da.from_array(X, chunks=(rows, d))
+
+
+def check_n_features(estimator, n_features: int, reset: bool) -> None:
+    if reset:
+        estimator.n_features_in_ = n_features
+        return
+    expected = getattr(estimator, "n_features_in_", None)
+    if expected is not None and n_features != expected:
+        raise ValueError(
+            f"X has {n_features} features, but {type(estimator).__name__} is expecting "
+            f"{expected} features as input."
+        )
+
+
+# --------------------------------------------------------------------------
+# Initial parameters given by the user (scikit-learn's checks and wording)
+# --------------------------------------------------------------------------
+def _check_shape_param(param: np.ndarray, shape: tuple, name: str) -> None:
+    if param.shape != shape:
+        raise ValueError(f"The parameter '{name}' should have the shape of {shape}, but got {param.shape}")
+
+
+def _as_float_array(value, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"The parameter '{name}' must be numeric, got dtype {arr.dtype}.")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"The parameter '{name}' contains NaN or infinity.")
+    return arr
+
+
+def check_weights(weights, n_components: int) -> np.ndarray:
+    weights = _as_float_array(weights, "weights")
+    _check_shape_param(weights, (n_components,), "weights")
+    if np.any(weights < 0.0) or np.any(weights > 1.0):
+        raise ValueError(
+            "The parameter 'weights' should be in the range [0, 1], but got max value "
+            f"{weights.max():.5f}, min value {weights.min():.5f}"
+        )
+    if not np.allclose(abs(1.0 - weights.sum()), 0.0, atol=1e-8):
+        raise ValueError(
+            f"The parameter 'weights' should be normalized, but got sum(weights) = {weights.sum():.5f}"
+        )
+    return weights
+
+
+def check_means(means, n_components: int, n_features: int) -> np.ndarray:
+    means = _as_float_array(means, "means")
+    _check_shape_param(means, (n_components, n_features), "means")
+    return means
+
+
+def check_precisions(precisions, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
+    name = f"{covariance_type} precision"
+    precisions = _as_float_array(precisions, name)
+    shapes = {
+        "full": (n_components, n_features, n_features),
+        "tied": (n_features, n_features),
+        "diag": (n_components, n_features),
+        "spherical": (n_components,),
+    }
+    _check_shape_param(precisions, shapes[covariance_type], name)
+    if covariance_type in ("full", "tied"):
+        mats = precisions if covariance_type == "full" else precisions[None]
+        for m in mats:
+            if not (np.allclose(m, m.T) and np.all(np.linalg.eigvalsh(m) > 0.0)):
+                raise ValueError(f"'{name}' should be symmetric, positive-definite")
+    elif np.any(precisions <= 0.0):
+        raise ValueError(f"'{name}' should be positive")
+    return precisions

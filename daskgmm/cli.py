@@ -1,0 +1,294 @@
+"""The ``daskgmm`` command: ``fit``, ``demo`` (and the subcommands other modules register)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+logger = logging.getLogger("daskgmm")
+
+
+# --------------------------------------------------------------------------
+# cluster connection (shared by every subcommand that computes)
+# --------------------------------------------------------------------------
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster", "where to compute (default: a local cluster started in-process)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler, e.g. tcp://host:8786 or tls://host:8786")
+    g.add_argument("--scheduler-file", metavar="PATH", help="scheduler file written by 'dask scheduler --scheduler-file' (HPC convention)")
+    g.add_argument("--workers", type=int, default=None, help="local cluster: number of worker processes (default: 1 per 2 cores, at least 1)")
+    g.add_argument("--threads-per-worker", type=int, default=None, help="local cluster: threads per worker")
+    g.add_argument("--memory-limit", default="auto", help="local cluster: memory limit per worker, e.g. 2GiB (default: auto)")
+    g.add_argument("--dashboard-address", default=":0", help="local cluster: dashboard address (default: a free port)")
+    g.add_argument("--tls-ca-file", help="CA certificate for a tls:// scheduler")
+    g.add_argument("--tls-cert", help="client certificate for a tls:// scheduler")
+    g.add_argument("--tls-key", help="client private key for a tls:// scheduler")
+
+
+def _security(args):
+    if not (args.tls_ca_file or args.tls_cert or args.tls_key):
+        return None
+    missing = [n for n in ("tls_ca_file", "tls_cert", "tls_key") if not getattr(args, n)]
+    if missing:
+        raise SystemExit(
+            "error: TLS needs all of --tls-ca-file, --tls-cert and --tls-key; missing "
+            + ", ".join("--" + m.replace("_", "-") for m in missing)
+        )
+    for n in ("tls_ca_file", "tls_cert", "tls_key"):
+        if not os.path.exists(getattr(args, n)):
+            raise SystemExit(f"error: --{n.replace('_', '-')} {getattr(args, n)!r} does not exist")
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=args.tls_ca_file,
+        tls_client_cert=args.tls_cert,
+        tls_client_key=args.tls_key,
+        require_encryption=True,
+    )
+
+
+@contextlib.contextmanager
+def connect(args):
+    """Yield a ``distributed.Client``: to ``--scheduler``/``--scheduler-file``, or a local cluster."""
+    from distributed import Client, LocalCluster
+
+    security = _security(args)
+    if args.scheduler and args.scheduler_file:
+        raise SystemExit("error: give --scheduler or --scheduler-file, not both")
+    if args.scheduler or args.scheduler_file:
+        if args.scheduler_file and not os.path.exists(args.scheduler_file):
+            raise SystemExit(f"error: scheduler file {args.scheduler_file!r} does not exist")
+        kwargs = {"security": security} if security is not None else {}
+        try:
+            client = Client(args.scheduler, scheduler_file=args.scheduler_file, timeout="30s", **kwargs)
+        except OSError as e:
+            raise SystemExit(
+                f"error: could not connect to the scheduler at {args.scheduler or args.scheduler_file}: {e}. "
+                "Check the address, that the scheduler is running, and (for tls://) the certificates."
+            ) from e
+        with client:
+            yield client
+        return
+    ncores = os.cpu_count() or 1
+    n_workers = args.workers or max(1, ncores // 2)
+    threads = args.threads_per_worker or max(1, ncores // n_workers)
+    with LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads,
+        memory_limit=args.memory_limit,
+        processes=True,
+        dashboard_address=args.dashboard_address,
+        silence_logs=logging.WARNING,
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+# --------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------
+def open_data(path: str, array: str | None):
+    """A lazy dask array for a Zarr array/group member or a .npy file (memory-mapped)."""
+    import dask.array as da
+
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path!r} does not exist")
+    if path.endswith(".npy"):
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        return da.from_array(arr, chunks=("auto", -1))
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as e:
+        raise SystemExit(f"error: {path!r} is neither a .npy file nor a Zarr store ({e})") from e
+    if isinstance(node, zarr.Group):
+        names = sorted(n for n, _ in node.arrays())
+        if array is None:
+            raise SystemExit(f"error: {path!r} is a Zarr group; choose an array with --array (one of {names})")
+        if array not in names:
+            raise SystemExit(f"error: no array {array!r} in {path!r} (arrays: {names})")
+        node = node[array]
+    elif array is not None:
+        raise SystemExit(f"error: {path!r} is a Zarr array, not a group; drop --array")
+    return da.from_zarr(node)
+
+
+# --------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------
+def add_fit_parser(sub) -> None:
+    p = sub.add_parser("fit", help="fit a Gaussian mixture to a Zarr array or .npy file")
+    p.add_argument("data", help="Zarr array (or group with --array) or .npy file of shape (n_samples, n_features)")
+    p.add_argument("--array", help="array name inside a Zarr group")
+    p.add_argument("--n-components", "-k", type=int, required=True)
+    p.add_argument("--covariance-type", default="full", choices=["full", "tied", "diag", "spherical"])
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--reg-covar", type=float, default=1e-6)
+    p.add_argument("--n-init", type=int, default=1)
+    p.add_argument("--init", default="kmeans", choices=["kmeans", "k-means++", "random", "random_from_data"])
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: unseeded)")
+    p.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: the array's chunks)")
+    p.add_argument("--save-model", metavar="PATH", help="write the fitted model here (.npz, no pickle)")
+    p.add_argument("--json", action="store_true", help="print the fitted summary as JSON")
+    add_cluster_arguments(p)
+    p.set_defaults(func=run_fit)
+
+
+def model_kwargs(args) -> dict:
+    return dict(
+        n_components=args.n_components,
+        covariance_type=args.covariance_type,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        reg_covar=args.reg_covar,
+        n_init=args.n_init,
+        init_params=args.init,
+        random_state=args.seed,
+        chunk_size=args.chunk_size,
+    )
+
+
+def summary(model) -> dict:
+    return {
+        "n_components": int(model.n_components),
+        "covariance_type": model.covariance_type,
+        "converged": bool(model.converged_),
+        "n_iter": int(model.n_iter_),
+        "lower_bound": float(model.lower_bound_),
+        "weights": np.round(model.weights_, 6).tolist(),
+        "means": np.round(model.means_, 6).tolist(),
+    }
+
+
+def print_summary(model, out=sys.stdout) -> None:
+    print(
+        f"converged: {model.converged_}  iterations: {model.n_iter_}  "
+        f"lower bound: {model.lower_bound_:.6f}",
+        file=out,
+    )
+    with np.printoptions(precision=4, suppress=True, linewidth=120):
+        for k in np.argsort(-model.weights_):
+            print(f"  component {k}: weight {model.weights_[k]:.4f}  mean {model.means_[k]}", file=out)
+
+
+def run_fit(args) -> int:
+    from daskgmm import GaussianMixture
+
+    X = open_data(args.data, args.array)
+    with connect(args) as client:
+        if client.dashboard_link:
+            print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        model = GaussianMixture(verbose=0, **model_kwargs(args))
+        t0 = time.perf_counter()
+        model.fit(X)
+        seconds = time.perf_counter() - t0
+    if args.save_model:
+        model.save(args.save_model)
+    if args.json:
+        print(json.dumps({**summary(model), "seconds": seconds}))
+    else:
+        print_summary(model)
+        print(f"fitted in {seconds:.2f}s" + (f"; model saved to {args.save_model}" if args.save_model else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="fit a synthetic dataset in a temporary Zarr store on a local cluster")
+    p.add_argument("--n-samples", type=int, default=2_000_000)
+    p.add_argument("--n-features", type=int, default=8)
+    p.add_argument("--n-components", type=int, default=5)
+    p.add_argument("--chunk-rows", type=int, default=250_000)
+    p.add_argument("--seed", type=int, default=0)
+    add_cluster_arguments(p)
+    p.set_defaults(func=run_demo)
+
+
+def make_blobs_zarr(path, n_samples, n_features, n_components, chunk_rows, seed):
+    """Write a synthetic Gaussian mixture to a Zarr array chunk by chunk; return the true means."""
+    import dask.array as da
+
+    rng = np.random.RandomState(seed)
+    means = rng.uniform(-3, 3, size=(n_components, n_features))
+    scales = rng.uniform(0.5, 1.5, size=n_components)
+
+    def block(block_info=None):
+        loc = block_info[None]["array-location"][0]
+        n = loc[1] - loc[0]
+        r = np.random.RandomState([seed, loc[0] // chunk_rows])
+        labels = r.randint(n_components, size=n)
+        return means[labels] + r.standard_normal((n, n_features)) * scales[labels, None]
+
+    X = da.map_blocks(block, chunks=((chunk_rows,) * (n_samples // chunk_rows) + ((n_samples % chunk_rows,) if n_samples % chunk_rows else ()), (n_features,)), dtype=np.float64)
+    X.to_zarr(path, overwrite=True)
+    return means
+
+
+def run_demo(args) -> int:
+    import dask.array as da
+
+    from daskgmm import GaussianMixture
+
+    with tempfile.TemporaryDirectory(prefix="daskgmm-demo-") as tmp, connect(args) as client:
+        print(f"dashboard: {client.dashboard_link}")
+        path = os.path.join(tmp, "blobs.zarr")
+        t0 = time.perf_counter()
+        true_means = make_blobs_zarr(path, args.n_samples, args.n_features, args.n_components, args.chunk_rows, args.seed)
+        size_mb = args.n_samples * args.n_features * 8 / 1e6
+        print(f"wrote {args.n_samples:,} x {args.n_features} float64 ({size_mb:.0f} MB) to a Zarr store in {time.perf_counter() - t0:.1f}s")
+        X = da.from_zarr(path)
+        model = GaussianMixture(args.n_components, random_state=args.seed, max_iter=50, tol=1e-4)
+
+        print(f"{'iteration':>9} {'lower bound':>14} {'change':>11} {'seconds':>8}")
+
+        def show(state, record):
+            print(f"{record['iteration']:>9} {record['lower_bound']:>14.6f} {record['change']:>11.3g} {record['seconds']:>8.2f}")
+
+        t0 = time.perf_counter()
+        model.fit(X, callback=show)
+        print(f"fitted in {time.perf_counter() - t0:.1f}s")
+        print_summary(model)
+        # how well the generating means were recovered
+        d = np.linalg.norm(model.means_[:, None, :] - true_means[None], axis=2)
+        err = d.min(axis=0).max()
+        print(f"largest distance from a true mean to its nearest fitted mean: {err:.4f}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="daskgmm", description="Gaussian mixture models on Dask, out of core.")
+    parser.add_argument("--log-level", default="WARNING", help="logging level of the 'daskgmm' logger")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_fit_parser(sub)
+    add_demo_parser(sub)
+    # further subcommands register here, one line each
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = getattr(logging, str(args.log_level).upper(), logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(level)
+    import distributed  # noqa: F401  (configures its loggers; quiet them below)
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
