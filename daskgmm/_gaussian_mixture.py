@@ -190,7 +190,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(f"The 'warm_start' parameter of GaussianMixture must be a bool. Got {self.warm_start!r}.")
 
     def _validate(self, X, reset: bool) -> Input:
-        return to_dask(X, chunk_rows=self.chunk_size, estimator=self, reset=reset)
+        # fitting needs two rows; predicting works row by row
+        return to_dask(X, chunk_rows=self.chunk_size, estimator=self, reset=reset, min_samples=2 if reset else 1)
 
     def _check_sample_weight(self, sample_weight, inp: Input) -> da.Array | None:
         if sample_weight is None:

@@ -92,7 +92,8 @@ def chunk_stats(X: np.ndarray, p: EStepParams, sample_weight: np.ndarray | None 
     for start in range(0, n, rows):
         xb = X[start : start + rows]
         Xc = xb.astype(p.dtype, copy=False) - center
-        resp, log_norm = log_resp_and_norm(weighted_log_prob(Xc, p))
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported below
+            resp, log_norm = log_resp_and_norm(weighted_log_prob(Xc, p))
         w = None
         if sample_weight is not None:
             w = np.asarray(sample_weight[start : start + rows], dtype=np.float64)
@@ -217,7 +218,8 @@ def predict_block(X: np.ndarray, p: EStepParams, what: str) -> np.ndarray:
     rows = block_rows(p.n_components, d)
     for start in range(0, n, rows):
         xb = X[start : start + rows]
-        wlp = weighted_log_prob(xb.astype(p.dtype, copy=False) - center, p)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported below
+            wlp = weighted_log_prob(xb.astype(p.dtype, copy=False) - center, p)
         if what == "labels":
             if not np.all(np.isfinite(wlp.max(axis=1))):
                 check_finite_block(xb)
