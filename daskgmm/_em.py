@@ -144,6 +144,18 @@ def _verbose_init_end(cfg: EMConfig, state: EMState, seconds: float) -> None:
             print(f"Initialization {msg}. time lapse {seconds:.5f}s\t lower bound {state.lower_bound:.5f}.")
 
 
+def improves(lower_bound: float, best: float) -> bool:
+    """Whether a start's final lower bound beats the best so far.
+
+    Starts that reach the same optimum (often with permuted labels) tie exactly in
+    scikit-learn but differ by ~1e-16 here (another summation order): differences
+    below 1e-12 relative count as ties, and the earlier start wins, as in scikit-learn.
+    """
+    if not np.isfinite(best):
+        return True
+    return lower_bound > best + 1e-12 * max(1.0, abs(best))
+
+
 def warn_not_converged() -> None:
     warnings.warn(CONVERGENCE_MESSAGE, ConvergenceWarning, stacklevel=3)
 
@@ -166,5 +178,6 @@ __all__ = [
     "run_em",
     "statistics_pass",
     "warn_not_converged",
+    "improves",
     "complete_params",
 ]

@@ -17,6 +17,7 @@ from daskgmm._em import (
     EMState,
     Params,
     complete_params,
+    improves,
     run_em,
     warn_not_converged,
 )
@@ -291,7 +292,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 )
             if self.max_iter > 0:
                 run_em(state, blocks, wblocks, cfg, X.dtype, data_token, callback=callback)
-            if best is None or state.lower_bound > best.lower_bound:
+            if best is None or improves(state.lower_bound, best.lower_bound):
                 best = state
 
         if not best.converged and self.max_iter > 0:
@@ -473,6 +474,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         y = np.concatenate([np.full(int(s), j, dtype=np.int64) for j, s in enumerate(n_samples_comp)])
         return X, y
+
+    def _html_repr(self) -> str:
+        # Jupyter: scikit-learn's parameter view plus the fit summary (daskgmm/_repr.py)
+        from daskgmm._repr import html_repr
+
+        return html_repr(self)
 
     # ------------------------------------------------------------------
     # persistence

@@ -103,6 +103,10 @@ def _one_row_params(rows, n_samples, reg_covar, covariance_type, dtype, X=None, 
         stats = {"nk": np.ones(k), "u": np.zeros((k, d)), "s2": s2}
         centers = rows
     nk, means, covariances = m_step(stats, centers, reg_covar, covariance_type, dtype)
+    if covariance_type in ("diag", "spherical"):
+        # scikit-learn's raw formula E[x^2] - mean^2 (leaves ~10 eps x^2 on one-row components)
+        var = rows**2 / nk[:, None] - means**2 + reg_covar
+        covariances = var if covariance_type == "diag" else var.mean(axis=1)
     return nk / n_samples, means, covariances
 
 
