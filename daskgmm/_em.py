@@ -86,7 +86,7 @@ def em_step(state: EMState, blocks, weight_blocks, cfg: EMConfig, dtype, data_to
     lower_bound = stats["loglik"] / stats["n"]
     nk, means, covariances = m_step(stats, p.stat_centers, cfg.reg_covar, cfg.covariance_type, dtype)
     weights = nk / nk.sum()
-    prec_chol = compute_precision_cholesky(covariances, cfg.covariance_type)
+    prec_chol = compute_precision_cholesky(covariances, cfg.covariance_type, dtype)
     state.params = Params(weights, means, covariances, prec_chol)
     change = lower_bound - state.lower_bound
     state.n_iter += 1

@@ -97,9 +97,18 @@ PRECISION_CHOLESKY = {
 }
 
 
-def compute_precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Cholesky factors of the precisions from covariances (scikit-learn's convention)."""
-    return PRECISION_CHOLESKY[covariance_type](covariances)
+def compute_precision_cholesky(covariances: np.ndarray, covariance_type: str, data_dtype=None) -> np.ndarray:
+    """Cholesky factors of the precisions from covariances (scikit-learn's convention).
+
+    ``data_dtype`` is the dtype of the data: float32 data adds scikit-learn's hint to
+    the collapse error (covariances themselves are always float64 here).
+    """
+    try:
+        return PRECISION_CHOLESKY[covariance_type](covariances)
+    except ValueError as e:
+        if data_dtype is not None and np.dtype(data_dtype) == np.float32 and COLLAPSE_MESSAGE_FLOAT32 not in str(e):
+            raise ValueError(str(e) + COLLAPSE_MESSAGE_FLOAT32) from None
+        raise
 
 
 def _flipudlr(a: np.ndarray) -> np.ndarray:

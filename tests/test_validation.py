@@ -1,0 +1,243 @@
+"""Bad input gets a clear, early error that names the problem and the fix."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from dask.callbacks import Callback
+from sklearn.exceptions import NotFittedError
+
+from daskgmm import GaussianMixture
+from tests.conftest import make_mixture
+
+
+@pytest.fixture
+def X():
+    return make_mixture(n_samples=300, n_features=3, n_components=2, seed=0)[0]
+
+
+def given_init(X, k=2):
+    """Initial parameters, so fit() makes no initialisation pass."""
+    rng = np.random.RandomState(0)
+    means = X[rng.choice(len(X), k, replace=False)]
+    return dict(weights_init=np.full(k, 1 / k), means_init=means, precisions_init=np.stack([np.eye(X.shape[1])] * k))
+
+
+class CountComputes(Callback):
+    """Counts graph executions (dask.compute calls) on the local schedulers."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def _start(self, dsk):
+        self.n += 1
+
+
+# ---------------------------------------------------------------------------
+# values: NaN / inf found during the first pass, not by an extra one
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("bad, match", [(np.nan, "contains NaN"), (np.inf, "contains infinity")])
+def test_non_finite_values_are_found_in_the_first_pass(X, bad, match):
+    X = X.copy()
+    X[217, 1] = bad
+    Xd = da.from_array(X, chunks=(50, 3))
+    with CountComputes() as counter, pytest.raises(ValueError, match=match):
+        GaussianMixture(2, **given_init(X)).fit(Xd)
+    assert counter.n == 1  # the error came from the first EM pass itself
+
+
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_non_finite_values_at_predict(X, bad):
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    Xb = X.copy()
+    Xb[3, 0] = bad
+    for method in (gm.predict, gm.predict_proba, gm.score_samples):
+        with pytest.raises(ValueError, match="NaN|infinity"):
+            method(Xb)
+    # lazy input: the error surfaces when the result is computed
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        gm.predict(da.from_array(Xb, chunks=(100, 3))).compute()
+
+
+def test_nan_with_default_init_on_numpy(X):
+    X = X.copy()
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GaussianMixture(2, random_state=0).fit(X)
+
+
+# ---------------------------------------------------------------------------
+# metadata: dtype, ndim, sizes
+# ---------------------------------------------------------------------------
+def test_non_numeric_dtype_numpy():
+    with pytest.raises(ValueError, match="could not convert|must be a string or a.* number"):
+        GaussianMixture(2).fit(np.array([["a", "b"], ["c", "d"], ["e", "f"]], dtype=object))
+
+
+def test_non_numeric_dtype_dask():
+    Xs = da.from_array(np.array([["a", "b"], ["c", "d"], ["e", "f"]]), chunks=2)
+    with pytest.raises(ValueError, match="not numeric.*astype"):
+        GaussianMixture(2).fit(Xs)
+
+
+def test_complex_dtype_dask():
+    Xc = da.from_array(np.ones((5, 2), dtype=complex), chunks=2)
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        GaussianMixture(2).fit(Xc)
+
+
+@pytest.mark.parametrize("shape", [(20,), (4, 5, 2)])
+def test_wrong_ndim(shape):
+    arr = np.random.RandomState(0).rand(*shape)
+    with pytest.raises(ValueError, match="Expected 2D array|Found array with dim 3"):
+        GaussianMixture(2).fit(arr)
+    with pytest.raises(ValueError, match="Expected 2D array.*reshape"):
+        GaussianMixture(2).fit(da.from_array(arr))
+
+
+def test_no_samples():
+    with pytest.raises(ValueError, match="0 sample"):
+        GaussianMixture(1).fit(np.empty((0, 3)))
+    with pytest.raises(ValueError, match="0 sample.*minimum of 2"):
+        GaussianMixture(1).fit(da.zeros((0, 3), chunks=1))
+
+
+def test_no_features():
+    with pytest.raises(ValueError, match="0 feature"):
+        GaussianMixture(1).fit(da.zeros((10, 0), chunks=5))
+
+
+def test_more_components_than_samples(X):
+    with pytest.raises(ValueError, match="Expected n_samples >= n_components but got n_components = 5, n_samples = 4"):
+        GaussianMixture(5).fit(X[:4])
+    with pytest.raises(ValueError, match="n_components = 5, n_samples = 4"):
+        GaussianMixture(5).fit(da.from_array(X[:4], chunks=2))
+
+
+# ---------------------------------------------------------------------------
+# parameters
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(n_components=0), "'n_components' parameter .* int in the range \\[1, inf\\). Got 0"),
+        (dict(n_components=1.5), "'n_components' parameter"),
+        (dict(covariance_type="cholesky"), "'covariance_type' parameter .* among"),
+        (dict(init_params="median"), "'init_params' parameter .* among"),
+        (dict(tol=-1.0), "'tol' parameter .* float in the range \\[0.0, inf\\)"),
+        (dict(reg_covar=-1e-6), "'reg_covar' parameter"),
+        (dict(max_iter=-1), "'max_iter' parameter .* \\[0, inf\\)"),
+        (dict(n_init=0), "'n_init' parameter .* \\[1, inf\\)"),
+        (dict(verbose_interval=0), "'verbose_interval' parameter"),
+        (dict(chunk_size=0), "'chunk_size' parameter"),
+        (dict(split_every=1), "'split_every' parameter .* \\[2, inf\\)"),
+    ],
+)
+def test_invalid_parameters(X, params, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(**params).fit(X)
+
+
+def test_init_arrays_of_the_wrong_shape(X):
+    good = given_init(X)
+    with pytest.raises(ValueError, match="'weights' should have the shape of \\(2,\\), but got \\(3,\\)"):
+        GaussianMixture(2, weights_init=np.full(3, 1 / 3)).fit(X)
+    with pytest.raises(ValueError, match="'means' should have the shape of \\(2, 3\\)"):
+        GaussianMixture(2, means_init=good["means_init"][:, :2]).fit(X)
+    with pytest.raises(ValueError, match="'full precision' should have the shape of \\(2, 3, 3\\)"):
+        GaussianMixture(2, precisions_init=np.eye(3)).fit(X)
+    with pytest.raises(ValueError, match="'diag precision' should have the shape of \\(2, 3\\)"):
+        GaussianMixture(2, covariance_type="diag", precisions_init=np.ones(2)).fit(X)
+
+
+def test_init_weights_must_be_normalised_and_in_range(X):
+    with pytest.raises(ValueError, match="'weights' should be normalized, but got sum\\(weights\\) = 0.80000"):
+        GaussianMixture(2, weights_init=[0.4, 0.4]).fit(X)
+    with pytest.raises(ValueError, match="'weights' should be in the range \\[0, 1\\]"):
+        GaussianMixture(2, weights_init=[1.5, -0.5]).fit(X)
+
+
+def test_init_precisions_must_be_positive_definite(X):
+    bad = np.stack([np.eye(3), -np.eye(3)])
+    with pytest.raises(ValueError, match="'full precision' should be symmetric, positive-definite"):
+        GaussianMixture(2, precisions_init=bad).fit(X)
+    with pytest.raises(ValueError, match="'spherical precision' should be positive"):
+        GaussianMixture(2, covariance_type="spherical", precisions_init=[1.0, 0.0]).fit(X)
+
+
+def test_collapsed_component_gets_sklearns_error():
+    # three identical points and K=2, no regularisation: a singular covariance
+    X = np.vstack([np.zeros((5, 2)), np.ones((5, 2))])
+    init = dict(weights_init=[0.5, 0.5], means_init=[[0, 0], [1, 1]], precisions_init=np.stack([np.eye(2)] * 2))
+    with pytest.raises(ValueError, match="ill-defined empirical covariance.*increase reg_covar, or scale the input data"):
+        GaussianMixture(2, reg_covar=0.0, **init).fit(X)
+    with pytest.raises(ValueError, match="passing float64 data instead of float32"):
+        GaussianMixture(2, reg_covar=0.0, **init).fit(X.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------
+# fitted-model use
+# ---------------------------------------------------------------------------
+def test_predict_before_fit(X):
+    for method in ("predict", "predict_proba", "score_samples", "score", "bic", "aic"):
+        with pytest.raises(NotFittedError, match="not fitted yet"):
+            getattr(GaussianMixture(2), method)(X)
+    with pytest.raises(NotFittedError):
+        GaussianMixture(2).sample(3)
+
+
+def test_wrong_number_of_features_at_predict(X):
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture is expecting 3 features as input"):
+        gm.predict(X[:, :2])
+    with pytest.raises(ValueError, match="X has 4 features, but GaussianMixture is expecting 3 features"):
+        gm.score_samples(da.from_array(np.hstack([X, X[:, :1]]), chunks=(100, 2)))
+
+
+def test_sample_needs_a_positive_count(X):
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="at least one sample"):
+        gm.sample(0)
+
+
+# ---------------------------------------------------------------------------
+# paths
+# ---------------------------------------------------------------------------
+def test_path_that_does_not_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No Zarr array at .*does not exist"):
+        GaussianMixture(2).fit(str(tmp_path / "missing.zarr"))
+
+
+def test_path_to_a_group_names_its_arrays(tmp_path, X):
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    g.create_array("pixels", shape=X.shape, dtype=X.dtype)
+    with pytest.raises(ValueError, match="is a Zarr group, not an array.*g.zarr/pixels"):
+        GaussianMixture(2).fit(str(tmp_path / "g.zarr"))
+
+
+def test_feature_axis_is_rechunked_for_the_user(X):
+    Xd = da.from_array(X, chunks=(100, 1))
+    gm = GaussianMixture(2, random_state=0).fit(Xd)
+    labels = gm.predict(Xd)
+    assert labels.chunks == ((100, 100, 100),)
+    ref = GaussianMixture(2, random_state=0).fit(X)
+    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-10)
+
+
+def test_one_compute_per_em_iteration(X):
+    Xd = da.from_array(X, chunks=(60, 3))
+    gm = GaussianMixture(2, max_iter=4, tol=0.0, **given_init(X))
+    with dask.config.set(scheduler="threads"), CountComputes() as counter:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(Xd)
+    assert gm.n_iter_ == 4
+    assert counter.n == 4
