@@ -32,18 +32,65 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-key", help="client private key for a tls:// scheduler")
 
 
+_TLS_OPTIONS = ("tls_ca_file", "tls_cert", "tls_key")
+
+
+def _scheduler_address(args) -> str | None:
+    """The address given by ``--scheduler``, or the one recorded in ``--scheduler-file``."""
+    if args.scheduler:
+        return args.scheduler
+    if args.scheduler_file:
+        try:
+            with open(args.scheduler_file) as f:
+                return json.load(f).get("address")
+        except (OSError, ValueError, AttributeError):
+            return None  # the Client reports an unreadable scheduler file
+    return None
+
+
 def _security(args):
-    if not (args.tls_ca_file or args.tls_cert or args.tls_key):
+    """``distributed.Security`` from ``--tls-*``; None to use the dask configuration.
+
+    Refuses, with what to do, the combinations that would otherwise fail deep inside
+    distributed: part of the certificates, certificates for a non-``tls://`` address or for a
+    local cluster, and a ``tls://`` address with no certificates anywhere.
+    """
+    address = _scheduler_address(args)
+    if not any(getattr(args, n, None) for n in _TLS_OPTIONS):
+        if address and address.startswith("tls://"):
+            import dask
+            from distributed.security import Security
+
+            configured = Security()  # distributed.comm.tls.* from the dask configuration
+            if not dask.config.get("distributed.client.security-loader", None) and not (
+                configured.tls_ca_file and configured.tls_client_cert
+            ):
+                raise SystemExit(
+                    f"error: the scheduler at {address} requires TLS, and no certificates were given. "
+                    "Pass --tls-ca-file (the cluster's CA certificate), --tls-cert and --tls-key (a client "
+                    "certificate and key signed by that CA), or set distributed.comm.tls.ca-file and "
+                    "distributed.comm.tls.client.cert/key in the dask configuration (see deploy/dask/dask.yaml)."
+                )
         return None
-    missing = [n for n in ("tls_ca_file", "tls_cert", "tls_key") if not getattr(args, n)]
+    missing = [n for n in _TLS_OPTIONS if not getattr(args, n)]
     if missing:
         raise SystemExit(
             "error: TLS needs all of --tls-ca-file, --tls-cert and --tls-key; missing "
             + ", ".join("--" + m.replace("_", "-") for m in missing)
         )
-    for n in ("tls_ca_file", "tls_cert", "tls_key"):
+    for n in _TLS_OPTIONS:
         if not os.path.exists(getattr(args, n)):
             raise SystemExit(f"error: --{n.replace('_', '-')} {getattr(args, n)!r} does not exist")
+    if not (args.scheduler or args.scheduler_file):
+        raise SystemExit(
+            "error: --tls-ca-file/--tls-cert/--tls-key are for connecting to a running tls:// scheduler; "
+            "add --scheduler tls://HOST:PORT or --scheduler-file PATH (a local cluster needs no certificates)"
+        )
+    if address is not None and not address.startswith("tls://"):
+        raise SystemExit(
+            f"error: TLS certificates were given but the scheduler address {address!r} is not tls://. "
+            "A scheduler started with 'dask scheduler --protocol tls' listens on tls://HOST:PORT: use that address."
+        )
     from distributed.security import Security
 
     return Security(
@@ -68,7 +115,7 @@ def connect(args):
         kwargs = {"security": security} if security is not None else {}
         try:
             client = Client(args.scheduler, scheduler_file=args.scheduler_file, timeout="30s", **kwargs)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # refused, timed out, or TLS required by the configuration
             raise SystemExit(
                 f"error: could not connect to the scheduler at {args.scheduler or args.scheduler_file}: {e}. "
                 "Check the address, that the scheduler is running, and (for tls://) the certificates."
