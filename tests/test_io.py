@@ -1,0 +1,104 @@
+"""Model files round-trip exactly and never need pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import daskgmm
+from daskgmm import GaussianMixture
+from daskgmm.io import FORMAT_VERSION
+from tests.conftest import make_mixture
+
+COVARIANCE_TYPE = ("full", "tied", "diag", "spherical")
+
+
+@pytest.fixture(scope="module")
+def X():
+    return make_mixture(n_samples=400, n_features=3, n_components=3, seed=2)[0]
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPE)
+def test_round_trip_is_exact(tmp_path, X, covariance_type):
+    gm = GaussianMixture(3, covariance_type=covariance_type, random_state=0, reg_covar=1e-5).fit(X)
+    path = tmp_path / "model.npz"
+    gm.save(path)
+    loaded = daskgmm.load(path)
+    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(gm, name))
+    assert loaded.get_params() == {**gm.get_params()}
+    assert (loaded.converged_, loaded.n_iter_, loaded.lower_bound_, loaded.n_features_in_) == (
+        gm.converged_,
+        gm.n_iter_,
+        gm.lower_bound_,
+        gm.n_features_in_,
+    )
+    assert loaded.lower_bounds_ == gm.lower_bounds_
+    np.testing.assert_array_equal(loaded.predict(X), gm.predict(X))
+    np.testing.assert_array_equal(loaded.score_samples(X), gm.score_samples(X))
+    # nothing but the final file is left in the directory
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
+def test_file_records_the_version_and_needs_no_pickle(tmp_path, X):
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    gm.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        meta = json.loads(bytes(z["metadata"]).decode())
+        assert all(z[k].dtype != object for k in z.files)
+    assert meta["daskgmm_version"] == daskgmm.__version__
+    assert meta["format_version"] == FORMAT_VERSION
+    assert daskgmm.load(tmp_path / "m.npz").saved_with_version_ == daskgmm.__version__
+
+
+def test_init_arrays_survive_the_round_trip(tmp_path, X):
+    gm = GaussianMixture(2, means_init=X[:2], random_state=0).fit(X)
+    gm.save(tmp_path / "m.npz")
+    loaded = daskgmm.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.means_init, X[:2])
+
+
+def _rewrite_metadata(src, dst, **changes):
+    with np.load(src, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(data["metadata"]).decode())
+    meta.update(changes)
+    data["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **data)
+
+
+def test_newer_format_is_refused_with_upgrade_hint(tmp_path, X):
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    gm.save(tmp_path / "m.npz")
+    _rewrite_metadata(tmp_path / "m.npz", tmp_path / "new.npz", format_version=FORMAT_VERSION + 1, daskgmm_version="9.0")
+    with pytest.raises(ValueError, match="written by daskgmm 9.0 in model format .*Upgrade daskgmm"):
+        daskgmm.load(tmp_path / "new.npz")
+
+
+def test_pickled_content_is_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, metadata=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="pickled objects.*never need pickle"):
+        daskgmm.load(path)
+
+
+def test_other_files_are_refused(tmp_path):
+    np.savez(tmp_path / "plain.npz", a=np.arange(3))
+    with pytest.raises(ValueError, match="not a daskgmm model file"):
+        daskgmm.load(tmp_path / "plain.npz")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(ValueError, match="not a daskgmm model file"):
+        daskgmm.load(tmp_path / "text.npz")
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        daskgmm.load(tmp_path / "missing.npz")
+
+
+def test_saving_an_unfitted_model_is_refused(tmp_path):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        GaussianMixture(2).save(tmp_path / "m.npz")
+    assert not any(tmp_path.iterdir())
