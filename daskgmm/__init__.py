@@ -1,8 +1,10 @@
 """daskgmm: Gaussian mixture models fitted by out-of-core, map-reduce EM on Dask."""
 
+from daskgmm import accessor  # noqa: F401  (registers the DataArray.gmm accessor)
 from daskgmm._gaussian_mixture import GaussianMixture
+from daskgmm.image import segment
 from daskgmm.io import load
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianMixture", "load", "__version__"]
+__all__ = ["GaussianMixture", "load", "segment", "__version__"]

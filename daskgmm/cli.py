@@ -320,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_parser(sub)
     add_demo_parser(sub)
     # further subcommands register here, one line each
+    __import__("daskgmm.image", fromlist=["add_parser"]).add_parser(sub)  # daskgmm segment
     return parser
 
 

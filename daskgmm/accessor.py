@@ -1,0 +1,128 @@
+"""The xarray ``.gmm`` accessor: Gaussian mixtures over a named feature dimension.
+
+Importing :mod:`daskgmm` registers it::
+
+    import daskgmm, rioxarray
+    da = rioxarray.open_rasterio("tile.tif", chunks={"x": 2048, "y": 2048})   # (band, y, x)
+    model = da.gmm.fit(6, feature_dim="band", nodata=0, sample=0.01, random_state=0)
+    labels = da.gmm.predict(model, feature_dim="band", nodata=0)             # (y, x), lazy
+
+Prediction is :func:`xarray.apply_ufunc` with ``dask="parallelized"`` over the kernel of
+:mod:`daskgmm.image`: outputs keep every other dimension, its coordinates, chunks and the
+attributes. A feature dimension split over several chunks is brought to one chunk for you
+(``.chunk({feature_dim: -1})``); the other dimensions are never rechunked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from daskgmm import image as _image
+
+
+@xr.register_dataarray_accessor("gmm")
+class GMMAccessor:
+    """``DataArray.gmm``: ``fit``, ``predict``, ``predict_proba``, ``score_samples``, ``segment``."""
+
+    def __init__(self, obj: xr.DataArray):
+        self._obj = obj
+
+    def _prepared(self, feature_dim: str) -> xr.DataArray:
+        obj = self._obj
+        if feature_dim not in obj.dims:
+            raise ValueError(
+                f"feature_dim={feature_dim!r} is not a dimension of this DataArray (dims: {obj.dims}). "
+                "Pass the name of the dimension that holds the bands/features, e.g. feature_dim='band'."
+            )
+        if obj.chunks is not None and len(obj.chunks[obj.get_axis_num(feature_dim)]) > 1:
+            obj = obj.chunk({feature_dim: -1})
+        return obj
+
+    def fit(
+        self,
+        n_components: int,
+        *,
+        feature_dim: str = "band",
+        nodata=None,
+        sample: float | None = None,
+        random_state=None,
+        **gmm_params,
+    ):
+        """Fit a :class:`~daskgmm.GaussianMixture` on the valid pixels (see :func:`daskgmm.segment`).
+
+        Returns the fitted model, components sorted by their mean along the first feature.
+        """
+        return _image.fit_image(
+            self._prepared(feature_dim),
+            n_components,
+            feature_axis=feature_dim,
+            nodata=nodata,
+            sample=sample,
+            random_state=random_state,
+            **gmm_params,
+        )
+
+    def _apply(self, model, what: str, feature_dim: str, nodata) -> xr.DataArray:
+        obj = self._prepared(feature_dim)
+        _image._check_model(model, obj.sizes[feature_dim])
+        dtype = np.float32 if obj.dtype == np.float32 else np.float64
+        params = _image._model_params(model, dtype)
+        k = int(model.n_components)
+        if what == "probabilities":
+            out_dims, out_dtype = [["component"]], np.float32
+        else:
+            out_dims, out_dtype = [[]], (_image.label_dtype(k) if what == "labels" else np.float32)
+        out = xr.apply_ufunc(
+            _image._apply_kernel,
+            obj,
+            kwargs={"p": params, "what": what, "nodata": nodata},
+            input_core_dims=[[feature_dim]],
+            output_core_dims=out_dims,
+            dask="parallelized",
+            output_dtypes=[out_dtype],
+            dask_gufunc_kwargs={"output_sizes": {"component": k}} if what == "probabilities" else None,
+            keep_attrs=True,
+        )
+        if what == "probabilities":
+            out = out.assign_coords(component=np.arange(k))
+        if what == "labels":
+            out.attrs["nodata"] = -1
+        return out.rename(what)
+
+    def predict(self, model, *, feature_dim: str = "band", nodata=None) -> xr.DataArray:
+        """Component per pixel (int16, -1 for nodata), without the feature dimension."""
+        return self._apply(model, "labels", feature_dim, nodata)
+
+    def predict_proba(self, model, *, feature_dim: str = "band", nodata=None) -> xr.DataArray:
+        """Posterior probabilities (float32) with a new last dimension ``component``."""
+        return self._apply(model, "probabilities", feature_dim, nodata)
+
+    def score_samples(self, model, *, feature_dim: str = "band", nodata=None) -> xr.DataArray:
+        """Log of the mixture density per pixel (float32, NaN for nodata)."""
+        return self._apply(model, "log_density", feature_dim, nodata)
+
+    def segment(
+        self,
+        n_components: int,
+        *,
+        feature_dim: str = "band",
+        nodata=None,
+        sample: float | None = None,
+        random_state=None,
+        **gmm_params,
+    ):
+        """Fit and label in one call: :func:`daskgmm.segment` with ``feature_axis=feature_dim``.
+
+        Returns a :class:`~daskgmm.image.Segmentation` whose outputs are DataArrays
+        (``labels, model = da.gmm.segment(...)``; ``.to_zarr(path)`` writes them).
+        """
+        return _image.segment(
+            self._prepared(feature_dim),
+            n_components,
+            feature_axis=feature_dim,
+            nodata=nodata,
+            sample=sample,
+            random_state=random_state,
+            **gmm_params,
+        )

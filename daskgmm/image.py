@@ -1,0 +1,1077 @@
+"""Segmentation of multi-band rasters: pixels → features → labels, nodata, Zarr output.
+
+An image is any array with one *feature* (band) axis and one or more spatial axes:
+``(y, x, band)`` photos, ``(band, y, x)`` rasters as rioxarray reads them, ``(z, y, x, channel)``
+microscopy stacks. :func:`segment` fits a :class:`~daskgmm.GaussianMixture` on the valid
+pixels (all of them, or a seeded random fraction) and predicts every pixel lazily, one task
+per spatial block of the image, so every output keeps the image's spatial chunks.
+
+Rules
+-----
+* **nodata**: a pixel is *invalid* when any band is NaN, or equals ``nodata`` in any band.
+  Invalid pixels never enter the fit and are labelled ``-1`` (NaN in the float outputs).
+  Infinite values are not nodata: they raise an error, as in :class:`~daskgmm.GaussianMixture`.
+* **component order**: after fitting, components are sorted by their mean in the first band,
+  ties broken by the second band, and so on (``numpy.lexsort`` on the means). Label 0 is the
+  darkest class in band 0, label K-1 the brightest, so a label means the same thing across
+  runs and tiles fitted the same way. All fitted arrays of the model are permuted together,
+  so ``model.predict(pixels)`` equals the label map.
+* **outputs**: ``labels`` int16 (int32 when K > 32767), ``probabilities`` float32 with the
+  components as a last axis, ``log_density`` float32 (log of the mixture density: low values
+  are anomalies), ``confidence`` float32 (the largest probability).
+
+Writing (:meth:`Segmentation.to_zarr`, ``daskgmm segment``) goes to a hidden temporary Zarr
+group next to the destination, stamps the attribute ``daskgmm_complete`` last, and renames
+the group into place; :func:`open_segmentation` refuses a store without that stamp. Zarr chunks
+are the dask chunks of the outputs (the image's spatial chunks), so each task writes whole
+Zarr chunks and no two tasks ever write the same chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from daskgmm._gaussian import EStepParams, log_resp_and_norm, weighted_log_prob
+from daskgmm._suffstats import block_rows, check_finite_block, shared
+
+logger = logging.getLogger("daskgmm")
+
+OUTPUTS = ("labels", "probabilities", "log_density", "confidence")
+COMPLETE_ATTR = "daskgmm_complete"
+ORDER_RULE = (
+    "components sorted by their mean in the first band, ties broken by the next bands "
+    "(numpy.lexsort of the means); label -1 marks nodata"
+)
+#: bytes of one spatial chunk when daskgmm chunks an in-memory image
+_IMAGE_CHUNK_BYTES = 64 * 2**20
+
+
+# --------------------------------------------------------------------------
+# input: any image → dask array with the features last, one chunk along them
+# --------------------------------------------------------------------------
+@dataclass
+class Image:
+    """A normalised image: ``data`` is (*spatial, n_bands) with the bands in one chunk."""
+
+    data: da.Array
+    kind: str  # numpy | dask | zarr | xarray
+    spatial_dims: tuple = ()
+    coords: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+    name: str | None = None
+    source: str | None = None
+    single_band: bool = False
+
+    @property
+    def n_bands(self) -> int:
+        return int(self.data.shape[-1])
+
+    @property
+    def spatial_shape(self) -> tuple:
+        return tuple(int(s) for s in self.data.shape[:-1])
+
+    @property
+    def spatial_chunks(self) -> tuple:
+        return self.data.chunks[:-1]
+
+
+def _axis_index(feature_axis, ndim: int, dims: Sequence[str] | None = None) -> int:
+    if isinstance(feature_axis, str):
+        if dims is None:
+            raise TypeError(
+                f"feature_axis={feature_axis!r} is a dimension name, which only an xarray "
+                "DataArray has; pass an integer axis for numpy, dask and Zarr images."
+            )
+        if feature_axis not in dims:
+            raise ValueError(f"feature_axis={feature_axis!r} is not a dimension of the image (dims: {tuple(dims)}).")
+        return list(dims).index(feature_axis)
+    if isinstance(feature_axis, bool) or not isinstance(feature_axis, (int, np.integer)):
+        raise TypeError(f"feature_axis must be an int, a dimension name or None; got {feature_axis!r}.")
+    if not -ndim <= feature_axis < ndim:
+        raise ValueError(f"feature_axis={feature_axis} is out of range for an image with {ndim} dimensions.")
+    return int(feature_axis) % ndim
+
+
+def as_image(image, feature_axis: int | str | None = -1) -> Image:
+    """Normalise ``image`` (numpy, dask, Zarr array or path, xarray) to :class:`Image`.
+
+    ``feature_axis=None`` means a single-band image: every axis is spatial.
+    """
+    import xarray as xr
+    import zarr
+
+    from daskgmm._validation import _open_zarr_path, check_dtype
+
+    source = None
+    kind = "dask"
+    dims = None
+    coords: dict = {}
+    attrs: dict = {}
+    name = None
+    if isinstance(image, (str, os.PathLike)):
+        source = os.fspath(image)
+        image = _open_zarr_path(image)
+    if isinstance(image, zarr.Array):
+        arr = da.from_zarr(image)
+        kind = "zarr"
+    elif isinstance(image, xr.DataArray):
+        kind = "xarray"
+        dims = image.dims
+        attrs = dict(image.attrs)
+        name = image.name
+        arr = image.data if isinstance(image.data, da.Array) else None
+        raw = image
+    elif isinstance(image, da.Array):
+        arr = image
+    else:
+        arr = None
+        raw = np.asarray(image)
+        kind = "numpy"
+        if raw.dtype == object:
+            raise ValueError("The image must be a numeric array; got an array of Python objects.")
+
+    ndim = (arr if arr is not None else raw).ndim
+    single = feature_axis is None
+    if single:
+        if ndim < 1:
+            raise ValueError("The image must have at least one spatial dimension.")
+        fa = None
+    else:
+        if ndim < 2:
+            raise ValueError(
+                f"The image has {ndim} dimension(s); it needs at least one spatial axis and the "
+                "feature (band) axis. For a single-band image pass feature_axis=None."
+            )
+        fa = _axis_index(feature_axis, ndim, dims)
+    dtype = (arr if arr is not None else raw).dtype
+    check_dtype(dtype, "image")
+
+    if kind == "xarray":
+        spatial_dims = tuple(d for i, d in enumerate(dims) if i != fa)
+        coords = {
+            k: c for k, c in raw.coords.items() if set(c.dims) <= set(spatial_dims)
+        }
+    else:
+        spatial_dims = tuple(f"dim_{i}" for i in range(ndim - (0 if single else 1)))
+
+    if arr is None:  # in memory: chunk spatially, about _IMAGE_CHUNK_BYTES per block
+        values = np.asarray(raw.data if kind == "xarray" else raw)
+        if single:
+            values = values[..., None]
+        else:
+            values = np.moveaxis(values, fa, -1)
+        bands = values.shape[-1]
+        limit = max(_IMAGE_CHUNK_BYTES // max(1, bands), 1)
+        chunks = dask.array.core.normalize_chunks(
+            ("auto",) * (values.ndim - 1) + (bands,), values.shape, limit=limit * values.dtype.itemsize, dtype=values.dtype
+        )
+        arr = da.from_array(values, chunks=chunks)
+    else:
+        arr = arr[..., None] if single else da.moveaxis(arr, fa, -1)
+    if len(arr.chunks[-1]) != 1:
+        logger.debug("bringing the band axis to one chunk")
+        arr = arr.rechunk({arr.ndim - 1: -1})
+    if any(math.isnan(c) for cs in arr.chunks for c in cs):
+        raise ValueError(
+            "The image has unknown chunk sizes; call image.compute_chunk_sizes() first."
+        )
+    if arr.shape[-1] < 1 or any(s == 0 for s in arr.shape[:-1]):
+        raise ValueError(f"The image is empty (shape {arr.shape} with the bands last).")
+    return Image(arr, kind, spatial_dims, coords, attrs, name, source, single)
+
+
+# --------------------------------------------------------------------------
+# per-block kernels (they run on the workers)
+# --------------------------------------------------------------------------
+def invalid_mask(pixels: np.ndarray, nodata=None) -> np.ndarray:
+    """Rows of ``pixels`` (n, bands) that are nodata: NaN in any band, or ``== nodata`` in any band."""
+    bad = np.zeros(pixels.shape[0], dtype=bool)
+    if pixels.dtype.kind == "f":
+        bad |= np.isnan(pixels).any(axis=1)
+    if nodata is not None:
+        if isinstance(nodata, float) and math.isnan(nodata):
+            return bad
+        bad |= (pixels == nodata).any(axis=1)
+    return bad
+
+
+def valid_pixels_block(block: np.ndarray, nodata, fraction, seed, index: int, dtype) -> np.ndarray:
+    """The valid pixels of one spatial block as (n, bands) rows of ``dtype``.
+
+    With ``fraction``, each valid pixel is kept with that probability, drawn from a
+    generator seeded by ``(seed, index)``: the same pixels whatever ran the task.
+    """
+    pixels = np.asarray(block).reshape(-1, block.shape[-1])
+    keep = ~invalid_mask(pixels, nodata)
+    if fraction is not None:
+        rng = np.random.default_rng([int(seed), int(index)])
+        keep &= rng.random(pixels.shape[0]) < fraction
+    return np.ascontiguousarray(pixels[keep], dtype=dtype)
+
+
+def label_dtype(n_components: int) -> np.dtype:
+    return np.dtype(np.int16) if n_components <= np.iinfo(np.int16).max else np.dtype(np.int32)
+
+
+def segment_pixels(block: np.ndarray, p: EStepParams, outputs: tuple, nodata=None) -> dict:
+    """All requested outputs for one block of shape (*spatial, bands), from one E-step.
+
+    Returns a dict ``{name: array}``: ``labels`` (*spatial) int16/int32 with -1 for nodata;
+    ``probabilities`` (*spatial, K) float32; ``log_density`` and ``confidence`` (*spatial)
+    float32, NaN for nodata. Works through the pixels in cache-sized row blocks.
+    """
+    block = np.asarray(block)
+    spatial = block.shape[:-1]
+    d = block.shape[-1]
+    k = p.n_components
+    pixels = block.reshape(-1, d)
+    n = pixels.shape[0]
+    out: dict[str, np.ndarray] = {}
+    if "labels" in outputs:
+        out["labels"] = np.full(n, -1, dtype=label_dtype(k))
+    if "probabilities" in outputs:
+        out["probabilities"] = np.full((n, k), np.nan, dtype=np.float32)
+    for name in ("log_density", "confidence"):
+        if name in outputs:
+            out[name] = np.full(n, np.nan, dtype=np.float32)
+    need_resp = any(o in outputs for o in ("probabilities", "log_density", "confidence"))
+    center = p.center.astype(p.dtype)
+    rows = block_rows(k, d)
+    for start in range(0, n, rows):
+        xb = pixels[start : start + rows]
+        ok = ~invalid_mask(xb, nodata)
+        if not ok.any():
+            continue
+        idx = np.flatnonzero(ok) + start
+        xv = xb[ok] if not ok.all() else xb
+        wlp = weighted_log_prob(xv.astype(p.dtype, copy=False) - center, p)
+        if not need_resp:
+            if not np.all(np.isfinite(wlp.max(axis=1))):
+                check_finite_block(xv, "image")
+            out["labels"][idx] = wlp.argmax(axis=1)
+            continue
+        resp, log_norm = log_resp_and_norm(wlp)
+        if not np.all(np.isfinite(log_norm)):
+            check_finite_block(xv, "image")
+        if "labels" in out:
+            out["labels"][idx] = wlp.argmax(axis=1)
+        if "probabilities" in out:
+            out["probabilities"][idx] = resp
+        if "log_density" in out:
+            out["log_density"][idx] = log_norm
+        if "confidence" in out:
+            out["confidence"][idx] = resp.max(axis=1)
+    return {
+        name: a.reshape(spatial + ((k,) if name == "probabilities" else ())) for name, a in out.items()
+    }
+
+
+def _pick(parts: dict, name: str) -> np.ndarray:
+    return parts[name]
+
+
+def _apply_kernel(x: np.ndarray, p: EStepParams, what: str, nodata) -> np.ndarray:
+    """One output for an array of shape (..., bands) (used by the xarray accessor)."""
+    return segment_pixels(x, p, (what,), nodata)[what]
+
+
+# --------------------------------------------------------------------------
+# fitting
+# --------------------------------------------------------------------------
+def _int_seed(random_state) -> int:
+    if random_state is None:
+        return int(np.random.default_rng().integers(2**31 - 1))
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31 - 1))
+    raise TypeError(f"random_state must be an int, a numpy RandomState or None; got {random_state!r}.")
+
+
+def _check_sample(sample) -> float | None:
+    if sample is None:
+        return None
+    if isinstance(sample, bool) or not isinstance(sample, (int, float, np.floating, np.integer)):
+        raise TypeError(f"sample must be a fraction in (0, 1] or None; got {sample!r}.")
+    sample = float(sample)
+    if not 0.0 < sample <= 1.0:
+        raise ValueError(
+            f"sample={sample} is not a fraction in (0, 1]: it is the share of valid pixels the "
+            "fit sees (e.g. 0.01 for 1%), or None for all of them."
+        )
+    return None if sample == 1.0 else sample
+
+
+def pixel_table(img: Image, nodata=None, sample: float | None = None, seed: int = 0) -> da.Array:
+    """Valid (and optionally sampled) pixels as a lazy (n_pixels, bands) dask array.
+
+    One row chunk per spatial block. When no filtering is needed (integer image, no
+    nodata, no sampling) the chunk sizes are known; otherwise they are unknown until
+    computed (the estimator learns them in one pass).
+    """
+    data = img.data
+    bands = img.n_bands
+    dtype = np.float32 if data.dtype == np.float32 else np.float64
+    blocks = data.to_delayed(optimize_graph=False).ravel()
+    needs_filter = sample is not None or nodata is not None or data.dtype.kind == "f"
+    token = dask.base.tokenize(data.name, nodata, sample, seed)
+    if not needs_filter:
+        sizes = [int(np.prod([c[i] for c, i in zip(data.chunks[:-1], idx)])) for idx in np.ndindex(data.numblocks[:-1])]
+        parts = [
+            da.from_delayed(
+                dask.delayed(valid_pixels_block, pure=True)(b, None, None, 0, i, dtype, dask_key_name=(f"gmm-pixels-{token}", i)),
+                shape=(n, bands),
+                dtype=dtype,
+            )
+            for i, (b, n) in enumerate(zip(blocks, sizes))
+        ]
+    else:
+        parts = [
+            da.from_delayed(
+                dask.delayed(valid_pixels_block, pure=True)(
+                    b, nodata, sample, seed, i, dtype, dask_key_name=(f"gmm-pixels-{token}", i)
+                ),
+                shape=(np.nan, bands),
+                dtype=dtype,
+            )
+            for i, b in enumerate(blocks)
+        ]
+    return da.concatenate(parts, axis=0)
+
+
+def _permute_components(model, order: np.ndarray) -> None:
+    """Reorder the fitted components of ``model`` in place (all arrays consistently)."""
+    model.weights_ = model.weights_[order]
+    model.means_ = model.means_[order]
+    if model.covariance_type != "tied":
+        model.covariances_ = model.covariances_[order]
+        model.precisions_ = model.precisions_[order]
+        model.precisions_cholesky_ = model.precisions_cholesky_[order]
+
+
+def sort_components(model) -> np.ndarray:
+    """Sort ``model``'s components by the means (first band, then the next): see module docs.
+
+    Returns the permutation applied (new label ``i`` was component ``order[i]``).
+    """
+    order = np.lexsort(model.means_.T[::-1])
+    _permute_components(model, order)
+    return order
+
+
+def fit_image(
+    image,
+    n_components: int,
+    *,
+    feature_axis: int | str | None = -1,
+    nodata=None,
+    sample: float | None = None,
+    random_state=None,
+    **gmm_params,
+):
+    """Fit a :class:`~daskgmm.GaussianMixture` on the valid pixels of ``image``.
+
+    Same arguments as :func:`segment`; returns the fitted model with its components in
+    the documented order.
+    """
+    from daskgmm._gaussian_mixture import GaussianMixture
+
+    img = image if isinstance(image, Image) else as_image(image, feature_axis)
+    fraction = _check_sample(sample)
+    seed = _int_seed(random_state)
+    if "random_state" in gmm_params:
+        raise TypeError("pass random_state directly, not inside gmm_params")
+    if random_state is None or isinstance(random_state, np.random.RandomState):
+        model_seed = random_state
+    else:
+        model_seed = int(random_state)
+    pixels = pixel_table(img, nodata, fraction, seed)
+    if fraction is not None:
+        # the sample is small by design: keep it in (cluster) memory for the EM passes
+        pixels = pixels.persist()
+    if any(math.isnan(c) for c in pixels.chunks[0]):
+        pixels = pixels.compute_chunk_sizes()
+    n_valid = int(pixels.shape[0])
+    if n_valid < max(2, n_components):
+        what = f"a {sample} sample of the valid pixels" if fraction is not None else "the valid pixels"
+        raise ValueError(
+            f"Only {n_valid} pixel(s) to fit ({what}) but n_components={n_components}: there must "
+            "be at least as many pixels as components. Check nodata (all pixels may be nodata), "
+            "or increase sample."
+        )
+    logger.info("fitting %d components on %d pixels of %d bands", n_components, n_valid, img.n_bands)
+    model = GaussianMixture(n_components=n_components, random_state=model_seed, **gmm_params)
+    model.fit(pixels)
+    sort_components(model)
+    model.n_pixels_fit_ = n_valid
+    return model
+
+
+# --------------------------------------------------------------------------
+# prediction
+# --------------------------------------------------------------------------
+def _model_params(model, dtype) -> EStepParams:
+    return EStepParams(model.weights_, model.means_, model.precisions_cholesky_, model.covariance_type, dtype)
+
+
+def _check_model(model, n_bands: int) -> None:
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model)
+    if model.means_.shape[1] != n_bands:
+        raise ValueError(
+            f"The image has {n_bands} band(s) but the model was fitted on {model.means_.shape[1]} "
+            "feature(s). Check feature_axis (which axis holds the bands)."
+        )
+
+
+@dataclass
+class Segmentation:
+    """Lazy per-pixel outputs of a fitted mixture over an image.
+
+    Unpacks as ``labels, model = segment(...)``. Every output is built on demand, keeps
+    the image's spatial shape and chunks, and is lazy (a dask array, or an xarray
+    DataArray over one for xarray input); outputs computed together (``dask.compute`` or
+    :meth:`to_zarr`) share one E-step per block.
+
+    Attributes
+    ----------
+    model : GaussianMixture
+        The fitted model, components in the documented order.
+    image : Image
+        The normalised input.
+    nodata : scalar or None
+    """
+
+    model: Any
+    image: Image
+    nodata: Any = None
+
+    def __iter__(self):
+        yield self.labels
+        yield self.model
+
+    @property
+    def n_components(self) -> int:
+        return int(self.model.n_components)
+
+    def outputs(self, names: Sequence[str] = ("labels",), wrap: bool = True) -> dict:
+        """The requested outputs as a dict ``{name: lazy array}`` sharing one task per block."""
+        names = tuple(names)
+        unknown = [n for n in names if n not in OUTPUTS]
+        if unknown:
+            raise ValueError(f"Unknown output(s) {unknown}; choose among {list(OUTPUTS)}.")
+        data = self.image.data
+        k = self.n_components
+        params = _model_params(self.model, np.float32 if data.dtype == np.float32 else np.float64)
+        token = dask.base.tokenize(
+            data.name, self.model.weights_, self.model.means_, self.model.precisions_cholesky_, names, self.nodata
+        )
+        p = shared(params, name=f"gmm-segment-params-{token}")
+        spatial = data.chunks[:-1]
+        nsp = len(spatial)
+        core = da.map_blocks(
+            segment_pixels,
+            data,
+            p,
+            names,
+            self.nodata,
+            drop_axis=nsp,
+            chunks=spatial,
+            dtype=object,
+            meta=np.empty((0,) * nsp, dtype=object),
+            name=f"gmm-segment-{token}",
+        )
+        out = {}
+        for name in names:
+            if name == "probabilities":
+                chunks, dtype, new_axis = spatial + ((k,),), np.float32, [nsp]
+            else:
+                chunks, dtype, new_axis = spatial, (label_dtype(k) if name == "labels" else np.float32), None
+            arr = da.map_blocks(
+                _pick,
+                core,
+                name,
+                chunks=chunks,
+                dtype=dtype,
+                new_axis=new_axis,
+                meta=np.empty((0,) * len(chunks), dtype=dtype),
+                name=f"gmm-segment-{name}-{token}",
+            )
+            out[name] = self._wrap(arr, name) if wrap else arr
+        return out
+
+    def _wrap(self, arr: da.Array, name: str):
+        if self.image.kind != "xarray":
+            return arr
+        import xarray as xr
+
+        dims = self.image.spatial_dims + (("component",) if name == "probabilities" else ())
+        coords = dict(self.image.coords)
+        if name == "probabilities":
+            coords["component"] = np.arange(self.n_components)
+        attrs = dict(self.image.attrs)
+        if name == "labels":
+            attrs["nodata"] = -1
+        return xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=name)
+
+    @property
+    def labels(self):
+        """Component per pixel, int16 (int32 for K > 32767), -1 for nodata."""
+        return self.outputs(("labels",))["labels"]
+
+    @property
+    def probabilities(self):
+        """Posterior probability of each component, (*spatial, K) float32, NaN for nodata."""
+        return self.outputs(("probabilities",))["probabilities"]
+
+    @property
+    def log_density(self):
+        """Log of the mixture density per pixel (an anomaly map), float32, NaN for nodata."""
+        return self.outputs(("log_density",))["log_density"]
+
+    @property
+    def confidence(self):
+        """Largest posterior probability per pixel, float32, NaN for nodata."""
+        return self.outputs(("confidence",))["confidence"]
+
+    def to_zarr(
+        self,
+        path,
+        *,
+        probabilities: bool = False,
+        log_density: bool = False,
+        confidence: bool = False,
+        overwrite: bool = False,
+        attrs: dict | None = None,
+    ) -> str:
+        """Write ``labels`` (and the asked-for outputs) to a new Zarr group at ``path``, safely.
+
+        See :func:`write_zarr`.
+        """
+        names = ["labels"]
+        names += [n for n, on in (("probabilities", probabilities), ("log_density", log_density), ("confidence", confidence)) if on]
+        return write_zarr(self, path, names, overwrite=overwrite, attrs=attrs)
+
+
+def predict_image(model, image, *, feature_axis: int | str | None = -1, nodata=None) -> Segmentation:
+    """Apply a fitted model to an image (for example another tile), lazily.
+
+    Returns a :class:`Segmentation` (``labels, model = predict_image(...)`` works too).
+    """
+    img = image if isinstance(image, Image) else as_image(image, feature_axis)
+    _check_model(model, img.n_bands)
+    return Segmentation(model=model, image=img, nodata=nodata)
+
+
+def segment(
+    image,
+    n_components: int,
+    *,
+    feature_axis: int | str | None = -1,
+    nodata=None,
+    sample: float | None = None,
+    random_state=None,
+    **gmm_params,
+) -> Segmentation:
+    """Segment a multi-band image into per-pixel classes with a Gaussian mixture.
+
+    Parameters
+    ----------
+    image : array-like of shape (*spatial, n_bands) (bands on ``feature_axis``)
+        numpy or dask array, Zarr array or path to one, or xarray DataArray.
+    n_components : int
+        Number of classes K.
+    feature_axis : int, str or None, default=-1
+        Axis holding the bands (a dimension name for a DataArray, e.g. ``"band"``);
+        None for a single-band image.
+    nodata : scalar, optional
+        Pixels equal to ``nodata`` in any band, and pixels with a NaN band, are left out of
+        the fit and labelled -1.
+    sample : float in (0, 1], optional
+        Fit on this seeded random fraction of the valid pixels (kept in memory for the EM
+        passes), then predict every pixel. None fits on all valid pixels.
+    random_state : int, RandomState or None
+        Seeds the pixel sample and the model's initialisation.
+    **gmm_params
+        Any other :class:`~daskgmm.GaussianMixture` parameter (``covariance_type``, ``max_iter``...).
+
+    Returns
+    -------
+    Segmentation
+        Lazy ``labels`` (image's spatial shape and chunks, int16, -1 for nodata), the fitted
+        ``model`` (components sorted by their mean in the first band), and on demand
+        ``probabilities``, ``log_density``, ``confidence``; ``.to_zarr(path)`` writes them.
+        Unpacks as ``labels, model``.
+    """
+    img = as_image(image, feature_axis)
+    model = fit_image(
+        img, n_components, nodata=nodata, sample=sample, random_state=random_state, **gmm_params
+    )
+    return Segmentation(model=model, image=img, nodata=nodata)
+
+
+# --------------------------------------------------------------------------
+# Zarr output: temporary group, completion stamp, rename
+# --------------------------------------------------------------------------
+def _regular_chunks(chunks: tuple) -> tuple:
+    """Zarr chunk shape for dask ``chunks``, or raise if they are not regular."""
+    shape = []
+    for cs in chunks:
+        first = cs[0]
+        if any(c != first for c in cs[:-1]) or cs[-1] > first:
+            return ()
+        shape.append(int(first))
+    return tuple(shape)
+
+
+def model_json(model) -> dict:
+    """The fitted model as JSON-able data (parameters and arrays; no pickle)."""
+    from daskgmm.io import model_to_dict
+
+    arrays, meta = model_to_dict(model)
+    meta["arrays"] = {k: np.asarray(v).tolist() for k, v in arrays.items()}
+    return meta
+
+
+def model_from_json(meta: dict):
+    """Inverse of :func:`model_json`."""
+    from daskgmm._gaussian import precisions_from_cholesky
+    from daskgmm._gaussian_mixture import GaussianMixture
+    from daskgmm.io import _from_json_param
+
+    params = {k: _from_json_param(v) for k, v in meta["params"].items()}
+    model = GaussianMixture(**params)
+    arrays = meta["arrays"]
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        setattr(model, name, np.asarray(arrays[name], dtype=np.float64))
+    model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
+    fitted = meta["fitted"]
+    model.converged_ = fitted["converged_"]
+    model.n_iter_ = fitted["n_iter_"]
+    model.lower_bound_ = fitted["lower_bound_"]
+    model.n_features_in_ = fitted["n_features_in_"]
+    model.history_ = fitted.get("history_", [])
+    model.lower_bounds_ = list(arrays.get("lower_bounds_", []))
+    return model
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return value
+
+
+def write_zarr(seg: Segmentation, path, names: Sequence[str] = ("labels",), *, overwrite: bool = False, attrs: dict | None = None) -> str:
+    """Write the outputs ``names`` of ``seg`` to a Zarr group at ``path`` without ever leaving
+    a store that looks complete after a failure.
+
+    The group is written under a hidden temporary name in the same directory
+    (``.NAME.partial-<id>``), the attribute ``daskgmm_complete`` is set last, and the group
+    is renamed to ``path``. A failure removes the temporary group; a killed process leaves
+    only the hidden temporary name, which :func:`open_segmentation` refuses. With
+    ``overwrite``, an existing ``path`` is replaced only once the new store is complete.
+
+    Arrays are chunked exactly like the image's spatial chunks (probabilities add one
+    chunk holding all K components), so each dask task writes whole Zarr chunks.
+
+    Returns the path written.
+    """
+    import zarr
+
+    from daskgmm import __version__
+
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite).")
+    if seg.image.source and os.path.abspath(seg.image.source).rstrip(os.sep) == path.rstrip(os.sep):
+        raise ValueError("The output path is the input image itself; choose another output path.")
+    parent, base = os.path.split(path.rstrip(os.sep))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
+    arrays = seg.outputs(names, wrap=False)
+    try:
+        group = zarr.open_group(tmp, mode="w")
+        sources, targets = [], []
+        for name, arr in arrays.items():
+            chunks = _regular_chunks(arr.chunks)
+            if not chunks:
+                # irregular dask chunks cannot map one-to-one onto Zarr chunks: make them regular
+                regular = tuple(max(cs) for cs in arr.chunks)
+                arr = arr.rechunk(regular)
+                chunks = regular
+                logger.info("output %s rechunked to regular chunks %s for Zarr", name, regular)
+            fill = -1 if name == "labels" else np.nan
+            dims = seg.image.spatial_dims + (("component",) if name == "probabilities" else ())
+            target = group.create_array(
+                name,
+                shape=arr.shape,
+                chunks=chunks,
+                dtype=arr.dtype,
+                fill_value=fill,
+                dimension_names=list(dims),
+            )
+            sources.append(arr)
+            targets.append(target)
+        t0 = time.perf_counter()
+        da.store(sources, targets, lock=False, compute=True)
+        logger.info("wrote %s in %.1fs", names, time.perf_counter() - t0)
+        meta = {
+            "daskgmm_version": __version__,
+            "n_components": seg.n_components,
+            "nodata": _jsonable(seg.nodata),
+            "label_nodata": -1,
+            "outputs": list(names),
+            "component_order": ORDER_RULE,
+            "spatial_dims": list(seg.image.spatial_dims),
+            "source": seg.image.source,
+            "model": model_json(seg.model),
+        }
+        if attrs:
+            meta.update(attrs)
+        group.attrs.update(meta)
+        group.attrs[COMPLETE_ATTR] = True  # last: the store is complete from here on
+        trash = None
+        if os.path.exists(path):
+            trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
+            os.rename(path, trash)
+        os.rename(tmp, path)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def open_segmentation(path) -> dict:
+    """Open a store written by :func:`write_zarr` / ``daskgmm segment``.
+
+    Returns ``{"labels": dask array, ... (the outputs written), "model": GaussianMixture,
+    "attrs": dict}``. Refuses a store that lacks the completion stamp (an interrupted write).
+    """
+    import zarr
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No segmentation at {path!r}.")
+    group = zarr.open_group(path, mode="r")
+    attrs = dict(group.attrs)
+    if not attrs.get(COMPLETE_ATTR):
+        raise ValueError(
+            f"{path!r} is not a complete daskgmm segmentation (no '{COMPLETE_ATTR}' stamp): its "
+            "write was interrupted or it was not written by daskgmm. Run the segmentation again."
+        )
+    out: dict[str, Any] = {name: da.from_zarr(group[name]) for name in attrs.get("outputs", ["labels"])}
+    out["model"] = model_from_json(attrs["model"])
+    out["attrs"] = attrs
+    return out
+
+
+# --------------------------------------------------------------------------
+# a generated raster with known classes (tests, the scale run)
+# --------------------------------------------------------------------------
+def raster_classes(n_classes: int, n_bands: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class means and noise scales of :func:`make_raster` (uint16 band values)."""
+    rng = np.random.RandomState(seed)
+    means = rng.uniform(2000, 50000, size=(n_classes, n_bands))
+    scales = rng.uniform(300, 1200, size=(n_classes, n_bands))
+    return means, scales
+
+
+def _cell_hash(gy: np.ndarray, gx: np.ndarray, seed: int):
+    """Deterministic per-cell jitter (u, v in [0, 1)) and class, from the cell index alone."""
+    h = (gy.astype(np.int64) * 73856093) ^ (gx.astype(np.int64) * 19349663) ^ (int(seed) * 83492791)
+    h = (h * 2654435761 + 12345) % (2**31 - 1)
+    u = (h % 4096) / 4096.0
+    v = ((h // 4096) % 4096) / 4096.0
+    return u, v, (h // 16777216) % 1000003
+
+
+def class_map_block(y0: int, x0: int, ny: int, nx: int, n_classes: int, seed: int, cell: int) -> np.ndarray:
+    """True classes on a pixel grid: nearest jittered cell centre among the 3 x 3 neighbouring
+    cells (a Voronoi-like mosaic), a function of the pixel coordinates only."""
+    yy = np.arange(y0, y0 + ny)[:, None]
+    xx = np.arange(x0, x0 + nx)[None, :]
+    iy, ix = yy // cell, xx // cell
+    best = np.full((ny, nx), np.inf)
+    out = np.zeros((ny, nx), dtype=np.int16)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            gy, gx = np.broadcast_arrays(iy + dy, ix + dx)
+            u, v, c = _cell_hash(gy, gx, seed)
+            d2 = (yy - (gy + u) * cell) ** 2 + (xx - (gx + v) * cell) ** 2
+            closer = d2 < best
+            best[closer] = d2[closer]
+            out[closer] = (c % n_classes)[closer]
+    return out
+
+
+def raster_block(block_info=None, *, n_classes, seed, cell, means, scales, nodata):
+    info = block_info[None]
+    (y0, y1), (x0, x1), _ = info["array-location"]
+    ny, nx = y1 - y0, x1 - x0
+    classes = class_map_block(y0, x0, ny, nx, n_classes, seed, cell)
+    rng = np.random.default_rng([seed, y0, x0])
+    values = means[classes] + rng.standard_normal((ny, nx, means.shape[1]), dtype=np.float32) * scales[classes]
+    out = np.clip(np.rint(values), 1, 65535).astype(np.uint16)
+    if nodata is not None:
+        # a nodata stripe: the first row of every 7th block row of cells
+        out[(np.arange(y0, y1) % (7 * cell)) < cell // 4] = nodata
+    return out
+
+
+def make_raster(
+    path,
+    shape: tuple[int, int] = (2000, 2000),
+    n_bands: int = 4,
+    n_classes: int = 5,
+    chunks: tuple[int, int] = (1000, 1000),
+    seed: int = 0,
+    cell: int = 64,
+    nodata: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Generate a (y, x, band) uint16 Zarr raster with known classes, chunk by chunk.
+
+    Classes form a Voronoi mosaic of cells of about ``cell`` pixels; each pixel is its
+    class mean plus Gaussian noise (:func:`raster_classes`). With ``nodata``, horizontal
+    stripes are set to ``nodata`` in every band. Runs as a lazy dask computation (on the
+    current scheduler), so memory stays bounded.
+
+    Returns ``{"means", "scales", "path"}``.
+    """
+    import zarr
+
+    means, scales = raster_classes(n_classes, n_bands, seed)
+    h, w = shape
+    arr = da.map_blocks(
+        raster_block,
+        chunks=da.core.normalize_chunks((chunks[0], chunks[1], n_bands), (h, w, n_bands)),
+        dtype=np.uint16,
+        meta=np.empty((0, 0, 0), np.uint16),
+        n_classes=n_classes,
+        seed=seed,
+        cell=cell,
+        means=means.astype(np.float32),
+        scales=scales.astype(np.float32),
+        nodata=nodata,
+    )
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} already exists; pass overwrite=True.")
+    z = zarr.create_array(
+        path,
+        shape=(h, w, n_bands),
+        chunks=(chunks[0], chunks[1], n_bands),
+        dtype=np.uint16,
+        overwrite=overwrite,
+        dimension_names=["y", "x", "band"],
+    )
+    da.store(arr, z, lock=False)
+    z.attrs.update({"n_classes": n_classes, "seed": seed, "nodata": nodata})
+    return {"means": means, "scales": scales, "path": path}
+
+
+def true_classes(shape, n_classes: int, seed: int = 0, cell: int = 64) -> np.ndarray:
+    """The true class map of a small :func:`make_raster` raster (in memory)."""
+    return class_map_block(0, 0, shape[0], shape[1], n_classes, seed, cell)
+
+
+# --------------------------------------------------------------------------
+# command line: daskgmm segment
+# --------------------------------------------------------------------------
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _feature_axis(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--feature-axis {text!r}: give an integer axis, or 'none' for one band") from None
+
+
+def add_parser(subparsers) -> None:
+    """Register ``daskgmm segment`` on the CLI's subparsers."""
+    from daskgmm.cli import add_cluster_arguments
+
+    p = subparsers.add_parser(
+        "segment",
+        help="segment a multi-band Zarr raster into per-pixel classes, written to a Zarr group",
+        description="Fit a Gaussian mixture on the valid pixels of IMAGE (or a --sample of them), "
+        "label every pixel, and write OUT, a Zarr group with 'labels' (and the asked-for outputs), "
+        "chunked like IMAGE. " + ORDER_RULE + ".",
+    )
+    p.add_argument("image", help="Zarr array (or group with --array) of shape (*spatial, bands)")
+    p.add_argument("out", help="output Zarr group (refused if it exists, unless --overwrite)")
+    p.add_argument("--n-components", "-k", type=int, required=True)
+    p.add_argument("--array", help="array name inside a Zarr group")
+    p.add_argument("--feature-axis", type=_feature_axis, default=-1, help="axis holding the bands (default -1; 'none' for one band)")
+    p.add_argument("--nodata", type=_number, default=None, help="pixels equal to this in any band are left out and labelled -1")
+    p.add_argument("--sample", type=float, default=None, help="fit on this fraction of the valid pixels (e.g. 0.01)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the pixel sample and the initialisation")
+    p.add_argument("--covariance-type", default="full", choices=["full", "tied", "diag", "spherical"])
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--save-model", metavar="PATH", help="also write the fitted model here (.npz, no pickle)")
+    p.add_argument("--probabilities", action="store_true", help="also write per-pixel probabilities (float32, ..., K)")
+    p.add_argument("--log-density", action="store_true", help="also write the per-pixel log-density (an anomaly map)")
+    p.add_argument("--confidence", action="store_true", help="also write the largest probability per pixel")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (timings, pixels per second)")
+    add_cluster_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _open_image(path: str, array: str | None):
+    import zarr
+
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path!r} does not exist")
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as e:
+        raise SystemExit(f"error: {path!r} is not a Zarr store ({e})") from e
+    if isinstance(node, zarr.Group):
+        names = sorted(n for n, _ in node.arrays())
+        if array is None:
+            raise SystemExit(f"error: {path!r} is a Zarr group; choose an array with --array (one of {names})")
+        if array not in names:
+            raise SystemExit(f"error: no array {array!r} in {path!r} (arrays: {names})")
+        return node[array], os.path.join(path, array)
+    if array is not None:
+        raise SystemExit(f"error: {path!r} is a Zarr array, not a group; drop --array")
+    return node, path
+
+
+def run(args) -> int:
+    """``daskgmm segment``: fit, then write OUT safely; prints a summary."""
+    from daskgmm.cli import connect
+
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not args.overwrite:
+        raise SystemExit(f"error: {args.out!r} already exists; pass --overwrite to replace it")
+    if args.sample is not None and not 0.0 < args.sample <= 1.0:
+        raise SystemExit(f"error: --sample {args.sample} must be a fraction in (0, 1], e.g. 0.01")
+    znode, source = _open_image(args.image, args.array)
+    if os.path.abspath(source).rstrip(os.sep) == out.rstrip(os.sep) or os.path.abspath(args.image) == out:
+        raise SystemExit("error: OUT is the input image; choose another output path")
+    try:
+        img = as_image(znode, args.feature_axis)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}") from e
+    img.source = source
+    n_pixels = int(np.prod(img.spatial_shape))
+    with connect(args) as client:
+        if client.dashboard_link:
+            print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            model = fit_image(
+                img,
+                args.n_components,
+                nodata=args.nodata,
+                sample=args.sample,
+                random_state=args.seed,
+                covariance_type=args.covariance_type,
+                max_iter=args.max_iter,
+                tol=args.tol,
+            )
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from e
+        fit_s = time.perf_counter() - t0
+        seg = Segmentation(model=model, image=img, nodata=args.nodata)
+        t1 = time.perf_counter()
+        seg.to_zarr(
+            out,
+            probabilities=args.probabilities,
+            log_density=args.log_density,
+            confidence=args.confidence,
+            overwrite=args.overwrite,
+            attrs={"command": "daskgmm segment", "sample": args.sample, "seed": args.seed},
+        )
+        write_s = time.perf_counter() - t1
+    if args.save_model:
+        model.save(args.save_model)
+    summary = {
+        "n_pixels": n_pixels,
+        "n_pixels_fit": int(model.n_pixels_fit_),
+        "n_bands": img.n_bands,
+        "n_components": int(model.n_components),
+        "converged": bool(model.converged_),
+        "n_iter": int(model.n_iter_),
+        "lower_bound": float(model.lower_bound_),
+        "fit_seconds": fit_s,
+        "predict_write_seconds": write_s,
+        "fit_pixels_per_second": model.n_pixels_fit_ / fit_s if fit_s > 0 else None,
+        "predict_pixels_per_second": n_pixels / write_s if write_s > 0 else None,
+        "out": out,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"fitted {model.n_components} components on {model.n_pixels_fit_:,} pixels in {fit_s:.1f}s "
+            f"(converged: {model.converged_}, {model.n_iter_} iterations); labelled {n_pixels:,} pixels "
+            f"and wrote {out} in {write_s:.1f}s ({n_pixels / max(write_s, 1e-9):,.0f} pixels/s)"
+        )
+    return 0
+
+
+def _main(argv=None) -> int:  # pragma: no cover - a documented command for the scale run
+    """``python -m daskgmm.image make-raster PATH ...``: generate a raster with known classes."""
+    parser = argparse.ArgumentParser(prog="python -m daskgmm.image")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("make-raster", help="write a (y, x, band) uint16 Zarr raster with known classes")
+    p.add_argument("path")
+    p.add_argument("--height", type=int, default=2000)
+    p.add_argument("--width", type=int, default=2000)
+    p.add_argument("--bands", type=int, default=4)
+    p.add_argument("--classes", type=int, default=5)
+    p.add_argument("--chunk", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nodata", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--workers", type=int, default=None, help="use a local cluster of this many workers (default: threads)")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.workers:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as c, Client(c):
+            make_raster(args.path, (args.height, args.width), args.bands, args.classes, (args.chunk, args.chunk), args.seed, nodata=args.nodata, overwrite=args.overwrite)
+    else:
+        make_raster(args.path, (args.height, args.width), args.bands, args.classes, (args.chunk, args.chunk), args.seed, nodata=args.nodata, overwrite=args.overwrite)
+    size = args.height * args.width * args.bands * 2
+    print(f"wrote {args.height} x {args.width} x {args.bands} uint16 ({size / 1e9:.2f} GB) to {args.path} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main())
