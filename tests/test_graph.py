@@ -1,0 +1,104 @@
+"""The shape of one EM iteration's graph (dask's reduction tests are the model).
+
+One fused task per chunk, a fixed-order tree of bounded fan-in, one key for the
+parameters, deterministic keys, and a graph that grows with the number of chunks
+but not with K or D.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from dask.callbacks import Callback
+from sklearn.exceptions import ConvergenceWarning
+
+from daskgmm import GaussianMixture
+from daskgmm._gaussian import EStepParams
+from daskgmm._suffstats import chunk_stats, combine, map_reduce, shared
+from tests.conftest import make_mixture
+
+
+def _params(k, d):
+    rng = np.random.RandomState(0)
+    return EStepParams(np.full(k, 1 / k), rng.randn(k, d), np.stack([np.eye(d)] * k), "full", np.float64)
+
+
+def _iteration_graph(n_chunks, k=3, d=2, split_every=4):
+    X = da.random.RandomState(0).normal(size=(n_chunks * 10, d), chunks=(10, d))
+    blocks = X.to_delayed(optimize_graph=False).ravel()
+    ps = shared(_params(k, d), name="gmm-params-test")
+    g = map_reduce(chunk_stats, [(b, ps) for b in blocks], "gmm-em-stats-test", split_every)
+    return g, dict(g.__dask_graph__())
+
+
+def _layer_counts(graph):
+    counts = {}
+    for key in graph:
+        name = key[0] if isinstance(key, tuple) else key
+        prefix = name.split("-test")[0] + ("-test" + name.split("-test")[1] if "-test" in name else "")
+        counts[prefix] = counts.get(prefix, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("n_chunks, split_every", [(1, 4), (7, 4), (64, 4), (100, 16)])
+def test_one_task_per_chunk_and_a_bounded_tree(n_chunks, split_every):
+    g, graph = _iteration_graph(n_chunks, split_every=split_every)
+    stats_keys = [k for k in graph if isinstance(k, tuple) and k[0] == "gmm-em-stats-test"]
+    assert len(stats_keys) == n_chunks
+    params_keys = [k for k in graph if "gmm-params-test" in str(k)]
+    assert len(params_keys) == 1
+    combine_keys = [k for k in graph if isinstance(k, tuple) and "combine" in k[0]]
+    # a full tree of fan-in split_every: ceil(n/s) + ceil(n/s^2) + ... nodes
+    expected, m = 0, n_chunks
+    while m > 1:
+        m = -(-m // split_every)
+        expected += m
+    assert len(combine_keys) == expected
+    depth = len({k[0] for k in combine_keys})
+    assert depth == (0 if n_chunks == 1 else int(np.ceil(np.log(n_chunks) / np.log(split_every) - 1e-9)))
+
+
+def test_graph_size_does_not_grow_with_k_or_d():
+    _, small = _iteration_graph(12, k=2, d=2)
+    _, large = _iteration_graph(12, k=20, d=30)
+    assert len(small) == len(large)
+
+
+def test_reduction_equals_the_sum_of_chunk_statistics():
+    g, graph = _iteration_graph(9, split_every=2)
+    (stats,) = dask.compute(g)
+    X = da.random.RandomState(0).normal(size=(90, 2), chunks=(10, 2)).compute()
+    direct = chunk_stats(X, _params(3, 2))
+    for key in ("n", "loglik"):
+        assert stats[key] == pytest.approx(direct[key], rel=1e-12)
+    for key in ("nk", "u", "s2"):
+        np.testing.assert_allclose(stats[key], direct[key], rtol=1e-12)
+    assert combine([direct])["nk"] is not direct["nk"]  # combine never aliases its inputs
+
+
+class KeyRecorder(Callback):
+    def __init__(self):
+        super().__init__()
+        self.keys = []
+
+    def _start(self, dsk):
+        # dask names its own final gathering task with a random uuid: not ours
+        self.keys.append(sorted(str(k) for k in dsk if not str(k).startswith("finalize-")))
+
+
+def test_keys_are_deterministic_and_named_by_phase():
+    X = make_mixture(n_samples=400, n_features=2, n_components=2, seed=3)[0]
+    Xd = da.from_array(X, chunks=(100, 2))
+    runs = []
+    for _ in range(2):
+        with KeyRecorder() as rec, warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            GaussianMixture(2, random_state=0, max_iter=3, tol=0).fit(Xd)
+        runs.append(rec.keys)
+    assert runs[0] == runs[1]
+    names = " ".join(k for graph in runs[0] for k in graph)
+    assert "gmm-init" in names and "gmm-em-stats" in names
