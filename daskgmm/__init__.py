@@ -4,7 +4,8 @@ from daskgmm import accessor  # noqa: F401  (registers the DataArray.gmm accesso
 from daskgmm._gaussian_mixture import GaussianMixture
 from daskgmm.image import segment
 from daskgmm.io import load
+from daskgmm.selection import ModelSelection, select_model
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianMixture", "load", "segment", "__version__"]
+__all__ = ["GaussianMixture", "load", "select_model", "ModelSelection", "segment", "__version__"]
