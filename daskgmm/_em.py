@@ -62,6 +62,10 @@ class EMConfig:
     split_every: int = 16
     verbose: int = 0
     verbose_interval: int = 10
+    #: bytes streamed from storage by one pass (0 when the data is held in memory)
+    bytes_per_pass: int = 0
+    #: draw a progress bar (see :mod:`daskgmm._progress`)
+    progress: bool = False
 
 
 def statistics_pass(blocks, weight_blocks, p: EStepParams, token: str, split_every: int) -> dict:
@@ -97,6 +101,7 @@ def em_step(state: EMState, blocks, weight_blocks, cfg: EMConfig, dtype, data_to
         "lower_bound": float(lower_bound),
         "change": float(change),
         "seconds": time.perf_counter() - t0,
+        "bytes_read": int(cfg.bytes_per_pass),
     }
     state.history.append(record)
     if abs(change) < cfg.tol:
@@ -104,35 +109,50 @@ def em_step(state: EMState, blocks, weight_blocks, cfg: EMConfig, dtype, data_to
     return record
 
 
-def run_em(state: EMState, blocks, weight_blocks, cfg: EMConfig, dtype, data_token: str, callback=None) -> EMState:
-    """Iterate until convergence or ``max_iter`` iterations of this start."""
-    start_iter = state.n_iter
+def run_em(
+    state: EMState, blocks, weight_blocks, cfg: EMConfig, dtype, data_token: str, callback=None, label: str = "GMM"
+) -> EMState:
+    """Iterate until convergence or ``max_iter`` iterations of this start.
+
+    ``state.n_iter`` counts the iterations already done, so a state restored from a
+    checkpoint continues where it stopped (a fresh or warm-started state has 0).
+    """
+    from daskgmm._progress import FitProgress
+
     t_init = time.perf_counter()
-    while state.n_iter - start_iter < cfg.max_iter:
-        record = em_step(state, blocks, weight_blocks, cfg, dtype, data_token)
-        _verbose_iter(cfg, state.n_iter - start_iter, record)
-        logger.info(
-            "iteration %d: lower bound %.6f (change %.3g, %.3fs)",
-            record["iteration"],
-            record["lower_bound"],
-            record["change"],
-            record["seconds"],
-        )
-        if callback is not None:
-            callback(state, record)
-        if state.converged:
-            break
+    bar = FitProgress(cfg.max_iter, cfg.progress, desc=label, initial=state.n_iter)
+    try:
+        while not state.converged and state.n_iter < cfg.max_iter:
+            record = em_step(state, blocks, weight_blocks, cfg, dtype, data_token)
+            bar.update(record)
+            _verbose_iter(cfg, state.n_iter, record, bar.write)
+            _log_iter(record)
+            if callback is not None:
+                callback(state, record)
+    finally:
+        bar.close()
     _verbose_init_end(cfg, state, time.perf_counter() - t_init)
     return state
 
 
-def _verbose_iter(cfg: EMConfig, n_iter: int, record: dict) -> None:
+def _log_iter(record: dict) -> None:
+    logger.info(
+        "iteration %d: lower bound %.6f (change %.3g, %.3fs, %d bytes read)",
+        record["iteration"],
+        record["lower_bound"],
+        record["change"],
+        record["seconds"],
+        record["bytes_read"],
+    )
+
+
+def _verbose_iter(cfg: EMConfig, n_iter: int, record: dict, write=print) -> None:
     # scikit-learn's verbose output (the documented behaviour of ``verbose``)
     if cfg.verbose and n_iter % cfg.verbose_interval == 0:
         if cfg.verbose == 1:
-            print(f"  Iteration {n_iter}")
+            write(f"  Iteration {n_iter}")
         else:
-            print(f"  Iteration {n_iter}\t time lapse {record['seconds']:.5f}s\t ll change {record['change']:.5f}")
+            write(f"  Iteration {n_iter}\t time lapse {record['seconds']:.5f}s\t ll change {record['change']:.5f}")
 
 
 def _verbose_init_end(cfg: EMConfig, state: EMState, seconds: float) -> None:
@@ -154,6 +174,131 @@ def improves(lower_bound: float, best: float) -> bool:
     if not np.isfinite(best):
         return True
     return lower_bound > best + 1e-12 * max(1.0, abs(best))
+
+
+#: ``persist="auto"`` holds the data in memory when it takes at most this share of it
+PERSIST_FRACTION = 0.5
+
+
+def active_client():
+    """The ``distributed.Client`` that ``dask.compute`` uses now, or None (local scheduler)."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    try:
+        uses_client = dask.base.get_scheduler() == client.get
+    except Exception:  # pragma: no cover - defensive
+        uses_client = False
+    return client if uses_client else None
+
+
+def memory_budget(client) -> tuple[int, str]:
+    """Bytes of memory the data could be held in, and where (for the log)."""
+    import psutil
+
+    if client is None:
+        return int(psutil.virtual_memory().available), "available memory of this machine"
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+    if not limits:
+        return 0, "workers' memory (no workers connected yet)"
+    if any(lim <= 0 for lim in limits):
+        total = int(psutil.virtual_memory().total)
+        return total, f"memory of the machine ({len(limits)} workers without a memory limit)"
+    return sum(limits), f"workers' memory limits ({len(limits)} workers)"
+
+
+def _gb(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.3g} TiB"  # pragma: no cover
+
+
+def plan_data(X, persist, in_memory: bool):
+    """Decide whether the data is held in (cluster) memory across iterations.
+
+    Parameters
+    ----------
+    X : dask.array.Array
+        The data, chunked by rows.
+    persist : {"auto", True, False}
+        ``"auto"`` holds the data on a distributed cluster when it takes at most
+        :data:`PERSIST_FRACTION` of the workers' memory limits and streams it from
+        storage in every iteration otherwise; without a distributed scheduler it
+        streams (``True`` loads the data into this process's memory). In-memory (numpy) input on a distributed cluster is always sent
+        to the workers once (persisted), never with every iteration's graph.
+    in_memory : bool
+        Whether ``X`` wraps an in-memory (numpy) array.
+
+    Returns
+    -------
+    X : dask.array.Array
+        Persisted or as given.
+    bytes_per_pass : int
+        Bytes read from storage by one pass: ``X.nbytes`` when streamed, else 0.
+    """
+    client = active_client()
+    nbytes = int(X.nbytes)
+    if in_memory:
+        if client is None:
+            logger.info("in-memory input (%s): computed in this process, nothing to persist", _gb(nbytes))
+            return X, 0
+        if persist is False:
+            logger.info(
+                "persist=False: the in-memory input (%s) is sent to the cluster with every iteration", _gb(nbytes)
+            )
+            return X, 0
+        logger.info("in-memory input (%s): sent to the workers once and held there across iterations", _gb(nbytes))
+        return X.persist(), 0
+    budget, where = memory_budget(client)
+    if persist == "auto" and client is None:
+        # the local scheduler: persisting would cost a pass of its own, and the
+        # operating system's page cache already keeps recently read chunks
+        logger.info(
+            "persist='auto' without a distributed scheduler: reading the data's chunks (%s) in every "
+            "iteration (persist=True loads them into this process's memory instead)",
+            _gb(nbytes),
+        )
+        return X, nbytes
+    if persist == "auto":
+        do = nbytes <= PERSIST_FRACTION * budget
+        if do:
+            logger.info(
+                "persist='auto': the data (%s) fits comfortably in the %s (%s): holding it in memory "
+                "across iterations",
+                _gb(nbytes),
+                where,
+                _gb(budget),
+            )
+        else:
+            logger.info(
+                "persist='auto': the data (%s) is more than %d%% of the %s (%s): streaming its chunks from "
+                "storage in every iteration (persist=True holds it anyway)",
+                _gb(nbytes),
+                int(PERSIST_FRACTION * 100),
+                where,
+                _gb(budget),
+            )
+    else:
+        do = bool(persist)
+        logger.info(
+            "persist=%s: %s the data (%s; %s: %s)",
+            do,
+            "holding in memory" if do else "streaming from storage in every iteration",
+            _gb(nbytes),
+            where,
+            _gb(budget),
+        )
+    if do:
+        return X.persist(), 0
+    return X, nbytes
 
 
 def warn_not_converged() -> None:
@@ -179,5 +324,7 @@ __all__ = [
     "statistics_pass",
     "warn_not_converged",
     "improves",
+    "plan_data",
+    "active_client",
     "complete_params",
 ]

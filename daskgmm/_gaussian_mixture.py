@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+import os
 from typing import Any
 
 import dask
@@ -16,8 +18,10 @@ from daskgmm._em import (
     EMConfig,
     EMState,
     Params,
+    active_client,
     complete_params,
     improves,
+    plan_data,
     run_em,
     warn_not_converged,
 )
@@ -30,6 +34,7 @@ from daskgmm._gaussian import (
     precisions_from_cholesky,
 )
 from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, initialize
+from daskgmm._progress import show_progress
 from daskgmm._suffstats import predict_block, shared
 from daskgmm._validation import (
     Input,
@@ -38,6 +43,7 @@ from daskgmm._validation import (
     check_weights,
     to_dask,
 )
+from daskgmm.checkpoint import open_checkpoint, saving_callback
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -92,7 +98,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     warm_start : bool, default=False
         Continue from the last fit's parameters on the next ``fit``.
     verbose : int, default=0
-        1 prints each start and iteration number, 2 also times and lower-bound changes.
+        1 prints each start and iteration number, 2 also times and lower-bound changes
+        (scikit-learn's lines). With ``verbose >= 1`` and a terminal or notebook
+        attached, a progress bar per start also shows the iteration, lower bound,
+        change and seconds per iteration; ``verbose=0`` is silent.
     verbose_interval : int, default=10
         Iterations between verbose messages.
     chunk_size : int or None, default=None
@@ -103,6 +112,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Most rows that k-means / k-means++ initialisation sees.
     split_every : int, default=16
         Fan-in of the tree reduction of the per-chunk statistics.
+    persist : {'auto', True, False}, default='auto'
+        Whether the data is held in (cluster) memory across EM iterations. ``False``
+        streams every chunk from storage in every iteration and keeps only the
+        statistics, so data larger than the cluster's memory can be fitted.
+        ``'auto'`` persists only on a distributed cluster and only when the data
+        takes at most half of the workers' memory limits, and logs its choice on the
+        ``daskgmm`` logger (``True`` without a distributed scheduler loads the data
+        into this process's memory). In-memory (numpy) input on a
+        distributed cluster is sent to the workers once, whatever this setting says
+        (except ``False``, which sends it with every iteration).
+    checkpoint : str or os.PathLike, default=None
+        File where the EM state is saved, atomically and without pickle, after the
+        initialisation and after every iteration (see :mod:`daskgmm.checkpoint`).
+        ``fit(X, resume=True)`` continues from it to the same result as an
+        uninterrupted fit.
 
     Attributes
     ----------
@@ -120,7 +144,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     lower_bounds_ : list of float
         Lower bound per iteration of the best start.
     history_ : list of dict
-        Per iteration of the best start: ``lower_bound``, ``change``, ``seconds``.
+        Per iteration of the best start: ``iteration``, ``lower_bound``, ``change``,
+        ``seconds`` and ``bytes_read`` (bytes of data chunks streamed from storage in
+        that iteration: the data's ``nbytes`` when streamed, 0 when held in memory).
     n_features_in_ : int
     """
 
@@ -144,6 +170,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         chunk_size: int | None = None,
         init_sample_size: int = DEFAULT_INIT_SAMPLE_SIZE,
         split_every: int = 16,
+        persist: bool | str = "auto",
+        checkpoint=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -162,6 +190,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.chunk_size = chunk_size
         self.init_sample_size = init_sample_size
         self.split_every = split_every
+        self.persist = persist
+        self.checkpoint = checkpoint
 
     # ------------------------------------------------------------------
     # validation
@@ -186,6 +216,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(
                 "The 'init_params' parameter of GaussianMixture must be a str among "
                 f"{set(INIT_PARAMS)}. Got {self.init_params!r} instead."
+            )
+        if not (self.persist == "auto" or isinstance(self.persist, (bool, np.bool_))):
+            raise ValueError(
+                f"The 'persist' parameter of GaussianMixture must be 'auto', True or False. Got {self.persist!r} instead."
+            )
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise ValueError(
+                "The 'checkpoint' parameter of GaussianMixture must be a file path (str or os.PathLike) "
+                f"or None. Got {self.checkpoint!r} instead."
             )
         if not isinstance(self.warm_start, (bool, np.bool_)):
             raise ValueError(f"The 'warm_start' parameter of GaussianMixture must be a bool. Got {self.warm_start!r}.")
@@ -222,7 +261,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------
     # fitting
     # ------------------------------------------------------------------
-    def fit(self, X, y=None, sample_weight=None, callback=None):
+    def fit(self, X, y=None, sample_weight=None, callback=None, resume: bool = False):
         """Estimate the parameters with EM (one pass over the data per iteration).
 
         Parameters
@@ -236,7 +275,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         callback : callable, default=None
             Called after every EM iteration as ``callback(state, record)``, where
             ``record`` is the iteration's history entry (``iteration``,
-            ``lower_bound``, ``change``, ``seconds``).
+            ``lower_bound``, ``change``, ``seconds``, ``bytes_read``).
+        resume : bool, default=False
+            Continue from the file given as ``checkpoint`` (a fresh fit when it does
+            not exist yet). Refused with a clear error when the checkpoint belongs
+            to other data or other settings.
 
         Returns
         -------
@@ -244,10 +287,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         self._check_params()
         inp = self._validate(X, reset=True)
-        self._fit(inp, sample_weight, callback=callback)
+        self._fit(inp, sample_weight, callback=callback, resume=resume)
         return self
 
-    def _fit(self, inp: Input, sample_weight=None, callback=None) -> None:
+    def _fit(self, inp: Input, sample_weight=None, callback=None, resume: bool = False) -> None:
         if inp.n_samples < self.n_components:
             raise ValueError(
                 "Expected n_samples >= n_components "
@@ -261,7 +304,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         precisions_init = (
             check_precisions(self.precisions_init, ct, k, d) if self.precisions_init is not None else None
         )
-        X = inp.data
+        ckpt, resumed = open_checkpoint(self, inp, w, resume)
+        # hold the data in (cluster) memory or stream it every iteration (issue 5)
+        X, bytes_per_pass = plan_data(inp.data, self.persist, inp.kind == "numpy")
+        if w is not None and active_client() is not None:
+            w = w.persist()
+        fit_inp = dataclasses.replace(inp, data=X)
         blocks = X.to_delayed(optimize_graph=False).ravel()
         wblocks = w.to_delayed(optimize_graph=False).ravel() if w is not None else None
         cfg = EMConfig(
@@ -272,6 +320,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             split_every=self.split_every,
             verbose=self.verbose,
             verbose_interval=self.verbose_interval,
+            bytes_per_pass=bytes_per_pass,
+            progress=show_progress(self.verbose),
         )
         data_token = X.name + ("" if w is None else w.name)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
@@ -279,21 +329,34 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         random_state = check_random_state(self.random_state)
 
         best: EMState | None = None
-        for init in range(n_init):
+        first = 0
+        if resumed is not None:
+            random_state.set_state(resumed.rng_state)
+            best, first = resumed.best, resumed.start
+        for init in range(first, n_init):
             if self.verbose:
                 print(f"Initialization {init}")
-            if do_init:
-                params = self._initialize(inp, w, random_state, weights_init, means_init, precisions_init)
+            if resumed is not None and init == resumed.start and resumed.state is not None:
+                state = resumed.state
+            elif do_init:
+                params = self._initialize(fit_inp, w, random_state, weights_init, means_init, precisions_init)
                 state = EMState(params=params)
             else:
                 state = EMState(
                     params=Params(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_),
                     lower_bound=self.lower_bound_,
                 )
+            on_iteration = callback
+            if ckpt is not None:
+                ckpt.save(init, state, best, random_state)
+                on_iteration = saving_callback(ckpt, init, best, random_state, callback)
             if self.max_iter > 0:
-                run_em(state, blocks, wblocks, cfg, X.dtype, data_token, callback=callback)
+                label = "GMM" if n_init == 1 else f"GMM start {init + 1}/{n_init}"
+                run_em(state, blocks, wblocks, cfg, X.dtype, data_token, callback=on_iteration, label=label)
             if best is None or improves(state.lower_bound, best.lower_bound):
                 best = state
+            if ckpt is not None:
+                ckpt.save(init + 1, None, best, random_state, finished=init + 1 == n_init)
 
         if not best.converged and self.max_iter > 0:
             warn_not_converged()

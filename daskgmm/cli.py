@@ -185,6 +185,16 @@ def add_fit_parser(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: the array's chunks)")
     p.add_argument("--save-model", metavar="PATH", help="write the fitted model here (.npz, no pickle)")
     p.add_argument("--json", action="store_true", help="print the fitted summary as JSON")
+    p.add_argument("--checkpoint", metavar="PATH", help="save the EM state here after every iteration (atomic, no pickle)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint PATH (a new fit if it does not exist yet)")
+    p.add_argument(
+        "--persist",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="hold the data in cluster memory across iterations (true), stream it from storage every "
+        "iteration (false), or hold it only when it takes at most half the workers' memory (auto, the default)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     add_cluster_arguments(p)
     p.set_defaults(func=run_fit)
 
@@ -200,6 +210,8 @@ def model_kwargs(args) -> dict:
         init_params=args.init,
         random_state=args.seed,
         chunk_size=args.chunk_size,
+        persist={"auto": "auto", "true": True, "false": False}[getattr(args, "persist", "auto")],
+        checkpoint=getattr(args, "checkpoint", None),
     )
 
 
@@ -228,14 +240,41 @@ def print_summary(model, out=sys.stdout) -> None:
 
 def run_fit(args) -> int:
     from daskgmm import GaussianMixture
+    from daskgmm._progress import FitProgress, is_interactive
+    from daskgmm.checkpoint import CheckpointError
 
     X = open_data(args.data, args.array)
+    if args.resume and not args.checkpoint:
+        raise SystemExit("error: --resume needs --checkpoint PATH (the checkpoint of the fit to continue)")
+    if not args.data.endswith(".npy"):
+        import zarr  # the Zarr array itself, so that a checkpoint records its path
+
+        X = zarr.open(args.data, mode="r")
+        X = X[args.array] if args.array else X
+    bars: list = []
+
+    def progress(state, record):
+        # one bar per start: a start begins again at iteration 1
+        if not bars or record["iteration"] <= bars[-1].last:
+            if bars:
+                bars[-1].close()
+            bars.append(FitProgress(args.max_iter, True, desc="daskgmm fit", initial=record["iteration"] - 1))
+        bars[-1].last = record["iteration"]
+        bars[-1].update(record)
+
+    show = is_interactive() and not args.no_progress
     with connect(args) as client:
         if client.dashboard_link:
             print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         model = GaussianMixture(verbose=0, **model_kwargs(args))
         t0 = time.perf_counter()
-        model.fit(X)
+        try:
+            model.fit(X, callback=progress if show else None, resume=args.resume)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from e
+        finally:
+            for bar in bars:
+                bar.close()
         seconds = time.perf_counter() - t0
     if args.save_model:
         model.save(args.save_model)

@@ -1,0 +1,117 @@
+"""A progress bar per EM start, for terminals and notebooks.
+
+One bar per start of a fit: the iteration out of ``max_iter``, the lower bound,
+its change and the seconds per iteration. It is drawn with ``tqdm.auto``, which
+renders as a notebook widget when ipywidgets is installed and as text otherwise.
+
+When is it shown? :class:`~daskgmm.GaussianMixture` shows it when ``verbose >= 1``
+*and* the output is interactive (standard error is a terminal, or the code runs in
+a Jupyter kernel). ``verbose=0`` is silent, as in scikit-learn, and so is any
+``verbose`` when the output goes to a file or a pipe (logs of batch jobs get
+scikit-learn's plain lines instead, which ``verbose >= 1`` always prints). The
+``daskgmm fit`` command shows it whenever standard error is a terminal, unless
+``--no-progress`` is given.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where a widget can be drawn)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # pragma: no cover - defensive
+        return False
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def is_interactive(stream=None) -> bool:
+    """True when a person can watch ``stream`` (default: standard error) or a notebook."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):
+        tty = False
+    return tty or in_notebook()
+
+
+def show_progress(verbose: int, progress: bool | None = None) -> bool:
+    """Whether to draw a bar: ``progress`` when given, else ``verbose >= 1`` and interactive."""
+    if progress is not None:
+        return bool(progress)
+    return bool(verbose) and is_interactive()
+
+
+class FitProgress:
+    """A bar for one EM start (a no-op when ``enabled`` is false).
+
+    Parameters
+    ----------
+    total : int
+        Most iterations of the start (``max_iter``).
+    enabled : bool
+        Draw the bar; when false every method does nothing (except :meth:`write`,
+        which prints).
+    desc : str
+        Label before the bar, e.g. ``"GMM start 1/3"``.
+    initial : int, default=0
+        Iterations already done (a resumed start).
+    file : file-like, default=None
+        Where to draw; ``sys.stderr`` by default.
+    """
+
+    def __init__(self, total: int, enabled: bool, desc: str = "GMM", initial: int = 0, file=None):
+        self.enabled = bool(enabled)
+        self._bar = None
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="it",
+                file=file if file is not None else sys.stderr,
+                dynamic_ncols=True,
+                leave=True,
+            )
+
+    def update(self, record: dict) -> None:
+        """Advance to ``record["iteration"]`` and show its lower bound, change and seconds."""
+        if self._bar is None:
+            return
+        self._bar.set_postfix(
+            {
+                "lower bound": f"{record['lower_bound']:.6g}",
+                "change": f"{record['change']:.3g}",
+                "s/it": f"{record['seconds']:.2f}",
+            },
+            refresh=False,
+        )
+        self._bar.update(max(0, int(record["iteration"]) - self._bar.n))
+
+    def write(self, line: str) -> None:
+        """Print ``line`` on standard output without breaking the bar."""
+        if self._bar is None:
+            print(line)
+        else:
+            self._bar.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> FitProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["FitProgress", "in_notebook", "is_interactive", "show_progress"]

@@ -1,0 +1,325 @@
+"""Checkpoints of a running fit: resume after the driver dies or the job is pre-empted.
+
+With ``GaussianMixture(checkpoint=PATH)`` (``daskgmm fit --checkpoint PATH``) the
+driver writes the EM state after the initialisation of every start and after every
+iteration: the current parameters, the iteration, the lower-bound history, the best
+start so far (``n_init > 1``), the random state, the fit's settings and the data's
+fingerprint (shape, dtype, row chunks, the Zarr path when known, a content hash for
+in-memory arrays). ``fit(X, resume=True)`` (``--resume``) continues from it, to the
+same final result as an uninterrupted run: EM iterations are deterministic functions
+of the parameters, which are stored exactly (float64).
+
+The file is one ``.npz`` archive of numeric arrays plus a JSON ``metadata`` entry,
+read with ``numpy.load(allow_pickle=False)``; it is written to a temporary name in
+the same directory and renamed into place, so the file under ``PATH`` is always a
+complete checkpoint, never a torn one.
+
+A checkpoint is refused, with a message saying what differs, when it belongs to
+other data or was written with other settings (``n_components``, ``covariance_type``,
+``tol``, ``reg_covar``, ``max_iter``, ``n_init``, ``init_params``, ``random_state``,
+the initial parameters, ``sample_weight``, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from daskgmm._em import EMState, Params
+from daskgmm.io import atomic_write_bytes
+
+logger = logging.getLogger("daskgmm")
+
+FORMAT_NAME = "daskgmm-checkpoint"
+FORMAT_VERSION = 1
+
+_PARAM_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for this fit (other data, other settings, damaged)."""
+
+
+def _digest(a) -> str | None:
+    if a is None:
+        return None
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()[:32]
+
+
+def _normalise_source(source: str | None) -> str | None:
+    if not source:
+        return None
+    if source.startswith("file://"):
+        source = source[len("file://") :]
+    if "://" in source:
+        return source
+    return os.path.abspath(source)
+
+
+def data_fingerprint(inp) -> dict:
+    """Shape, dtype, row chunks and (when known) the path or content hash of the data.
+
+    ``inp`` is a :class:`daskgmm._validation.Input`. In-memory (numpy) input is
+    identified by its content (dask's token of the array); Zarr input by its path;
+    other dask arrays by shape, dtype and chunks only.
+    """
+    X = inp.data
+    rows = tuple(int(c) for c in X.chunks[0])
+    fp = {
+        "shape": [int(s) for s in X.shape],
+        "dtype": str(X.dtype),
+        "n_chunks": len(rows),
+        "largest_chunk_rows": max(rows) if rows else 0,
+        "row_chunks_hash": hashlib.sha256(repr(rows).encode()).hexdigest()[:32],
+        "path": _normalise_source(inp.source),
+    }
+    if inp.kind == "numpy":
+        fp["content"] = X.name
+    return fp
+
+
+def fit_settings(model, sample_weight=None) -> dict:
+    """The estimator settings a resumed fit must share with the checkpoint."""
+    rs = model.random_state
+    if rs is None or isinstance(rs, (int, np.integer)):
+        rs = None if rs is None else int(rs)
+    else:
+        rs = "RandomState instance"
+    return {
+        "n_components": int(model.n_components),
+        "covariance_type": model.covariance_type,
+        "tol": float(model.tol),
+        "reg_covar": float(model.reg_covar),
+        "max_iter": int(model.max_iter),
+        "n_init": int(model.n_init),
+        "init_params": model.init_params,
+        "random_state": rs,
+        "init_sample_size": int(model.init_sample_size),
+        "split_every": int(model.split_every),
+        "weights_init": _digest(model.weights_init),
+        "means_init": _digest(model.means_init),
+        "precisions_init": _digest(model.precisions_init),
+        "sample_weight": None if sample_weight is None else str(sample_weight.name),
+    }
+
+
+@dataclass
+class Resumed:
+    """What a checkpoint holds: where the fit stands."""
+
+    start: int  # index of the start in progress (== n_init when finished)
+    state: EMState | None  # that start's state (None: not initialised yet)
+    best: EMState | None  # best finished start so far
+    rng_state: tuple
+    finished: bool
+
+
+def _state_to(prefix: str, state: EMState, arrays: dict) -> dict:
+    p = state.params
+    for name in _PARAM_ARRAYS:
+        value = getattr(p, name)
+        if value is not None:
+            arrays[f"{prefix}_{name}"] = np.asarray(value, dtype=np.float64)
+    return {
+        "n_iter": int(state.n_iter),
+        "lower_bound": float(state.lower_bound),
+        "lower_bounds": [float(v) for v in state.lower_bounds],
+        "converged": bool(state.converged),
+        "history": state.history,
+    }
+
+
+def _state_from(prefix: str, meta: dict, arrays: dict) -> EMState:
+    values = {name: arrays.get(f"{prefix}_{name}") for name in _PARAM_ARRAYS}
+    params = Params(**values)
+    return EMState(
+        params=params,
+        n_iter=int(meta["n_iter"]),
+        lower_bound=float(meta["lower_bound"]),
+        lower_bounds=[float(v) for v in meta["lower_bounds"]],
+        converged=bool(meta["converged"]),
+        history=list(meta["history"]),
+    )
+
+
+def _describe_difference(key: str, then, now) -> str:
+    return f"{key}={then!r} in the checkpoint, {now!r} now"
+
+
+class Checkpoint:
+    """Writes and reads the checkpoint of one fit at ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Checkpoint file (conventionally ``*.ckpt.npz``); its directory is created.
+    settings : dict
+        :func:`fit_settings` of the estimator.
+    fingerprint : dict
+        :func:`data_fingerprint` of the data.
+    """
+
+    def __init__(self, path, settings: dict, fingerprint: dict):
+        self.path = os.fspath(path)
+        self.settings = settings
+        self.fingerprint = fingerprint
+        self.n_saved = 0
+
+    # -- writing --------------------------------------------------------
+    def save(
+        self,
+        start: int,
+        state: EMState | None,
+        best: EMState | None,
+        random_state: np.random.RandomState,
+        finished: bool = False,
+    ) -> None:
+        """Atomically write where the fit stands (write to a temporary name, then rename)."""
+        arrays: dict[str, np.ndarray] = {}
+        name, keys, pos, has_gauss, cached = random_state.get_state()
+        arrays["rng_keys"] = np.asarray(keys, dtype=np.uint32)
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "daskgmm_version": _version(),
+            "settings": self.settings,
+            "data": self.fingerprint,
+            "start": int(start),
+            "finished": bool(finished),
+            "rng": {"name": name, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "state": None if state is None else _state_to("state", state, arrays),
+            "best": None if best is None else _state_to("best", best, arrays),
+        }
+        payload = dict(arrays)
+        payload["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        atomic_write_bytes(self.path, lambda f: np.savez(f, **payload))
+        self.n_saved += 1
+        if state is not None:
+            logger.debug("checkpoint %s: start %d, iteration %d", self.path, start, state.n_iter)
+
+    # -- reading --------------------------------------------------------
+    def load(self) -> Resumed | None:
+        """The saved state, or None when there is no checkpoint at ``path`` yet.
+
+        Raises
+        ------
+        CheckpointError
+            The file is damaged or not a checkpoint, or it belongs to other data or
+            other settings.
+        """
+        if not os.path.exists(self.path):
+            logger.info("no checkpoint at %s yet: starting a new fit", self.path)
+            return None
+        meta, arrays = read_checkpoint(self.path)
+        self._check(meta)
+        rng = meta["rng"]
+        rng_state = (rng["name"], arrays["rng_keys"], rng["pos"], rng["has_gauss"], rng["cached_gaussian"])
+        state = None if meta["state"] is None else _state_from("state", meta["state"], arrays)
+        best = None if meta["best"] is None else _state_from("best", meta["best"], arrays)
+        resumed = Resumed(
+            start=int(meta["start"]), state=state, best=best, rng_state=rng_state, finished=bool(meta["finished"])
+        )
+        logger.info(
+            "resuming from checkpoint %s: start %d, iteration %d%s",
+            self.path,
+            resumed.start,
+            0 if state is None else state.n_iter,
+            " (finished fit)" if resumed.finished else "",
+        )
+        return resumed
+
+    def _check(self, meta: dict) -> None:
+        then, now = meta.get("data", {}), self.fingerprint
+        diffs = [_describe_difference(k, then.get(k), now.get(k)) for k in now if then.get(k) != now.get(k)]
+        if diffs:
+            raise CheckpointError(
+                f"Checkpoint {self.path!r} belongs to other data: " + "; ".join(diffs) + ". "
+                "Resume with the data it was written for, or fit without resume to start over "
+                "(the checkpoint is then overwritten)."
+            )
+        then, now = meta.get("settings", {}), self.settings
+        keys = list(now) + [k for k in then if k not in now]
+        diffs = [_describe_difference(k, then.get(k), now.get(k)) for k in keys if then.get(k) != now.get(k)]
+        if diffs:
+            raise CheckpointError(
+                f"Checkpoint {self.path!r} was written with other settings: " + "; ".join(diffs) + ". "
+                "Resume with the settings it was written with, or fit without resume to start over "
+                "(the checkpoint is then overwritten)."
+            )
+
+
+def read_checkpoint(path) -> tuple[dict, dict]:
+    """Read a checkpoint file into (metadata, arrays) without pickle; refuse anything else."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise CheckpointError(
+            f"{path!r} is not a readable daskgmm checkpoint ({type(e).__name__}: {e}). "
+            "Delete it, or fit without resume to start over."
+        ) from e
+    try:
+        meta = json.loads(bytes(arrays.pop("metadata")).decode("utf-8"))
+    except Exception as e:
+        raise CheckpointError(f"{path!r} is not a daskgmm checkpoint: it has no readable metadata.") from e
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path!r} is not a daskgmm checkpoint (format {meta.get('format')!r}).")
+    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path!r} was written by daskgmm {meta.get('daskgmm_version')} in checkpoint format "
+            f"{meta['format_version']}; this daskgmm reads formats up to {FORMAT_VERSION}. Upgrade daskgmm to resume it."
+        )
+    return meta, arrays
+
+
+def open_checkpoint(model, inp, sample_weight, resume: bool) -> tuple[Checkpoint | None, Resumed | None]:
+    """The checkpoint of ``model.checkpoint`` for this fit and, with ``resume``, what it holds."""
+    path = getattr(model, "checkpoint", None)
+    if path is None:
+        if resume:
+            raise ValueError(
+                "resume=True needs a checkpoint to resume from: set checkpoint=PATH "
+                "(the file written by an earlier fit with the same PATH)."
+            )
+        return None, None
+    ckpt = Checkpoint(path, fit_settings(model, sample_weight), data_fingerprint(inp))
+    resumed = ckpt.load() if resume else None
+    if not resume and os.path.exists(ckpt.path):
+        logger.info("checkpoint %s exists; resume=False: starting over and overwriting it", ckpt.path)
+    return ckpt, resumed
+
+
+def saving_callback(ckpt: Checkpoint, start: int, best: EMState | None, random_state, callback=None):
+    """An EM callback that checkpoints after every iteration, then calls ``callback``."""
+
+    def on_iteration(state: EMState, record: dict) -> None:
+        ckpt.save(start, state, best, random_state)
+        if callback is not None:
+            callback(state, record)
+
+    return on_iteration
+
+
+def _version() -> str:
+    from daskgmm import __version__
+
+    return __version__
+
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "Resumed",
+    "data_fingerprint",
+    "fit_settings",
+    "open_checkpoint",
+    "read_checkpoint",
+    "saving_callback",
+]
