@@ -134,12 +134,21 @@ def initialize(
     if init_params in ("kmeans", "k-means++"):
         from sklearn.cluster import KMeans, kmeans_plusplus
 
-        sample = sample_rows(X, n_samples, init_sample_size, random_state)
+        sw = None
+        if sample_weight is None:
+            sample = sample_rows(X, n_samples, init_sample_size, random_state)
+        else:
+            # the weights ride along as one more column: same rows, same random draws
+            both = sample_rows(
+                da.concatenate([X.astype(np.float64), sample_weight[:, None]], axis=1),
+                n_samples, init_sample_size, random_state,
+            )
+            sample, sw = both[:, :-1].astype(dtype), both[:, -1]
         if init_params == "k-means++":
-            _, indices = kmeans_plusplus(sample, n_components, random_state=random_state)
+            _, indices = kmeans_plusplus(sample, n_components, random_state=random_state, sample_weight=sw)
             rows = sample[indices].astype(np.float64)
             return _one_row_params(rows, total, reg_covar, covariance_type, dtype, X, sample_weight)
-        km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state).fit(sample)
+        km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state).fit(sample, sample_weight=sw)
         centers = km.cluster_centers_.astype(np.float64)
         p = _stats_params(centers, covariance_type, dtype)
         args = [
