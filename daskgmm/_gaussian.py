@@ -169,11 +169,40 @@ def n_parameters(covariance_type: str, n_components: int, n_features: int) -> in
 # --------------------------------------------------------------------------
 # E-step on one block of rows
 # --------------------------------------------------------------------------
+# The hot path works on blocks of rows held *transposed*: features × rows. Each
+# block becomes a design matrix F (one row per term of the log-density, one column
+# per data row) built from the centred rows x = X - center:
+#
+# * full:       [x_i x_j for i <= j;  x;  1]     (D(D+1)/2 + D + 1 rows)
+# * tied:       [x;  1]                          (D + 1; the shared quadratic x'Λx is added apart)
+# * diag/sph.:  [x*x;  x;  1]                    (2D + 1)
+#
+# Then the E-step is ONE matrix product, ``log w_k + log N(x | mu_k, Sigma_k) = G @ F``
+# with G (K × rows of F) prepared once per iteration, and the statistics are ONE
+# more, ``F @ resp.T`` (the quadratic rows give Σ r x xᵀ, the linear rows Σ r x, the
+# ones row N_k). For full covariances this is half the flops of the Mahalanobis form
+# (x_i x_j is symmetric) and no (rows × K × D) temporary exists; the
+# (K, rows) layout makes the log-sum-exp reductions run across contiguous rows.
+# Moments about the shared centre are moved to each component's centre (the
+# previous means) once per chunk, in float64.
+
+
+def design_rows(covariance_type: str, n_features: int) -> int:
+    """Number of rows of the per-block design matrix (see above)."""
+    d = n_features
+    if covariance_type == "full":
+        return d * (d + 1) // 2 + d + 1
+    if covariance_type == "tied":
+        return d + 1
+    return 2 * d + 1
+
+
 class EStepParams:
     """Parameters prepared once per iteration for the per-block E-step.
 
-    Holds the centred means, the stacked Cholesky factors and the per-component
-    constants in the compute dtype, so every block does only matrix products.
+    Holds the centre, the coefficient matrix ``coef`` (K × design rows) of the
+    log-density in the compute dtype, and the float64 values the statistics need,
+    so every block does only matrix products.
     """
 
     __slots__ = (
@@ -181,15 +210,15 @@ class EStepParams:
         "dtype",
         "center",
         "means_c",
+        "means_c64",
         "log_weights",
         "const",
-        "pstack",
-        "offsets",
-        "prec",
-        "mp",
+        "coef",
+        "tied_pt",
         "prec_chol",
         "n_components",
         "n_features",
+        "n_design",
         "stat_centers",
     )
 
@@ -198,16 +227,19 @@ class EStepParams:
         means = np.asarray(means, dtype=np.float64)
         prec_chol = np.asarray(prec_chol, dtype=np.float64)
         n_components, n_features = means.shape
+        d = n_features
         self.covariance_type = covariance_type
         self.dtype = dtype
         self.n_components = n_components
         self.n_features = n_features
+        self.n_design = design_rows(covariance_type, d)
         if center is None:
             w = np.asarray(weights, dtype=np.float64)
             center = (w / w.sum()) @ means if np.all(np.isfinite(w)) and w.sum() > 0 else means.mean(0)
         self.center = np.asarray(center, dtype=np.float64)
-        means_c = means - self.center
-        self.means_c = means_c.astype(dtype)
+        m = means - self.center
+        self.means_c64 = m
+        self.means_c = m.astype(dtype)
         with np.errstate(divide="ignore"):
             log_w = np.log(np.asarray(weights, dtype=np.float64))
         log_det = log_det_cholesky(prec_chol, covariance_type, n_features)
@@ -215,26 +247,31 @@ class EStepParams:
         self.const = (log_w - 0.5 * n_features * LOG_2PI + log_det).astype(np.float64)
         self.log_weights = log_w
         self.prec_chol = prec_chol
-        self.pstack = self.offsets = self.prec = self.mp = None
+        self.tied_pt = None
+        # log N = const - 1/2 (x - m)' Λ (x - m) = const - 1/2 m'Λm + (Λm)'x - 1/2 x'Λx
+        coef = np.empty((n_components, self.n_design))
         if covariance_type == "full":
-            # X' @ [P_1 | P_2 | ... | P_K] - [mu'_1 P_1 | ... ] in one product
-            self.pstack = np.ascontiguousarray(
-                prec_chol.transpose(1, 0, 2).reshape(n_features, n_components * n_features)
-            ).astype(dtype)
-            self.offsets = np.einsum("kd,kde->ke", means_c, prec_chol).reshape(-1).astype(dtype)
+            prec = np.matmul(prec_chol, np.swapaxes(prec_chol, 1, 2))  # Λ_k = P_k P_kᵀ
+            iu, ju = np.triu_indices(d)
+            coef[:, : iu.size] = prec[:, iu, ju] * np.where(iu == ju, -0.5, -1.0)
+            lam_m = np.einsum("kij,kj->ki", prec, m)
+            mpm = np.einsum("kd,kd->k", np.einsum("kd,kde->ke", m, prec_chol), np.einsum("kd,kde->ke", m, prec_chol))
+            coef[:, iu.size : iu.size + d] = lam_m
         elif covariance_type == "tied":
-            self.pstack = prec_chol.astype(dtype)
-            self.offsets = (means_c @ prec_chol).astype(dtype)  # (K, D)
-        elif covariance_type == "diag":
-            prec = prec_chol**2
-            self.prec = prec.T.astype(dtype)  # (D, K)
-            self.mp = (means_c * prec).T.astype(dtype)  # (D, K)
-            self.const = self.const - 0.5 * np.sum(means_c**2 * prec, axis=1)
-        else:  # spherical
-            prec = prec_chol**2
-            self.prec = prec.astype(dtype)  # (K,)
-            self.mp = (means_c * prec[:, None]).T.astype(dtype)  # (D, K)
-            self.const = self.const - 0.5 * np.sum(means_c**2, axis=1) * prec
+            prec = prec_chol @ prec_chol.T
+            lam_m = m @ prec
+            mpm = np.einsum("kd,kd->k", m @ prec_chol, m @ prec_chol)
+            coef[:, :d] = lam_m
+            self.tied_pt = np.ascontiguousarray(prec_chol.T).astype(dtype)  # y = Pᵀ x, x'Λx = |y|²
+        else:
+            prec = prec_chol**2  # (K, D) diag, (K,) spherical
+            if covariance_type == "spherical":
+                prec = np.broadcast_to(prec[:, None], (n_components, d))
+            coef[:, :d] = -0.5 * prec
+            coef[:, d : 2 * d] = prec * m
+            mpm = np.sum(prec * m * m, axis=1)
+        coef[:, -1] = self.const - 0.5 * mpm
+        self.coef = np.ascontiguousarray(coef.astype(dtype))
         # Centres about which the second moments are accumulated (float64).
         if covariance_type == "full":
             self.stat_centers = means
@@ -242,48 +279,108 @@ class EStepParams:
             self.stat_centers = np.broadcast_to(self.center, means.shape)
 
 
+def design_t(X: np.ndarray, p: EStepParams, out: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
+    """Fill ``out`` (design rows × n) with the design matrix of the rows ``X`` (n × D).
+
+    ``center`` (in the compute dtype) is subtracted first; pass None for rows already
+    centred on ``p.center``. Returns the view of ``out`` holding the centred rows
+    transposed (D × n).
+    """
+    d = p.n_features
+    ct = p.covariance_type
+    if ct == "full":
+        lin = d * (d + 1) // 2
+    elif ct == "tied":
+        lin = 0
+    else:
+        lin = d
+    xt = out[lin : lin + d]
+    if center is None:
+        np.copyto(xt, X.T, casting="same_kind")
+    else:
+        np.subtract(X.T, center[:, None], out=xt, casting="same_kind")
+    if ct == "full":
+        o = 0
+        for i in range(d):
+            np.multiply(xt[i], xt[i:], out=out[o : o + d - i])
+            o += d - i
+    elif ct != "tied":
+        np.multiply(xt, xt, out=out[:d])
+    out[-1] = 1.0
+    return xt
+
+
+def weighted_log_prob_t(F: np.ndarray, xt: np.ndarray, p: EStepParams) -> np.ndarray:
+    """``log w_k + log N(x | mu_k, Sigma_k)`` as a (K, n) array from the design matrix."""
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows are reported by the callers
+        wlp = p.coef @ F
+        if p.covariance_type == "tied":
+            y = p.tied_pt @ xt
+            y *= y
+            wlp -= 0.5 * y.sum(axis=0)
+    return wlp
+
+
+def log_resp_and_norm_t(wlp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Log-sum-exp over components and responsibilities for a (K, n) array (in place)."""
+    mx = wlp.max(axis=0)
+    finite = np.isfinite(mx)
+    if not finite.all():
+        mx = np.where(finite, mx, 0.0).astype(wlp.dtype)
+    with np.errstate(under="ignore", over="ignore", divide="ignore", invalid="ignore"):
+        wlp -= mx
+        np.exp(wlp, out=wlp)
+        s = wlp.sum(axis=0)
+        log_norm = np.log(s)
+        log_norm += mx
+        wlp *= np.reciprocal(s)
+    return wlp, log_norm
+
+
 def weighted_log_prob(Xc: np.ndarray, p: EStepParams) -> np.ndarray:
     """``log w_k + log N(x | mu_k, Sigma_k)`` for centred rows ``Xc = X - center``.
 
-    Returns an array of shape (n_rows, n_components) in the compute dtype.
+    Returns an array of shape (n_rows, n_components) in the compute dtype (a
+    transposed view of the (K, n) result of the block kernel).
     """
-    n, d = Xc.shape
-    k = p.n_components
-    ct = p.covariance_type
-    if ct == "full":
-        y = Xc @ p.pstack
-        y -= p.offsets
-        y = y.reshape(n, k, d)
-        maha = np.einsum("nkd,nkd->nk", y, y)
-    elif ct == "tied":
-        y = Xc @ p.pstack  # (n, D)
-        # sum_d (y - b_k)^2 = |y|^2 - 2 y.b_k + |b_k|^2
-        maha = (
-            np.einsum("nd,nd->n", y, y)[:, None]
-            - 2.0 * (y @ p.offsets.T)
-            + np.einsum("kd,kd->k", p.offsets, p.offsets)[None, :]
-        )
-    elif ct == "diag":
-        maha = (Xc * Xc) @ p.prec - 2.0 * (Xc @ p.mp)
-    else:
-        maha = np.einsum("nd,nd->n", Xc, Xc)[:, None] * p.prec[None, :] - 2.0 * (Xc @ p.mp)
-    out = -0.5 * maha
-    out += p.const.astype(out.dtype)
-    return out
+    Xc = np.asarray(Xc)
+    F = np.empty((p.n_design, Xc.shape[0]), dtype=p.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        xt = design_t(Xc, p, F)
+    return weighted_log_prob_t(F, xt, p).T
 
 
 def log_resp_and_norm(wlp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise log-sum-exp and log responsibilities (in place on ``wlp``)."""
-    mx = wlp.max(axis=1)
-    finite = np.isfinite(mx)
-    mx_safe = np.where(finite, mx, 0.0)
-    with np.errstate(under="ignore", over="ignore", divide="ignore", invalid="ignore"):
-        wlp -= mx_safe[:, None]
-        np.exp(wlp, out=wlp)
-        s = wlp.sum(axis=1)
-        log_norm = np.log(s) + mx_safe
-        wlp /= s[:, None]
-    return wlp, log_norm
+    """Row-wise log-sum-exp and responsibilities of an (n, K) array (in place on ``wlp``)."""
+    resp_t, log_norm = log_resp_and_norm_t(wlp.T)
+    return resp_t.T, log_norm
+
+
+def moments_to_stats(M: np.ndarray, S_tied: np.ndarray | None, p: EStepParams) -> tuple:
+    """``nk, u, s2`` about ``p.stat_centers`` from the design-matrix moments ``M = Σ F respᵀ``.
+
+    ``M`` (design rows × K, float64) holds Σ r x xᵀ (upper triangle, full), Σ r x and
+    N_k about the shared centre; for full covariances they are moved to each
+    component's centre: S_k = S0_k - u0_k m_kᵀ - m_k u0_kᵀ + N_k m_k m_kᵀ.
+    """
+    d = p.n_features
+    ct = p.covariance_type
+    nk = M[-1].copy()
+    if ct == "full":
+        t = d * (d + 1) // 2
+        iu, ju = np.triu_indices(d)
+        u0 = M[t : t + d].T
+        s0 = np.empty((p.n_components, d, d))
+        s0[:, iu, ju] = M[:t].T
+        s0[:, ju, iu] = M[:t].T
+        m = p.means_c64
+        um = u0[:, :, None] * m[:, None, :]
+        s2 = s0 - um - np.swapaxes(um, 1, 2) + nk[:, None, None] * (m[:, :, None] * m[:, None, :])
+        u = u0 - nk[:, None] * m
+        return nk, u, s2
+    if ct == "tied":
+        return nk, M[:d].T.copy(), S_tied
+    return nk, M[d : 2 * d].T.copy(), M[:d].T.copy()
 
 
 # --------------------------------------------------------------------------

@@ -12,22 +12,91 @@ block. Statistics are accumulated in float64 whatever the compute dtype.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import threading
 from collections.abc import Callable, Sequence
 
 import dask
 import numpy as np
 
-from daskgmm._gaussian import EStepParams, log_resp_and_norm, weighted_log_prob
+from daskgmm._gaussian import (
+    EStepParams,
+    design_rows,
+    design_t,
+    log_resp_and_norm_t,
+    moments_to_stats,
+    weighted_log_prob_t,
+)
 
-#: target number of elements of the (rows × K × D) temporaries of one block
-_BLOCK_ELEMENTS = 1 << 18
+# --------------------------------------------------------------------------
+# One BLAS thread per task
+# --------------------------------------------------------------------------
+# Dask runs one task per core; a multi-threaded BLAS inside each task
+# oversubscribes the cores (measured: 2 dask threads x 2 OpenBLAS threads on 2
+# cores ran an EM iteration 10-20x slower than 2 x 1). The first task to enter sets
+# BLAS to one thread for the process, the last to leave restores the previous
+# setting, so the driver's own numpy work keeps every thread.
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+_blas_controller = None
 
 
-def block_rows(n_components: int, n_features: int) -> int:
+def _controller():
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Context manager: BLAS uses one thread while any daskgmm task runs in this process."""
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            try:
+                _blas_limiter = _controller().limit(limits=1, user_api="blas")
+            except Exception:  # pragma: no cover - threadpoolctl cannot see the BLAS
+                _blas_limiter = None
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limiter is not None:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
+def in_task(func: Callable) -> Callable:
+    """Decorator for per-chunk task functions: run them with :func:`single_threaded_blas`."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with single_threaded_blas():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+#: target size in bytes of one block's design matrix (rows × design rows), about
+#: what stays in a core's L2 cache between the two matrix products that read it
+_BLOCK_BYTES = 1 << 20
+_MIN_BLOCK_ROWS = 256
+_MAX_BLOCK_ROWS = 1 << 14
+
+
+def block_rows(n_components: int, n_features: int, covariance_type: str = "full", itemsize: int = 8) -> int:
     """Rows per cache-sized block for the fused kernel."""
-    rows = _BLOCK_ELEMENTS // max(1, n_components * n_features)
-    return int(min(max(rows, 256), 1 << 16))
+    per_row = max(design_rows(covariance_type, n_features), n_components) * itemsize
+    rows = _BLOCK_BYTES // per_row
+    return int(min(max(rows, _MIN_BLOCK_ROWS), _MAX_BLOCK_ROWS))
 
 
 def check_finite_block(X: np.ndarray, name: str = "X") -> None:
@@ -55,62 +124,95 @@ def empty_stats(n_components: int, n_features: int, covariance_type: str) -> dic
     }
 
 
+class _Moments:
+    """Per-chunk float64 accumulators of the design-matrix moments (see ``_gaussian``)."""
+
+    __slots__ = ("M", "S_tied", "p")
+
+    def __init__(self, p: EStepParams):
+        self.p = p
+        self.M = np.zeros((p.n_design, p.n_components))
+        self.S_tied = np.zeros((p.n_features, p.n_features)) if p.covariance_type == "tied" else None
+
+    def add(self, F: np.ndarray, xt: np.ndarray, resp_t: np.ndarray, w: np.ndarray | None) -> None:
+        # one product gives Σ r·(quadratic terms), Σ r·x and N_k for every component
+        self.M += F @ resp_t.T
+        if self.S_tied is not None:
+            # tied scatter weights each row by its total responsibility: 1, or its sample weight
+            xw = xt if w is None else xt * w
+            self.S_tied += xw @ xt.T
+
+    def into(self, out: dict) -> dict:
+        nk, u, s2 = moments_to_stats(self.M, self.S_tied, self.p)
+        out["nk"] += nk
+        out["u"] += u
+        out["s2"] += s2
+        return out
+
+
 def accumulate(out: dict, Xc: np.ndarray, resp: np.ndarray, p: EStepParams, w: np.ndarray | None) -> None:
     """Add one block's statistics to ``out`` (in place).
 
-    ``Xc`` is the block centred on ``p.center``; ``resp`` the (weighted) responsibilities.
+    ``Xc`` (n, D) is the block centred on ``p.center``; ``resp`` (n, K) the
+    responsibilities already multiplied by the sample weights ``w`` (or ``w`` None).
     """
-    ct = p.covariance_type
-    out["nk"] += resp.sum(axis=0, dtype=np.float64)
-    if ct == "full":
-        # per-component centres: the previous means, expressed relative to p.center
-        for k in range(p.n_components):
-            xk = Xc - p.means_c[k]
-            rk = resp[:, k]
-            wx = xk * rk[:, None]
-            out["u"][k] += wx.sum(axis=0, dtype=np.float64)
-            out["s2"][k] += wx.T @ xk
-        return
-    out["u"] += resp.T @ Xc
-    if ct == "tied":
-        rowsum = resp.sum(axis=1) if w is None else w.astype(Xc.dtype, copy=False)
-        out["s2"] += (Xc * rowsum[:, None]).T @ Xc
-    else:
-        out["s2"] += resp.T @ (Xc * Xc)
+    F = np.empty((p.n_design, Xc.shape[0]), dtype=p.dtype)
+    xt = design_t(np.asarray(Xc), p, F)
+    acc = _Moments(p)
+    acc.add(F, xt, np.asarray(resp, dtype=p.dtype).T, None if w is None else np.asarray(w, dtype=p.dtype))
+    acc.into(out)
 
 
+def _blocks(n: int, p: EStepParams):
+    rows = block_rows(p.n_components, p.n_features, p.covariance_type, p.dtype.itemsize)
+    F = np.empty((p.n_design, min(rows, n)), dtype=p.dtype)
+    center = p.center.astype(p.dtype)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        yield start, stop, F[:, : stop - start], center
+
+
+@in_task
 def chunk_stats(X: np.ndarray, p: EStepParams, sample_weight: np.ndarray | None = None) -> dict:
-    """The fused per-chunk task: log-densities → responsibilities → statistics."""
+    """The fused per-chunk task: log-densities → responsibilities → statistics.
+
+    Per block of rows: one product for the log-densities of all components, the
+    log-sum-exp, one product for all the statistics. Returns the statistics dict
+    (float64) described in :mod:`daskgmm._gaussian`.
+    """
     X = np.asarray(X)
     n, d = X.shape
     out = empty_stats(p.n_components, d, p.covariance_type)
     if n == 0:
         return out
-    center = p.center.astype(p.dtype)
-    rows = block_rows(p.n_components, d)
+    acc = _Moments(p)
     loglik = 0.0
-    for start in range(0, n, rows):
-        xb = X[start : start + rows]
-        Xc = xb.astype(p.dtype, copy=False) - center
+    total = 0.0
+    for start, stop, F, center in _blocks(n, p):
+        xb = X[start:stop]
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported below
-            resp, log_norm = log_resp_and_norm(weighted_log_prob(Xc, p))
+            xt = design_t(xb, p, F, center)
+            resp, log_norm = log_resp_and_norm_t(weighted_log_prob_t(F, xt, p))
         w = None
         if sample_weight is not None:
-            w = np.asarray(sample_weight[start : start + rows], dtype=np.float64)
-            resp *= w.astype(resp.dtype)[:, None]
-            ll = float(np.dot(w, log_norm.astype(np.float64)))
-            out["n"] += float(w.sum())
+            w64 = np.asarray(sample_weight[start:stop], dtype=np.float64)
+            w = w64.astype(p.dtype, copy=False)
+            resp *= w
+            ll = float(np.dot(w64, log_norm.astype(np.float64)))
+            total += float(w64.sum())
         else:
             ll = float(log_norm.sum(dtype=np.float64))
-            out["n"] += xb.shape[0]
+            total += stop - start
         if not math.isfinite(ll):
             check_finite_block(xb)
         loglik += ll
-        accumulate(out, Xc, resp, p, w)
+        acc.add(F, xt, resp, w)
+    out["n"] = total
     out["loglik"] = loglik
-    return out
+    return acc.into(out)
 
 
+@in_task
 def chunk_stats_given_resp(
     X: np.ndarray, resp: np.ndarray, p: EStepParams, sample_weight: np.ndarray | None = None
 ) -> dict:
@@ -122,21 +224,22 @@ def chunk_stats_given_resp(
         return out
     if not np.isfinite(X.sum()):
         check_finite_block(X)
-    center = p.center.astype(p.dtype)
-    rows = block_rows(p.n_components, d)
-    for start in range(0, n, rows):
-        xb = X[start : start + rows]
-        Xc = xb.astype(p.dtype, copy=False) - center
-        r = np.asarray(resp[start : start + rows], dtype=p.dtype)
+    acc = _Moments(p)
+    total = 0.0
+    for start, stop, F, center in _blocks(n, p):
+        xt = design_t(X[start:stop], p, F, center)
+        r = np.array(np.asarray(resp[start:stop]).T, dtype=p.dtype)  # (K, rows), a copy
         w = None
         if sample_weight is not None:
-            w = np.asarray(sample_weight[start : start + rows], dtype=np.float64)
-            r = r * w.astype(r.dtype)[:, None]
-            out["n"] += float(w.sum())
+            w64 = np.asarray(sample_weight[start:stop], dtype=np.float64)
+            w = w64.astype(p.dtype, copy=False)
+            r *= w
+            total += float(w64.sum())
         else:
-            out["n"] += xb.shape[0]
-        accumulate(out, Xc, r, p, w)
-    return out
+            total += stop - start
+        acc.add(F, xt, r, w)
+    out["n"] = total
+    return acc.into(out)
 
 
 def nearest_center_resp(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -153,6 +256,7 @@ def nearest_center_resp(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return resp
 
 
+@in_task
 def chunk_stats_nearest(
     X: np.ndarray, centers: np.ndarray, p: EStepParams, sample_weight: np.ndarray | None = None
 ) -> dict:
@@ -204,6 +308,7 @@ def map_reduce(func: Callable, args_per_chunk: Sequence[tuple], name: str, split
     return tree_reduce(parts, name, split_every)
 
 
+@in_task
 def predict_block(X: np.ndarray, p: EStepParams, what: str) -> np.ndarray:
     """Per-chunk prediction: ``labels`` (int64), ``proba`` (n, K) or ``score`` (log density)."""
     X = np.asarray(X)
@@ -214,22 +319,23 @@ def predict_block(X: np.ndarray, p: EStepParams, what: str) -> np.ndarray:
         out = np.empty((n, p.n_components), dtype=p.dtype)
     else:
         out = np.empty(n, dtype=np.float64)
-    center = p.center.astype(p.dtype)
-    rows = block_rows(p.n_components, d)
-    for start in range(0, n, rows):
-        xb = X[start : start + rows]
+    if n == 0:
+        return out
+    for start, stop, F, center in _blocks(n, p):
+        xb = X[start:stop]
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported below
-            wlp = weighted_log_prob(xb.astype(p.dtype, copy=False) - center, p)
+            xt = design_t(xb, p, F, center)
+            wlp = weighted_log_prob_t(F, xt, p)
         if what == "labels":
-            if not np.all(np.isfinite(wlp.max(axis=1))):
+            if not np.all(np.isfinite(wlp.max(axis=0))):
                 check_finite_block(xb)
-            out[start : start + rows] = wlp.argmax(axis=1)
+            out[start:stop] = wlp.argmax(axis=0)
             continue
-        resp, log_norm = log_resp_and_norm(wlp)
+        resp, log_norm = log_resp_and_norm_t(wlp)
         if not np.all(np.isfinite(log_norm)):
             check_finite_block(xb)
         if what == "proba":
-            out[start : start + rows] = resp
+            out[start:stop] = resp.T
         else:
-            out[start : start + rows] = log_norm
+            out[start:stop] = log_norm
     return out
