@@ -34,6 +34,7 @@ from daskgmm._gaussian import (
     precisions_from_cholesky,
 )
 from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, initialize
+from daskgmm._multi import check_dask_weights, check_extra_params, fit_multi, uses_multi
 from daskgmm._progress import show_progress
 from daskgmm._suffstats import predict_block, shared
 from daskgmm._validation import (
@@ -127,6 +128,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         initialisation and after every iteration (see :mod:`daskgmm.checkpoint`).
         ``fit(X, resume=True)`` continues from it to the same result as an
         uninterrupted fit.
+    on_collapse : {'raise', 'reseed'}, default='raise'
+        What to do when a component dies (less than one row's worth of weight) or its
+        covariance is not positive definite. ``'raise'`` is scikit-learn's behaviour
+        (the error for singular covariances); ``'reseed'`` splits the component that
+        contributes most to the negative log-likelihood along its principal axis,
+        logs it and records it in ``history_`` (key ``reseeded``).
+    nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
+        Rows with NaN: refused (``'raise'``), left out of the fit and given label -1 and
+        NaN scores (``'omit'``), or used with the missing features integrated out
+        exactly, in the E-step and the statistics (``'marginalize'``); see
+        :mod:`daskgmm._missing`.
+    incremental : int or None, default=None
+        Incremental EM (Neal & Hinton): after a first full pass, each iteration re-reads
+        only this many chunks and keeps the others' statistics. None is full EM.
 
     Attributes
     ----------
@@ -172,6 +187,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         split_every: int = 16,
         persist: bool | str = "auto",
         checkpoint=None,
+        on_collapse: str = "raise",
+        nan_policy: str = "raise",
+        incremental: int | None = None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -192,6 +210,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.split_every = split_every
         self.persist = persist
         self.checkpoint = checkpoint
+        self.on_collapse = on_collapse
+        self.nan_policy = nan_policy
+        self.incremental = incremental
 
     # ------------------------------------------------------------------
     # validation
@@ -226,6 +247,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "The 'checkpoint' parameter of GaussianMixture must be a file path (str or os.PathLike) "
                 f"or None. Got {self.checkpoint!r} instead."
             )
+        check_extra_params(self)  # on_collapse, nan_policy, incremental (daskgmm/_multi.py)
         if not isinstance(self.warm_start, (bool, np.bool_)):
             raise ValueError(f"The 'warm_start' parameter of GaussianMixture must be a bool. Got {self.warm_start!r}.")
 
@@ -241,6 +263,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             w = sample_weight.astype(np.float64)
             if w.ndim != 1 or w.shape[0] != n:
                 raise ValueError(f"sample_weight.shape == {w.shape}, expected {(n,)}!")
+            check_dask_weights(w)  # one pass over the weights (not X): NaN/inf, negative, zero sum
             return w.rechunk((inp.data.chunks[0],))
         w = np.asarray(sample_weight)
         if w.ndim == 0:
@@ -329,6 +352,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         random_state = check_random_state(self.random_state)
 
         best: EMState | None = None
+        if uses_multi(self) and ckpt is None:
+            # n_init starts share each data pass; on_collapse, nan_policy, incremental (_multi.py)
+            best, n_init = fit_multi(self, fit_inp, w, cfg, do_init, random_state, (weights_init, means_init, precisions_init), callback), 0
         first = 0
         if resumed is not None:
             random_state.set_state(resumed.rng_state)
@@ -423,6 +449,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _predict_input(self, inp: Input, what: str):
         X = inp.data
+        if getattr(self, "nan_policy", "raise") != "raise":
+            from daskgmm._missing import predict_missing
+
+            return self._wrap(predict_missing(self, X, what), inp, what)
         p = shared(self._estep_params(X.dtype), name=f"gmm-predict-params-{dask.base.tokenize(self.means_, self.precisions_cholesky_, self.weights_)}")
         k = self.n_components
         if what == "proba":
@@ -543,6 +573,47 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         from daskgmm._repr import html_repr
 
         return html_repr(self)
+
+    # ------------------------------------------------------------------
+    # streaming and interoperability (daskgmm/_streaming.py)
+    # ------------------------------------------------------------------
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One stepwise-EM update from a batch of rows (data arriving over time).
+
+        The running statistics become ``(1 - eta_t) s + eta_t s(batch)`` with
+        ``eta_t = (t + 1) ** -0.6`` for the t-th batch (t = 0, 1, ...; the first batch
+        initialises with ``init_params`` and gets ``eta_0 = 1``), then the M-step runs;
+        see :mod:`daskgmm._streaming`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : GaussianMixture
+        """
+        from daskgmm._streaming import partial_fit
+
+        return partial_fit(self, X, sample_weight)
+
+    def to_sklearn(self):
+        """A fitted :class:`sklearn.mixture.GaussianMixture` with the same parameters."""
+        from daskgmm._streaming import to_sklearn
+
+        return to_sklearn(self)
+
+    @classmethod
+    def from_sklearn(cls, model, **params):
+        """A fitted daskgmm model from a fitted :class:`sklearn.mixture.GaussianMixture`.
+
+        ``params`` override or add constructor parameters (e.g. ``chunk_size``).
+        """
+        from daskgmm._streaming import from_sklearn
+
+        return from_sklearn(cls, model, **params)
 
     # ------------------------------------------------------------------
     # persistence
