@@ -334,7 +334,7 @@ def pixel_table(img: Image, nodata=None, sample: float | None = None, seed: int 
         sizes = [int(np.prod([c[i] for c, i in zip(data.chunks[:-1], idx)])) for idx in np.ndindex(data.numblocks[:-1])]
         parts = [
             da.from_delayed(
-                dask.delayed(valid_pixels_block, pure=True)(b, None, None, 0, i, dtype, dask_key_name=(f"gmm-pixels-{token}", i)),
+                dask.delayed(valid_pixels_block, pure=True)(b, None, None, 0, i, dtype, dask_key_name=f"gmm-pixels-{token}-{i}"),
                 shape=(n, bands),
                 dtype=dtype,
             )
@@ -344,7 +344,7 @@ def pixel_table(img: Image, nodata=None, sample: float | None = None, seed: int 
         parts = [
             da.from_delayed(
                 dask.delayed(valid_pixels_block, pure=True)(
-                    b, nodata, sample, seed, i, dtype, dask_key_name=(f"gmm-pixels-{token}", i)
+                    b, nodata, sample, seed, i, dtype, dask_key_name=f"gmm-pixels-{token}-{i}"
                 ),
                 shape=(np.nan, bands),
                 dtype=dtype,
@@ -390,6 +390,7 @@ def fit_image(
     the documented order.
     """
     from daskgmm._gaussian_mixture import GaussianMixture
+    from daskgmm._validation import default_row_chunk
 
     img = image if isinstance(image, Image) else as_image(image, feature_axis)
     fraction = _check_sample(sample)
@@ -402,11 +403,16 @@ def fit_image(
         model_seed = int(random_state)
     pixels = pixel_table(img, nodata, fraction, seed)
     if fraction is not None:
-        # the sample is small by design: keep it in (cluster) memory for the EM passes
+        # the sample is small by design: keep it in (cluster) memory for the EM passes,
+        # in a few large row chunks rather than one small chunk per image block
         pixels = pixels.persist()
     if any(math.isnan(c) for c in pixels.chunks[0]):
         pixels = pixels.compute_chunk_sizes()
     n_valid = int(pixels.shape[0])
+    if fraction is not None and n_valid > 0:
+        rows = default_row_chunk(n_valid, img.n_bands, pixels.dtype.itemsize)
+        if rows > max(pixels.chunks[0]):
+            pixels = pixels.rechunk({0: rows}).persist()
     if n_valid < max(2, n_components):
         what = f"a {sample} sample of the valid pixels" if fraction is not None else "the valid pixels"
         raise ValueError(
