@@ -394,7 +394,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_ = list(best.lower_bounds)
         self.history_ = list(best.history)
 
-    def _initialize(self, inp, w, random_state, weights_init, means_init, precisions_init) -> Params:
+    def _initialize(self, inp, w, random_state, weights_init, means_init, precisions_init, reseed=None) -> Params:
         ct = self.covariance_type
         covariances = None
         if weights_init is None or means_init is None or precisions_init is None:
@@ -420,6 +420,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             prec_chol = precision_cholesky_from_precisions(precisions_init, ct)
             covariances = None
         else:
+            if reseed is not None:  # on_collapse="reseed": dead initial components (daskgmm/_multi.py)
+                weights, means, covariances = reseed(weights, means, covariances)
             prec_chol = compute_precision_cholesky(covariances, ct)
         return Params(np.asarray(weights, float), np.asarray(means, float), covariances, prec_chol)
 

@@ -83,6 +83,10 @@ def apply_m_step(state: EMState, stats: dict, p: EStepParams, cfg: EMConfig, dty
     events = []
     if collapse is not None:
         nk, means, covariances, events = collapse(stats, nk, means, covariances)
+        init_events = getattr(collapse, "init_events", None)
+        if init_events:
+            events = [dict(e, at="initialisation") for e in init_events] + events
+            init_events.clear()
     weights = nk / nk.sum()
     prec_chol = compute_precision_cholesky(covariances, cfg.covariance_type)
     state.params = Params(weights, means, covariances, prec_chol)
@@ -189,12 +193,13 @@ def run_restarts(groups, blocks, weight_blocks, dtype, data_token: str, split_ev
     states, cfgs, owner, hooks = [], [], [], []
     for g, (inits, cfg) in enumerate(groups):
         for make in inits:
-            start = make()
+            factory = collapse[g] if collapse is not None else None
+            hook = factory() if factory is not None else None
+            start = make(hook.at_init if hook is not None else None)
             states.append(start if isinstance(start, EMState) else EMState(params=start))
             cfgs.append(cfg)
             owner.append(g)
-            factory = collapse[g] if collapse is not None else None
-            hooks.append(factory() if factory is not None else None)
+            hooks.append(hook)
     run_multi_em(states, cfgs, blocks, weight_blocks, dtype, data_token, split_every, hooks, kernel, prepare,
                  callback)
     out = []
@@ -213,8 +218,8 @@ def run_restarts(groups, blocks, weight_blocks, dtype, data_token: str, split_ev
 # --------------------------------------------------------------------------
 ON_COLLAPSE: tuple[str, ...] = ("raise", "reseed")
 
-#: re-seeds allowed per start before giving up with the collapse error
-MAX_RESEEDS_PER_COMPONENT = 10
+#: re-seeds of one component allowed per start before giving up with a clear error
+MAX_RESEEDS_PER_COMPONENT = 5
 
 
 def _is_singular(cov: np.ndarray, covariance_type: str) -> bool:
@@ -270,9 +275,21 @@ def make_reseed_hook(covariance_type: str, n_rows: int) -> Callable:
     axis: the two halves get the donor's covariance, half its weight each and means
     ``mu ± sigma_max v_max``. Each event is logged and returned for the fit history.
     """
-    count = {"n": 0}
+    count: dict[int, int] = {}
 
     def hook(stats, nk, means, covariances):
+        return _reseed(stats, nk, means, covariances)
+
+    def at_init(weights, means, covariances):
+        """Initial parameters: the same test and remedy, with ``nk = weights * n_rows``."""
+        weights = np.asarray(weights, dtype=np.float64)
+        nk = weights * n_rows
+        stats = {"n": float(n_rows), "nk": nk}
+        nk, means, covariances, events = _reseed(stats, nk, np.asarray(means, dtype=np.float64), covariances)
+        hook.init_events.extend(events)
+        return nk / nk.sum(), means, covariances
+
+    def _reseed(stats, nk, means, covariances):
         k, d = means.shape
         nk_raw = np.asarray(stats["nk"], dtype=np.float64)
         unit = float(stats["n"]) / max(n_rows, 1)
@@ -284,13 +301,15 @@ def make_reseed_hook(covariance_type: str, n_rows: int) -> Callable:
                 reasons[j] = "covariance"
         if not reasons or len(reasons) == k:
             return nk, means, covariances, []
-        count["n"] += len(reasons)
-        if count["n"] > MAX_RESEEDS_PER_COMPONENT * k:
-            raise ValueError(
-                f"Components kept collapsing after {count['n'] - len(reasons)} re-seeds "
-                "(on_collapse='reseed'): the data may hold fewer distinct points than "
-                "n_components or a point mass. Decrease n_components or increase reg_covar."
-            )
+        for j in reasons:
+            count[j] = count.get(j, 0) + 1
+            if count[j] > MAX_RESEEDS_PER_COMPONENT:
+                raise ValueError(
+                    f"Component {j} kept collapsing after {MAX_RESEEDS_PER_COMPONENT} re-seeds "
+                    "(on_collapse='reseed'): the data likely holds a point mass (many identical "
+                    "rows) that a Gaussian can only fit with a singular covariance. Increase "
+                    "reg_covar (for example to 1e-6), or drop or mask those rows."
+                )
         nk = nk.copy()
         means = means.copy()
         covariances = covariances.copy()
@@ -319,6 +338,8 @@ def make_reseed_hook(covariance_type: str, n_rows: int) -> Callable:
             )
         return nk, means, covariances, events
 
+    hook.init_events = []
+    hook.at_init = at_init
     return hook
 
 
@@ -450,24 +471,26 @@ def fit_multi(est, inp, w, cfg: EMConfig, do_init: bool, random_state, given, ca
 
         if do_init and est.n_init > 1:
             raise ValueError("incremental EM runs one start: use n_init=1 with incremental.")
+        hook = hooks[0]() if hooks else None
         if do_init:
             need_init = any(g is None for g in given)
             inp0, w0 = init_input(inp, w, nan_policy, est.n_components) if need_init else (inp, w)
-            state = EMState(params=est._initialize(inp0, w0, random_state, *given))
+            reseed = hook.at_init if hook is not None else None
+            state = EMState(params=est._initialize(inp0, w0, random_state, *given, reseed=reseed))
         else:
             state = EMState(params=Params(est.weights_, est.means_, est.covariances_, est.precisions_cholesky_))
-        hook = hooks[0]() if hooks else None
         return run_incremental(state, blocks, wblocks, cfg, X.dtype, data_token, est.incremental,
                                kernel, prepare, hook, callback)
     if do_init:
         need_init = any(g is None for g in given)
         inp0, w0 = init_input(inp, w, nan_policy, est.n_components) if need_init else (inp, w)
         inits = [
-            (lambda: est._initialize(inp0, w0, random_state, *given)) for _ in range(est.n_init)
+            (lambda reseed: est._initialize(inp0, w0, random_state, *given, reseed=reseed))
+            for _ in range(est.n_init)
         ]
     else:
         inits = [
-            lambda: EMState(
+            lambda reseed: EMState(
                 params=Params(est.weights_, est.means_, est.covariances_, est.precisions_cholesky_),
                 lower_bound=est.lower_bound_,
             )

@@ -149,7 +149,10 @@ def select_model(
         if hasattr(template, "feature_names_in_"):
             est.feature_names_in_ = template.feature_names_in_
         rs = shared_rs if shared_rs is not None else check_random_state(seed)
-        inits = [(lambda e=est, r=rs: e._initialize(inp0, w0, r, None, None, None)) for _ in range(est.n_init)]
+        inits = [
+            (lambda reseed, e=est, r=rs: e._initialize(inp0, w0, r, None, None, None, reseed=reseed))
+            for _ in range(est.n_init)
+        ]
         cfg = EMConfig(covariance_type=ct, tol=est.tol, reg_covar=est.reg_covar, max_iter=est.max_iter,
                        split_every=est.split_every)
         ests.append(est)
@@ -198,4 +201,125 @@ def select_model(
     return ModelSelection(ests[best], best, criterion, table, ests)
 
 
-__all__ = ["select_model", "ModelSelection"]
+
+
+# --------------------------------------------------------------------------
+# benchmark rows for ``daskgmm bench`` (called from daskgmm/bench.py)
+# --------------------------------------------------------------------------
+def bench_beyond(n: int = 200_000, d: int = 4, k_true: int = 4, candidates: int = 10,
+                 incr_n: int = 400_000, incr_d: int = 8, incr_k: int = 8, incr_chunks: int = 20,
+                 incr_refresh: int = 4, seed: int = 0) -> list[dict]:
+    """Two rows: a ``select_model`` sweep vs separate fits, and incremental vs full EM.
+
+    *Sweep*: ``select_model(X, range(1, candidates + 1))`` against one
+    ``GaussianMixture(k).fit(X)`` per candidate (same seeds, same results), wall seconds
+    and data passes of each. *Incremental*: full EM and ``incremental=incr_refresh`` on
+    ``incr_chunks`` chunks from the same start; the exact mean log-likelihood of every
+    iteration's parameters is computed afterwards (one pass for all of them, untimed),
+    and the row gives the seconds each method needs to come within 1e-3 (and 1e-4) of
+    full EM's final value, plus the log-likelihood each reaches at 25% and 50% of full
+    EM's time.
+    """
+    import time as _time
+    import warnings
+
+    import dask.array as da
+    from sklearn.exceptions import ConvergenceWarning
+
+    from daskgmm._gaussian_mixture import GaussianMixture
+    from daskgmm._multi import final_logliks
+
+    rows = []
+    rng = np.random.RandomState(seed)
+
+    def mixture(n_, d_, k_):
+        means = rng.uniform(-6, 6, size=(k_, d_))
+        labels = rng.randint(k_, size=n_)
+        return means[labels] + rng.standard_normal((n_, d_)) * rng.uniform(0.5, 1.5, size=(k_, 1))[labels]
+
+    X = mixture(n, d, k_true)
+    ks = list(range(1, candidates + 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        t0 = _time.perf_counter()
+        res = select_model(X, ks, random_state=seed)
+        t_sweep = _time.perf_counter() - t0
+        t0 = _time.perf_counter()
+        sep = [GaussianMixture(k, random_state=seed).fit(X) for k in ks]
+        t_sep = _time.perf_counter() - t0
+        t0 = _time.perf_counter()
+        GaussianMixture(k_true, random_state=seed).fit(X)
+        t_one = _time.perf_counter() - t0
+    same = all(np.allclose(a.means_, b.means_, rtol=1e-8, atol=1e-10) for a, b in zip(res.estimators, sep))
+    rows.append({
+        "case": f"select_model K=1..{candidates} (full)",
+        "n": n, "d": d,
+        "sweep_s": t_sweep, "separate_s": t_sep, "one_fit_s": t_one,
+        "sweep_over_one_fit": t_sweep / t_one, "separate_over_sweep": t_sep / t_sweep,
+        "sweep_em_passes": max(r["n_iter"] for r in res.table) + 1,
+        "separate_em_passes": sum(e.n_iter_ for e in sep),
+        "same_models": bool(same), "best_k": res.best_estimator.n_components,
+    })
+
+    # incremental vs full EM: exact log-likelihood against wall time
+    X2 = da.from_array(mixture(incr_n, incr_d, incr_k), chunks=(-(-incr_n // incr_chunks), incr_d)).persist()
+    start = GaussianMixture(incr_k, random_state=seed, max_iter=1, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start.fit(X2)
+    given = dict(weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_)
+    traces = {}
+    for name, extra in (("full", {}), ("incremental", {"incremental": incr_refresh})):
+        snaps = []
+        t_start = _time.perf_counter()
+
+        def keep(state, record, snaps=snaps, t_start=t_start):
+            snaps.append((_time.perf_counter() - t_start, state.params))
+
+        gm = GaussianMixture(incr_k, tol=1e-6, max_iter=300, **given, **extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(X2, callback=keep)
+        step = max(1, len(snaps) // 60)
+        snaps = snaps[::step] + ([snaps[-1]] if (len(snaps) - 1) % step else [])
+        blocks = X2.to_delayed(optimize_graph=False).ravel()
+        ll = final_logliks([p for _, p in snaps], ["full"] * len(snaps), blocks, None, X2.dtype,
+                           X2.name + name, 16)
+        traces[name] = [(t, v / incr_n) for (t, _), v in zip(snaps, ll)]
+    target = traces["full"][-1][1]
+    t_full = traces["full"][-1][0]
+
+    def time_to(trace, gap):
+        return next((t for t, v in trace if v >= target - gap), float("nan"))
+
+    def value_at(trace, t_lim):
+        vals = [v for t, v in trace if t <= t_lim]
+        return vals[-1] if vals else float("nan")
+
+    rows.append({
+        "case": f"incremental EM ({incr_refresh} of {incr_chunks} chunks/iter) vs full EM",
+        "n": incr_n, "d": incr_d, "k": incr_k,
+        "full_s_to_1e-3": time_to(traces["full"], 1e-3), "incr_s_to_1e-3": time_to(traces["incremental"], 1e-3),
+        "full_s_to_1e-4": time_to(traces["full"], 1e-4), "incr_s_to_1e-4": time_to(traces["incremental"], 1e-4),
+        "full_ll_at_25pct": value_at(traces["full"], 0.25 * t_full),
+        "incr_ll_at_25pct": value_at(traces["incremental"], 0.25 * t_full),
+        "full_ll_at_50pct": value_at(traces["full"], 0.5 * t_full),
+        "incr_ll_at_50pct": value_at(traces["incremental"], 0.5 * t_full),
+        "full_final_ll": target, "full_s": t_full,
+        "incr_final_ll": traces["incremental"][-1][1], "incr_s": traces["incremental"][-1][0],
+    })
+    return rows
+
+
+def format_beyond(rows: list[dict]) -> str:
+    """The rows of :func:`bench_beyond` as ``key: value`` lines."""
+    out = []
+    for row in rows:
+        out.append(f"### {row['case']}")
+        for key, v in row.items():
+            if key != "case":
+                out.append(f"- {key}: {v:.4g}" if isinstance(v, float) else f"- {key}: {v}")
+    return "\n".join(out)
+
+
+__all__ = ["select_model", "ModelSelection", "bench_beyond", "format_beyond"]
