@@ -410,7 +410,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 in_memory=inp.kind == "numpy",
                 sample_weight=w,
                 split_every=self.split_every,
-                token=inp.data.name,
+                token=dask.base.tokenize(inp.data.name),  # keys read 'gmm-init-<hash>' on the dashboard
             )
         if weights_init is not None:
             weights = weights_init

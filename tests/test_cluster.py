@@ -1,0 +1,180 @@
+"""Real clusters: ``dask scheduler`` and ``dask worker`` processes started from the command line.
+
+As a cluster job would: a scheduler writes its scheduler file, two workers (each a
+nanny and a worker process, 1 thread) join it on 127.0.0.1, and fits run through
+``daskgmm fit --scheduler-file`` / ``--scheduler ADDRESS`` and through a Client.
+A worker process killed with SIGKILL in the middle of a fit must not change the
+result by a single bit, nor may the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import dask
+import numpy as np
+import pytest
+import zarr
+from numpy.testing import assert_allclose, assert_array_equal
+
+import daskgmm
+from daskgmm import GaussianMixture
+from tests.conftest import make_mixture
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+DASKGMM = [sys.executable, "-m", "daskgmm.cli", "fit"]
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory):
+    """``dask scheduler`` + 2 × ``dask worker`` (1 thread each) on 127.0.0.1, and a Client."""
+    from distributed import Client
+
+    tmp = tmp_path_factory.mktemp("cluster")
+    sched_file = str(tmp / "scheduler.json")
+    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
+    procs = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+             "--scheduler-file", sched_file],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        )
+    ]
+    try:
+        _wait_for(lambda: os.path.exists(sched_file) and os.path.getsize(sched_file) > 0, 60, "the scheduler file")
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [DASK, "worker", "--scheduler-file", sched_file, "--nthreads", "1", "--nworkers", "1",
+                     "--memory-limit", "1GiB", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                )
+            )
+        with Client(scheduler_file=sched_file, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+            with open(sched_file) as f:
+                address = json.load(f)["address"]
+            yield {"client": client, "scheduler_file": sched_file, "address": address}
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A Zarr store of a 4-component mixture (120k x 6), 8k-row chunks, and its true means."""
+    X, _, _, means, _ = make_mixture(n_samples=120_000, n_features=6, n_components=4, seed=3, separation=6.0)
+    path = str(tmp_path_factory.mktemp("data") / "X.zarr")
+    z = zarr.create_array(path, shape=X.shape, chunks=(8_000, 6), dtype="f8")
+    z[:] = X
+    return {"path": path, "X": X, "means": means}
+
+
+def _model(**kw):
+    params = dict(n_components=4, random_state=0, max_iter=5, tol=0.0)
+    params.update(kw)
+    return GaussianMixture(**params)
+
+
+def _assert_same_fit(a, b):
+    assert_array_equal(a.weights_, b.weights_)
+    assert_array_equal(a.means_, b.means_)
+    assert_array_equal(a.covariances_, b.covariances_)
+    assert a.lower_bounds_ == b.lower_bounds_
+    assert a.n_iter_ == b.n_iter_
+
+
+def _run_cli(args, timeout=120):
+    return subprocess.run(DASKGMM + args, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("how", ["--scheduler-file", "--scheduler"])
+def test_cli_fits_through_a_command_line_cluster(cli_cluster, data, tmp_path, how):
+    target = cli_cluster["scheduler_file"] if how == "--scheduler-file" else cli_cluster["address"]
+    out = tmp_path / "model.npz"
+    r = _run_cli([data["path"], "-k", "4", "--seed", "0", "--max-iter", "5", "--tol", "0", how, target,
+                  "--save-model", str(out), "--json"])
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["n_iter"] == 5
+    # the same fit, in this process, through the same cluster: identical numbers
+    with cli_cluster["client"].as_current():
+        ref = _model().fit(zarr.open(data["path"], mode="r"))
+    _assert_same_fit(daskgmm.load(out), ref)
+    # and right: the generating means are recovered
+    d = np.linalg.norm(ref.means_[:, None] - data["means"][None], axis=2)
+    assert d.min(axis=0).max() < 0.05
+
+
+@pytest.mark.parametrize("source", ["zarr-persisted", "numpy"])
+def test_worker_killed_mid_fit_gives_the_undisturbed_result(cli_cluster, data, source):
+    client = cli_cluster["client"]
+    X = zarr.open(data["path"], mode="r") if source.startswith("zarr") else data["X"]
+    kw = {"persist": True, "chunk_size": None} if source.startswith("zarr") else {"chunk_size": 8_000}
+    with client.as_current():
+        ref = _model(**kw).fit(X)
+        pids = client.run(os.getpid)
+        victim_addr = sorted(pids)[0]
+        killed = {}
+
+        def kill_soon(state, record):
+            # during iteration 3: the worker dies while it holds data and runs tasks
+            if record["iteration"] == 2:
+                def kill():
+                    os.kill(pids[victim_addr], signal.SIGKILL)
+                    killed["iteration"] = state.n_iter
+
+                threading.Timer(0.05, kill).start()
+
+        got = _model(**kw).fit(X, callback=kill_soon)
+        assert "iteration" in killed and killed["iteration"] < got.n_iter_
+        _assert_same_fit(got, ref)
+        client.wait_for_workers(2, timeout=60)
+        assert pids[victim_addr] not in client.run(os.getpid).values()  # it really died
+
+
+def test_result_does_not_depend_on_the_number_of_workers(cli_cluster, data):
+    """Last test of the module: it retires one of the two workers."""
+    from dask.utils import key_split
+    from distributed import get_task_stream
+
+    client = cli_cluster["client"]
+    X = zarr.open(data["path"], mode="r")
+    with client.as_current():
+        two = _model(persist=False).fit(X)
+        client.retire_workers([sorted(client.scheduler_info(n_workers=-1)["workers"])[0]])
+        _wait_for(lambda: len(client.scheduler_info(n_workers=-1)["workers"]) == 1, 60, "one worker")
+        with get_task_stream(client) as ts:
+            one = _model(persist=False).fit(X)
+            one.predict(X).compute()
+    _assert_same_fit(one, two)
+    # task names on the dashboard read as the phases
+    prefixes = {key_split(t["key"]) for t in ts.data}
+    assert {"gmm-init", "gmm-em-stats"} <= prefixes, prefixes
+    assert any(p.startswith("gmm-predict") for p in prefixes), prefixes
+    # the threaded local scheduler agrees to rounding (its BLAS may use other threads)
+    with dask.config.set(scheduler="threads"):
+        local = _model(persist=False).fit(X)
+    assert_allclose(local.means_, two.means_, rtol=1e-10, atol=1e-10)
