@@ -12,8 +12,9 @@
 #
 # Variables: DATA, K (N_COMPONENTS), MODEL (default: model-$PBS_JOBID.npz in the submit
 # directory), and as in fit-slurm.sh DASKGMM_TLS_DIR, DASKGMM_RUN_DIR, DASKGMM_INTERFACE,
-# DASKGMM_SCHEDULER_PORT, DASKGMM_DASHBOARD_ADDRESS, DASKGMM_FIT_ARGS; DASKGMM_MEMORY_LIMIT is Dask's memory limit per worker (default 58GiB: a
-# margin below mem=64gb above). Workers are started with pbs_tmrsh (PBS Pro; PBS tracks and
+# DASKGMM_SCHEDULER_PORT, DASKGMM_DASHBOARD_ADDRESS, DASKGMM_FIT_ARGS, DASKGMM_WORKER_ARGS;
+# DASKGMM_MEMORY_LIMIT is Dask's memory limit per worker (default 58GiB: a margin below
+# mem=64gb above). Workers are started with pbs_tmrsh (PBS Pro; PBS tracks and
 # cleans them up) where it exists, else ssh; DASKGMM_RSH overrides.
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-$PWD}"
@@ -75,7 +76,7 @@ done
 
 for host in $(sort -u "${PBS_NODEFILE:?not inside a PBS job}"); do
     "$RSH" "$host" env "${TLS_ENV[@]}" "$DASK" worker --scheduler-file "$SCHEDULER_FILE" ${IFACE[@]+"${IFACE[@]}"} \
-        --nthreads "$THREADS" --memory-limit "$MEMORY_LIMIT" --local-directory "${TMPDIR:-/tmp}" --death-timeout 60 &
+        --nthreads "$THREADS" --memory-limit "$MEMORY_LIMIT" --local-directory "${TMPDIR:-/tmp}" --death-timeout 60 ${DASKGMM_WORKER_ARGS:-} &
     WORKER_PIDS+=($!)
 done
 

@@ -22,6 +22,7 @@
 #   DASKGMM_SCHEDULER_PORT, DASKGMM_DASHBOARD_ADDRESS  default: free ports (nodes are shared);
 #                     the scheduler file and the job log show the ones chosen
 #   DASKGMM_FIT_ARGS  more `daskgmm fit` options, e.g. "--covariance-type diag --seed 0"
+#   DASKGMM_WORKER_ARGS  more `dask worker` options, e.g. "--resources MEM=1"
 # Activate the Python environment that has daskgmm (the same one on every node) before sbatch:
 # SLURM passes the environment on to the job and to srun.
 set -euo pipefail
@@ -79,7 +80,7 @@ done
 
 srun --ntasks="$SLURM_NNODES" --ntasks-per-node=1 --cpus-per-task="$THREADS" \
     dask worker --scheduler-file "$SCHEDULER_FILE" ${IFACE[@]+"${IFACE[@]}"} \
-    --nthreads "$THREADS" --memory-limit "$MEMORY_LIMIT" --local-directory "${TMPDIR:-/tmp}" --death-timeout 60 &
+    --nthreads "$THREADS" --memory-limit "$MEMORY_LIMIT" --local-directory "${TMPDIR:-/tmp}" --death-timeout 60 ${DASKGMM_WORKER_ARGS:-} &
 WORKERS_PID=$!
 
 # shellcheck disable=SC2086  # DASKGMM_FIT_ARGS is a list of options
