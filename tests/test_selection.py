@@ -72,9 +72,10 @@ def test_one_pass_per_iteration_for_all_candidates(data, monkeypatch):
     assert len(calls) == slowest + 1
 
 
+@pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
 def test_n_init_matches_scikit_learn_restarts(covariance_type, data):
-    kw = dict(n_components=3, covariance_type=covariance_type, n_init=3, random_state=2, tol=1e-4, max_iter=100)
+    kw = dict(n_components=3, covariance_type=covariance_type, n_init=3, random_state=2, tol=1e-3, max_iter=25)
     sk = SkGMM(**kw).fit(data)
     gm = GaussianMixture(**kw).fit(data)
     np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-8, atol=1e-10)
@@ -83,13 +84,15 @@ def test_n_init_matches_scikit_learn_restarts(covariance_type, data):
     assert gm.lower_bound_ == pytest.approx(sk.lower_bound_, rel=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
 def test_n_init_picks_best_start(data):
     """With random starts, the kept start has the largest lower bound of separate single-start fits."""
     rs = np.random.RandomState(5)
-    gm = GaussianMixture(4, n_init=4, init_params="random", random_state=rs, max_iter=200).fit(data)
+    gm = GaussianMixture(3, n_init=3, init_params="random", random_state=rs, max_iter=20).fit(data)
     rs = np.random.RandomState(5)
-    bounds = [GaussianMixture(4, init_params="random", random_state=rs, max_iter=200).fit(data).lower_bound_
-              for _ in range(4)]
+    bounds = [GaussianMixture(3, init_params="random", random_state=rs, max_iter=20).fit(data).lower_bound_
+              for _ in range(3)]
+    assert len(set(bounds)) == 3  # the starts differ
     assert gm.lower_bound_ == pytest.approx(max(bounds), rel=1e-10)
 
 
