@@ -811,14 +811,11 @@ def _cell_hash(gy: np.ndarray, gx: np.ndarray, seed: int):
     return u, v, (h // 16777216) % 1000003
 
 
-def class_map_block(y0: int, x0: int, ny: int, nx: int, n_classes: int, seed: int, cell: int) -> np.ndarray:
-    """True classes on a pixel grid: nearest jittered cell centre among the 3 x 3 neighbouring
-    cells (a Voronoi-like mosaic), a function of the pixel coordinates only."""
-    yy = np.arange(y0, y0 + ny)[:, None]
-    xx = np.arange(x0, x0 + nx)[None, :]
-    iy, ix = yy // cell, xx // cell
-    best = np.full((ny, nx), np.inf)
-    out = np.zeros((ny, nx), dtype=np.int16)
+def _nearest_cell_class(yy: np.ndarray, xx: np.ndarray, n_classes: int, seed: int, cell: int) -> np.ndarray:
+    """Class of the nearest jittered cell centre among the 3 x 3 cells around each point."""
+    iy, ix = np.floor_divide(yy, cell).astype(np.int64), np.floor_divide(xx, cell).astype(np.int64)
+    best = np.full(np.broadcast(yy, xx).shape, np.inf)
+    out = np.zeros(best.shape, dtype=np.int16)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             gy, gx = np.broadcast_arrays(iy + dy, ix + dx)
@@ -828,6 +825,23 @@ def class_map_block(y0: int, x0: int, ny: int, nx: int, n_classes: int, seed: in
             best[closer] = d2[closer]
             out[closer] = (c % n_classes)[closer]
     return out
+
+
+#: the class map is drawn on a grid of this many pixels (per side), then repeated
+_CLASS_GRID = 4
+
+
+def class_map_block(y0: int, x0: int, ny: int, nx: int, n_classes: int, seed: int, cell: int) -> np.ndarray:
+    """True classes of the pixels ``[y0, y0+ny) x [x0, x0+nx)``: a Voronoi-like mosaic of
+    jittered cell centres, evaluated on a global grid of ``_CLASS_GRID`` pixels. A function of
+    the pixel coordinates only, so blocks agree wherever they are cut."""
+    f = _CLASS_GRID
+    gy = np.arange(y0 // f, (y0 + ny - 1) // f + 1)
+    gx = np.arange(x0 // f, (x0 + nx - 1) // f + 1)
+    coarse = _nearest_cell_class((gy * f + f / 2)[:, None], (gx * f + f / 2)[None, :], n_classes, seed, cell)
+    ry = np.arange(y0, y0 + ny) // f - y0 // f
+    rx = np.arange(x0, x0 + nx) // f - x0 // f
+    return coarse[ry[:, None], rx[None, :]]
 
 
 def raster_block(block_info=None, *, n_classes, seed, cell, means, scales, nodata):
@@ -954,6 +968,23 @@ def add_parser(subparsers) -> None:
     add_cluster_arguments(p)
     p.set_defaults(func=run)
 
+    b = subparsers.add_parser(
+        "segment-bench",
+        help="scale run: generate a uint16 raster with known classes, segment it on a memory-limited "
+        "local cluster (fit and predict+write timed apart, memory watched), check, delete",
+    )
+    b.add_argument("workdir", help="directory for the generated raster and the output (deleted afterwards)")
+    b.add_argument("--height", type=int, default=20_000)
+    b.add_argument("--width", type=int, default=20_000)
+    b.add_argument("--bands", type=int, default=4)
+    b.add_argument("--classes", type=int, default=5)
+    b.add_argument("--chunk", type=int, default=2000, help="spatial chunk side of the generated Zarr raster")
+    b.add_argument("--sample", type=float, default=0.01)
+    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--memory-limit", default="3GiB", help="per worker")
+    b.add_argument("--keep", action="store_true", help="keep the raster and the output")
+    b.set_defaults(func=run_bench)
+
 
 def _open_image(path: str, array: str | None):
     import zarr
@@ -1050,34 +1081,104 @@ def run(args) -> int:
     return 0
 
 
-def _main(argv=None) -> int:  # pragma: no cover - a documented command for the scale run
-    """``python -m daskgmm.image make-raster PATH ...``: generate a raster with known classes."""
-    parser = argparse.ArgumentParser(prog="python -m daskgmm.image")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("make-raster", help="write a (y, x, band) uint16 Zarr raster with known classes")
-    p.add_argument("path")
-    p.add_argument("--height", type=int, default=2000)
-    p.add_argument("--width", type=int, default=2000)
-    p.add_argument("--bands", type=int, default=4)
-    p.add_argument("--classes", type=int, default=5)
-    p.add_argument("--chunk", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--nodata", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--workers", type=int, default=None, help="use a local cluster of this many workers (default: threads)")
-    args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    if args.workers:
-        from distributed import Client, LocalCluster
+def scale_run(
+    workdir: str,
+    *,
+    height: int = 20_000,
+    width: int = 20_000,
+    bands: int = 4,
+    classes: int = 5,
+    chunk: int = 2000,
+    sample: float = 0.01,
+    nodata: int | None = 0,
+    workers: int = 2,
+    memory_limit: str = "3GiB",
+    seed: int = 0,
+    keep: bool = False,
+) -> dict:
+    """Generate a raster with known classes in ``workdir``, segment it on a local cluster with
+    memory limits, time the fit and the predict+write separately, watch memory, check the labels
+    against the true classes on a few windows, and delete the stores (unless ``keep``)."""
+    from distributed import Client, LocalCluster
+    from sklearn.metrics import adjusted_rand_score
 
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as c, Client(c):
-            make_raster(args.path, (args.height, args.width), args.bands, args.classes, (args.chunk, args.chunk), args.seed, nodata=args.nodata, overwrite=args.overwrite)
-    else:
-        make_raster(args.path, (args.height, args.width), args.bands, args.classes, (args.chunk, args.chunk), args.seed, nodata=args.nodata, overwrite=args.overwrite)
-    size = args.height * args.width * args.bands * 2
-    print(f"wrote {args.height} x {args.width} x {args.bands} uint16 ({size / 1e9:.2f} GB) to {args.path} in {time.perf_counter() - t0:.1f}s")
+    from daskgmm._ooc_bench import MemoryWatch
+
+    os.makedirs(workdir, exist_ok=True)
+    src = os.path.join(workdir, "raster.zarr")
+    out = os.path.join(workdir, "classes.zarr")
+    n_pixels = height * width
+    report: dict[str, Any] = {
+        "shape": [height, width, bands],
+        "dtype": "uint16",
+        "gigabytes": n_pixels * bands * 2 / 1e9,
+        "chunks": [chunk, chunk, bands],
+        "classes": classes,
+        "sample": sample,
+        "workers": workers,
+        "threads_per_worker": 1,
+        "memory_limit": memory_limit,
+    }
+    try:
+        with LocalCluster(
+            n_workers=workers, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster, Client(cluster) as client:
+            if not os.path.exists(src):
+                t0 = time.perf_counter()
+                make_raster(src, (height, width), bands, classes, (chunk, chunk), seed, nodata=nodata)
+                report["generate_seconds"] = time.perf_counter() - t0
+            with MemoryWatch(client) as watch:
+                img = as_image(src)
+                t0 = time.perf_counter()
+                model = fit_image(img, classes, nodata=nodata, sample=sample, random_state=seed)
+                fit_s = time.perf_counter() - t0
+                seg = Segmentation(model=model, image=img, nodata=nodata)
+                t1 = time.perf_counter()
+                seg.to_zarr(out, overwrite=True)
+                write_s = time.perf_counter() - t1
+            report.update(
+                n_pixels=n_pixels,
+                n_pixels_fit=int(model.n_pixels_fit_),
+                n_iter=int(model.n_iter_),
+                converged=bool(model.converged_),
+                fit_seconds=fit_s,
+                fit_image_pixels_per_second=n_pixels / fit_s,
+                predict_write_seconds=write_s,
+                predict_write_pixels_per_second=n_pixels / write_s,
+                total_pixels_per_second=n_pixels / (fit_s + write_s),
+                peak_worker_rss_mib=watch.peak_worker / 2**20,
+                peak_driver_rss_mib=watch.peak_driver / 2**20,
+                worker_paused=watch.paused,
+                worker_restarted=watch.restarted,
+            )
+        # the labels against the true classes, on a few windows
+        import zarr
+
+        labels = zarr.open_group(out, mode="r")["labels"]
+        aris = []
+        rng = np.random.default_rng(seed)
+        for _ in range(4):
+            y0 = int(rng.integers(0, max(1, height - 500)))
+            x0 = int(rng.integers(0, max(1, width - 500)))
+            lab = labels[y0 : y0 + 500, x0 : x0 + 500]
+            truth = class_map_block(y0, x0, lab.shape[0], lab.shape[1], classes, seed, 64)
+            ok = lab >= 0
+            aris.append(float(adjusted_rand_score(truth[ok], lab[ok])))
+        report["adjusted_rand_index_windows"] = aris
+    finally:
+        if not keep:
+            shutil.rmtree(src, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+    return report
+
+
+def run_bench(args) -> int:
+    """``daskgmm segment-bench``: :func:`scale_run`, printed as JSON."""
+    report = scale_run(
+        args.workdir, height=args.height, width=args.width, bands=args.bands, classes=args.classes,
+        chunk=args.chunk, sample=args.sample, workers=args.workers, memory_limit=args.memory_limit,
+        keep=args.keep,
+    )
+    print(json.dumps(report, indent=1))
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(_main())

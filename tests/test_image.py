@@ -257,10 +257,11 @@ def test_killed_write_leaves_nothing_that_looks_complete(tmp_path):
     """SIGKILL the ``daskgmm segment`` process group while it writes: no OUT, and the
     hidden temporary group is refused by readers."""
     src = str(tmp_path / "big.zarr")
-    im.make_raster(src, shape=(2000, 2000), n_bands=3, n_classes=3, chunks=(250, 250), seed=1, cell=100)
+    values = np.random.default_rng(0).integers(0, 1000, size=(1600, 1600, 3), dtype=np.uint16)
+    zarr.create_array(src, data=values, chunks=(200, 200, 3))
     out = tmp_path / "seg.zarr"
     cmd = [sys.executable, "-m", "daskgmm.cli", "segment", src, str(out), "-k", "3", "--sample", "0.01",
-           "--seed", "0", "--max-iter", "5", "--probabilities", "--log-density", "--workers", "1",
+           "--seed", "0", "--max-iter", "2", "--probabilities", "--log-density", "--workers", "1",
            "--threads-per-worker", "1"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = None
@@ -317,6 +318,7 @@ def test_cli_segment(raster, tmp_path, local_cluster, capsys):
     with pytest.raises(SystemExit, match=r"is a Zarr group; choose an array with --array \(one of \['bands'\]\)"):
         cli.main(["segment", group, str(tmp_path / "o2.zarr"), "-k", "4", "--scheduler", address])
     assert cli.main(["segment", group, str(tmp_path / "o2.zarr"), "-k", "4", "--array", "bands", "--nodata", "0",
-                     "--seed", "2", "--scheduler", address]) == 0
+                     "--sample", "0.2", "--max-iter", "3", "--seed", "2", "--scheduler", address]) == 0
+    assert zarr.open_group(tmp_path / "o2.zarr", mode="r")["labels"].shape == (300, 260)
     with pytest.raises(SystemExit, match="must be a fraction in"):
         cli.main(["segment", group, str(tmp_path / "o3.zarr"), "-k", "4", "--array", "bands", "--sample", "2"])
