@@ -11,6 +11,7 @@ are drawn, so plotting never loads a dataset on the driver.
 - :func:`plot_density_1d` — the mixture density and its weighted components over a histogram.
 - :func:`plot_criteria` — BIC / AIC against the number of components, minimum marked.
 - :func:`plot_label_map` — a 2-D label map with one legend entry per class (nodata apart).
+- :func:`plot_band_histograms` — per band, the histogram of each class's pixel values.
 
 Components keep the same colour in every plot (:func:`component_colors`).
 """
@@ -28,6 +29,7 @@ __all__ = [
     "plot_criteria",
     "plot_density_1d",
     "plot_ellipses",
+    "plot_band_histograms",
     "plot_label_map",
     "plot_lower_bound",
 ]
@@ -500,3 +502,89 @@ def plot_label_map(
             handles.append(Patch(facecolor=to_rgba(nodata_color), edgecolor="k", linewidth=0.5, label="nodata"))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     return ax
+
+
+# --------------------------------------------------------------------------
+# per-class band histograms
+# --------------------------------------------------------------------------
+def _to_array(a):
+    """numpy, dask or xarray -> numpy or dask (no compute)."""
+    if isinstance(a, np.ndarray):
+        return a
+    data = getattr(a, "data", a)
+    return data if hasattr(data, "compute") else np.asarray(data)
+
+
+def plot_band_histograms(
+    image,
+    labels,
+    axes=None,
+    *,
+    n_components: int | None = None,
+    band_names: Sequence[str] | None = None,
+    bins: int = 40,
+    max_points: int = 200_000,
+    random_state=0,
+):
+    """For each band, the histogram of the pixel values of each class (one colour per class).
+
+    Parameters
+    ----------
+    image : array-like of shape (*spatial, n_bands) or (n_pixels, n_bands)
+        Band values, bands last (numpy, dask or xarray).
+    labels : array-like of shape (*spatial,) or (n_pixels,)
+        Class per pixel; negative labels (nodata) are left out.
+    axes : sequence of matplotlib Axes, default=None
+        One per band; a new row of subplots when None.
+    n_components : int, default=None
+        Number of classes (``labels.max() + 1`` when None).
+    band_names : sequence of str, default=None
+    bins : int, default=40
+        Bins shared by all classes of a band (between the band's minimum and maximum).
+    max_points : int, default=200_000
+        At most this many pixels (a seeded random sample) enter the histograms.
+    random_state : int, default=0
+
+    Returns
+    -------
+    axes : list of matplotlib Axes
+        ``axes[b]`` holds one step histogram per class present (label ``"class k"``).
+    """
+    img, lab = _to_array(image), _to_array(labels)
+    if tuple(img.shape[:-1]) != tuple(lab.shape):
+        raise ValueError(
+            f"image has spatial shape {tuple(img.shape[:-1])} but labels have shape {tuple(lab.shape)}: "
+            "give the image with its bands on the last axis and the label map of the same pixels."
+        )
+    n_bands = int(img.shape[-1])
+    img, lab = img.reshape(-1, n_bands), lab.reshape(-1)
+    n = int(lab.shape[0])
+    if n > max_points:
+        idx = np.sort(np.random.RandomState(random_state).choice(n, size=max_points, replace=False))
+        img, lab = img[idx], lab[idx]
+    img = np.asarray(img.compute() if hasattr(img, "compute") else img, dtype=float)
+    lab = np.asarray(lab.compute() if hasattr(lab, "compute") else lab)
+    valid = lab >= 0
+    img, lab = img[valid], lab[valid].astype(np.int64)
+    k = int(n_components) if n_components is not None else (int(lab.max()) + 1 if lab.size else 0)
+    if band_names is not None and len(band_names) != n_bands:
+        raise ValueError(f"band_names has {len(band_names)} entries for {n_bands} bands: give one per band.")
+    if axes is None:
+        plt = _pyplot()
+        _, axes = plt.subplots(1, n_bands, figsize=(2.6 * n_bands, 2.4), squeeze=False)
+        axes = list(axes[0])
+    axes = list(np.ravel(axes))
+    if len(axes) != n_bands:
+        raise ValueError(f"got {len(axes)} axes for {n_bands} bands: give one Axes per band.")
+    colors = component_colors(k)
+    for b, ax in enumerate(axes):
+        values = img[:, b]
+        edges = np.histogram_bin_edges(values, bins=bins) if values.size else bins
+        for j in range(k):
+            vj = values[lab == j]
+            if vj.size:
+                ax.hist(vj, bins=edges, histtype="step", color=colors[j], linewidth=1.3, label=f"class {j}")
+        ax.set_title(band_names[b] if band_names else f"band {b}", fontsize="medium")
+        ax.set_yticks([])
+    axes[0].set_ylabel("pixels")
+    return axes

@@ -218,3 +218,33 @@ def test_importing_daskgmm_plot_does_not_import_matplotlib():
     code = "import sys, daskgmm, daskgmm.plot; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_band_histograms_count_each_class_per_band():
+    rng = np.random.RandomState(0)
+    image = rng.normal(size=(20, 30, 3)) + np.arange(3)
+    labels = rng.randint(-1, 3, size=(20, 30))
+    axes = gplot.plot_band_histograms(
+        da.from_array(image, chunks=(10, 10, 3)), da.from_array(labels, chunks=10), bins=15, band_names=["r", "g", "b"]
+    )
+    assert [ax.get_title() for ax in axes] == ["r", "g", "b"]
+    colors = gplot.component_colors(3)
+    for b, ax in enumerate(axes):
+        edges = np.histogram_bin_edges(image[..., b][labels >= 0], bins=15)
+        steps = [p for p in ax.patches]
+        assert [p.get_label() for p in steps] == ["class 0", "class 1", "class 2"]
+        for k, poly in enumerate(steps):
+            counts, _ = np.histogram(image[..., b][labels == k], bins=edges)
+            # the step outline's tops are the class's counts in the band's shared bins
+            tops = poly.get_xy()[1:-1:2, 1][: len(counts)]
+            np.testing.assert_array_equal(tops, counts)
+            np.testing.assert_allclose(poly.get_edgecolor(), colors[k])
+    # nodata (-1) pixels are left out: the classes' counts add up to the valid pixels
+    assert sum(np.histogram(image[..., 0][labels == k], bins=15)[0].sum() for k in range(3)) == (labels >= 0).sum()
+
+
+def test_band_histograms_errors():
+    with pytest.raises(ValueError, match=r"image has spatial shape \(4, 5\) but labels have shape \(5, 4\)"):
+        gplot.plot_band_histograms(np.zeros((4, 5, 2)), np.zeros((5, 4), int))
+    with pytest.raises(ValueError, match="band_names has 1 entries for 2 bands"):
+        gplot.plot_band_histograms(np.zeros((4, 5, 2)), np.zeros((4, 5), int), band_names=["a"])
