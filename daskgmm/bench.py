@@ -1,0 +1,560 @@
+"""``daskgmm bench``: EM iterations of daskgmm against scikit-learn on the same data, in one process.
+
+What is measured
+----------------
+* **Same data, same start.** One synthetic mixture per shape (seeded); both libraries
+  start from the same ``weights_init``/``means_init``/``precisions_init`` and run
+  ``max_iter=n`` iterations with ``tol=0``, so they do the same arithmetic.
+* **scikit-learn seconds per iteration** = (``fit`` time − one ``score_samples`` pass) / n.
+  ``fit`` runs n E+M steps plus one final E-step; ``score_samples`` is that final E-step
+  (public API only, so the figure does not depend on private methods).
+* **daskgmm seconds per iteration** = the mean of ``history_[i]["seconds"]`` over the n
+  iterations (each one a full pass: graph, ``dask.compute`` on the default threaded
+  scheduler, reduction and the M-step), after one untimed warm-up iteration.
+* **GFLOP/s** counts 4·N·K·D² flops per full-covariance iteration (E-step and M-step,
+  the count used in the issue); **% peak** divides by the float64 matrix-multiply rate
+  measured at the start of the same run on all cores.
+* **Peak memory**: the largest resident-set size above the level before the call,
+  sampled every 5 ms by a thread (psutil); the data itself is not counted.
+* **max rel diff**: the largest ``|a − b| / max|b|`` over weights, means and covariances
+  against scikit-learn's fit (or, on the float32 row, against daskgmm's float64 fit).
+* **Chunk overhead**: the same data and parameters with 1, 10, 100 and 1000 chunks; the
+  fixed cost per chunk is the slope between the two largest counts, and the default
+  chunking's share of an iteration is ``chunks × cost / seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger("daskgmm")
+
+QUICK_SHAPES = ((100_000, 16, 16), (400_000, 3, 8), (40_000, 64, 32))
+FULL_SHAPES = ((500_000, 16, 16), (2_000_000, 3, 8), (200_000, 64, 32))
+CHUNK_COUNTS = (1, 10, 100, 1000)
+COLUMNS = (
+    ("case", "case"),
+    ("n", "N"),
+    ("d", "D"),
+    ("k", "K"),
+    ("covariance_type", "cov"),
+    ("dtype", "dtype"),
+    ("chunks", "chunks"),
+    ("sklearn_s", "sklearn s/iter"),
+    ("daskgmm_s", "daskgmm s/iter"),
+    ("speedup", "speed-up"),
+    ("gflops", "GFLOP/s"),
+    ("pct_peak", "% peak"),
+    ("sklearn_mib", "sklearn MiB"),
+    ("daskgmm_mib", "daskgmm MiB"),
+    ("max_rel_diff", "max rel diff"),
+)
+
+
+# --------------------------------------------------------------------------
+# machine and reference rates
+# --------------------------------------------------------------------------
+def machine_info() -> dict:
+    """CPU model, cores, numpy's BLAS, library versions and the load average now."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    blas = "unknown"
+    with contextlib.suppress(Exception):
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            if lib.get("user_api") == "blas" and "numpy" in str(lib.get("filepath", "")):
+                blas = f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')}, {lib.get('num_threads')} threads)"
+                break
+    import dask
+    import sklearn
+
+    from daskgmm import __version__ as daskgmm_version
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    mem = float("nan")
+    with contextlib.suppress(Exception):
+        import psutil
+
+        mem = psutil.virtual_memory().total / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 1,
+        "memory_gib": round(mem, 1),
+        "blas": blas,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "dask": dask.__version__,
+        "daskgmm": daskgmm_version,
+        "load": tuple(round(v, 2) for v in load),
+    }
+
+
+def gemm_peak(n: int = 2048, repeats: int = 3) -> float:
+    """float64 matrix-multiply rate (GFLOP/s) of an n×n product on all cores, best of ``repeats``."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n))
+    b = rng.standard_normal((n, n))
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+@contextlib.contextmanager
+def memory_watch(interval: float = 0.005):
+    """Yield a dict whose ``"peak_mib"`` is set, on exit, to the peak RSS growth (MiB)."""
+    out = {"peak_mib": float("nan")}
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with distributed
+        yield out
+        return
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(interval)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        th.join()
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        out["peak_mib"] = (peak[0] - base) / 2**20
+
+
+# --------------------------------------------------------------------------
+# data and starting parameters
+# --------------------------------------------------------------------------
+def make_data(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """A float64 sample of a K-component mixture and a shared starting point.
+
+    Returns ``X`` (n, d) and ``start`` with ``weights``, ``means`` and ``covariances``
+    (full): the true means moved by half a standard deviation, inflated covariances,
+    uniform weights, so EM has real work to do.
+    """
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(k, 5.0))
+    means = rng.uniform(-5.0, 5.0, size=(k, d))
+    A = rng.normal(size=(k, d, d)) * (0.5 / np.sqrt(d))
+    cov = np.einsum("kij,klj->kil", A, A) + 0.2 * np.eye(d)
+    labels = rng.choice(k, size=n, p=weights)
+    X = rng.standard_normal((n, d))
+    chol = np.linalg.cholesky(cov)
+    for j in range(k):
+        idx = np.flatnonzero(labels == j)
+        X[idx] = X[idx] @ chol[j].T + means[j]
+    sd = np.sqrt(np.einsum("kii->ki", cov))
+    start = {
+        "weights": np.full(k, 1.0 / k),
+        "means": means + 0.5 * sd * rng.standard_normal((k, d)),
+        "covariances": 1.5 * cov,
+    }
+    return X, start
+
+
+def init_kwargs(start: dict, covariance_type: str) -> dict:
+    """``weights_init``/``means_init``/``precisions_init`` of one covariance type."""
+    cov = start["covariances"]
+    if covariance_type == "full":
+        prec = np.linalg.inv(cov)
+    elif covariance_type == "tied":
+        prec = np.linalg.inv(cov.mean(axis=0))
+    elif covariance_type == "diag":
+        prec = 1.0 / np.einsum("kii->ki", cov)
+    else:
+        prec = 1.0 / np.einsum("kii->ki", cov).mean(axis=1)
+    return {"weights_init": start["weights"], "means_init": start["means"], "precisions_init": prec}
+
+
+def max_rel_diff(a, b) -> float:
+    """Largest ``|a − b| / max|b|`` over weights, means and covariances."""
+    out = 0.0
+    for name in ("weights_", "means_", "covariances_"):
+        x = np.asarray(getattr(a, name), dtype=np.float64)
+        y = np.asarray(getattr(b, name), dtype=np.float64)
+        out = max(out, float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-300)))
+    return out
+
+
+# --------------------------------------------------------------------------
+# timing one library
+# --------------------------------------------------------------------------
+def time_sklearn(X: np.ndarray, k: int, covariance_type: str, init: dict, n_iter: int):
+    """scikit-learn's seconds per iteration, its peak extra memory (MiB) and the fitted model."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture as SkGMM
+
+    model = SkGMM(n_components=k, covariance_type=covariance_type, max_iter=n_iter, tol=0.0, **init)
+    with memory_watch() as mem, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        t0 = time.perf_counter()
+        model.fit(X)
+        t_fit = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.score_samples(X)
+        t_final = time.perf_counter() - t0
+    return max(t_fit - t_final, 0.0) / n_iter, mem["peak_mib"], model
+
+
+def time_daskgmm(X, k: int, covariance_type: str, init: dict, n_iter: int, chunk_size: int | None = None):
+    """daskgmm's seconds per iteration (mean of ``history_``), peak extra memory (MiB), the model, chunks."""
+    from daskgmm import GaussianMixture
+
+    def make(max_iter):
+        return GaussianMixture(
+            n_components=k,
+            covariance_type=covariance_type,
+            max_iter=max_iter,
+            tol=0.0,
+            chunk_size=chunk_size,
+            **init,
+        )
+
+    with warnings.catch_warnings():
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        make(1).fit(X)  # warm-up: thread pool, BLAS, allocator
+        model = make(n_iter)
+        with memory_watch() as mem:
+            model.fit(X)
+    seconds = float(np.mean([h["seconds"] for h in model.history_]))
+    from daskgmm._validation import to_dask
+
+    n_chunks = len(to_dask(X, chunk_rows=chunk_size).data.chunks[0])
+    return seconds, mem["peak_mib"], model, n_chunks
+
+
+def full_flops(n: int, d: int, k: int) -> float:
+    """Flops counted per full-covariance EM iteration: 4·N·K·D² (E-step and M-step)."""
+    return 4.0 * n * k * d * d
+
+
+def _row(case, n, d, k, ct, dtype, chunks, sk=None, dg=None, peak=None, diff=None, sk_mem=None, dg_mem=None):
+    row = {
+        "case": case,
+        "n": n,
+        "d": d,
+        "k": k,
+        "covariance_type": ct,
+        "dtype": dtype,
+        "chunks": chunks,
+        "sklearn_s": sk,
+        "daskgmm_s": dg,
+        "speedup": (sk / dg) if (sk is not None and dg) else None,
+        "gflops": None,
+        "pct_peak": None,
+        "sklearn_mib": sk_mem,
+        "daskgmm_mib": dg_mem,
+        "max_rel_diff": diff,
+    }
+    if ct == "full" and dg:
+        row["gflops"] = full_flops(n, d, k) / dg / 1e9
+        if peak:
+            row["pct_peak"] = 100.0 * row["gflops"] / peak
+    return row
+
+
+# --------------------------------------------------------------------------
+# the benchmark
+# --------------------------------------------------------------------------
+def run_benchmark(
+    shapes: Sequence[tuple[int, int, int]] = QUICK_SHAPES,
+    n_iter: int = 3,
+    chunk_counts: Sequence[int] = CHUNK_COUNTS,
+    sklearn_shapes: Sequence[int] | None = None,
+    other_types: bool = True,
+    float32: bool = True,
+    seed: int = 0,
+    gemm_n: int = 2048,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the benchmark; returns ``{"machine", "gemm_peak_gflops", "rows", "chunk_overhead", "seconds"}``.
+
+    Parameters
+    ----------
+    shapes : sequence of (N, D, K)
+        Full-covariance float64 cases. The first one also gets the float32 row, the
+        other covariance types and the chunk-overhead rows.
+    n_iter : int
+        EM iterations timed per case.
+    chunk_counts : sequence of int
+        Numbers of chunks for the overhead rows (empty: none).
+    sklearn_shapes : sequence of int or None
+        Indices into ``shapes`` where scikit-learn also runs (None: all).
+    other_types, float32 : bool
+        Add the tied/diag/spherical rows and the float32 row.
+    seed : int
+        Seed of the generated data.
+    gemm_n : int
+        Size of the matrix product that measures the GEMM peak.
+    progress : callable or None
+        Called with a line of text before each case.
+    """
+    say = progress or (lambda msg: logger.info(msg))
+    t_start = time.perf_counter()
+    info = machine_info()
+    say(f"GEMM peak: float64 {gemm_n}x{gemm_n} matmul ...")
+    peak = gemm_peak(gemm_n)
+    rows: list[dict] = []
+    overhead: dict = {}
+    sk_idx = set(range(len(shapes))) if sklearn_shapes is None else set(sklearn_shapes)
+    for i, (n, d, k) in enumerate(shapes):
+        X, start = make_data(n, d, k, seed=seed + i)
+        types = ("full", "tied", "diag", "spherical") if (i == 0 and other_types) else ("full",)
+        full_model = None
+        for ct in types:
+            init = init_kwargs(start, ct)
+            say(f"N={n} D={d} K={k} {ct} float64 ...")
+            dg_s, dg_mem, dg_model, nchunks = time_daskgmm(X, k, ct, init, n_iter)
+            sk_s = sk_mem = diff = None
+            if i in sk_idx:
+                sk_s, sk_mem, sk_model = time_sklearn(X, k, ct, init, n_iter)
+                diff = max_rel_diff(dg_model, sk_model)
+            rows.append(_row(f"{ct}", n, d, k, ct, "float64", nchunks, sk_s, dg_s, peak, diff, sk_mem, dg_mem))
+            if ct == "full":
+                full_model = (dg_s, dg_model, sk_s, nchunks)
+        if i == 0 and float32:
+            say(f"N={n} D={d} K={k} full float32 ...")
+            init = init_kwargs(start, "full")
+            X32 = X.astype(np.float32)
+            s32, m32, model32, nchunks = time_daskgmm(X32, k, "full", init, n_iter)
+            del X32
+            row = _row("float32", n, d, k, "full", "float32", nchunks, full_model[2], s32, peak,
+                       max_rel_diff(model32, full_model[1]), None, m32)
+            row["speedup_vs_float64"] = full_model[0] / s32
+            rows.append(row)
+        if i == 0 and chunk_counts:
+            init = init_kwargs(start, "full")
+            times = {}
+            for c in chunk_counts:
+                say(f"N={n} D={d} K={k} full float64, {c} chunks ...")
+                size = -(-n // c)
+                s, mem, _, nchunks = time_daskgmm(X, k, "full", init, n_iter, chunk_size=size)
+                times[nchunks] = s
+                rows.append(_row(f"{c} chunks", n, d, k, "full", "float64", nchunks, full_model[2], s, peak,
+                                 None, None, mem))
+            counts = sorted(times)
+            if len(counts) >= 2:
+                a, b = counts[-2], counts[-1]
+                per_chunk = max((times[b] - times[a]) / (b - a), 0.0)
+                default_chunks = full_model[3]
+                overhead = {
+                    "n": n,
+                    "seconds_by_chunks": {str(c): times[c] for c in counts},
+                    "per_chunk_seconds": per_chunk,
+                    "default_chunks": default_chunks,
+                    "default_overhead_fraction": default_chunks * per_chunk / full_model[0],
+                }
+        del X
+    return {
+        "machine": info,
+        "gemm_peak_gflops": peak,
+        "rows": rows,
+        "chunk_overhead": overhead,
+        "n_iter": n_iter,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+# --------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "—"
+    if key in ("sklearn_s", "daskgmm_s"):
+        return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+    if key == "speedup":
+        return f"{v:.1f}x"
+    if key in ("gflops", "pct_peak"):
+        return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+    if key in ("sklearn_mib", "daskgmm_mib"):
+        return f"{v:.0f}" if np.isfinite(v) else "—"
+    if key == "max_rel_diff":
+        return f"{v:.0e}"
+    if key == "n":
+        return f"{v:,}"
+    return str(v)
+
+
+def format_table(result: dict) -> str:
+    """The rows as a markdown table."""
+    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    sep = "|" + "|".join("---" if key in ("case", "covariance_type", "dtype") else "--:" for key, _ in COLUMNS) + "|"
+    lines = [head, sep]
+    for row in result["rows"]:
+        lines.append("| " + " | ".join(_fmt(key, row.get(key)) for key, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def format_report(result: dict, command: str = "daskgmm bench") -> str:
+    """README-ready markdown: the machine, the table, the derived figures, how to reproduce."""
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; numpy {m['numpy']} with "
+        f"{m['blas']}; Python {m['python']}, scikit-learn {m['scikit-learn']}, dask {m['dask']}, "
+        f"daskgmm {m['daskgmm']}. Load average at the start: {m['load'][0]}. float64 GEMM peak "
+        f"measured in the same run: {result['gemm_peak_gflops']:.0f} GFLOP/s. "
+        f"{result['n_iter']} EM iterations per case, default (threaded) scheduler.",
+        "",
+        format_table(result),
+        "",
+    ]
+    for row in result["rows"]:
+        if "speedup_vs_float64" in row:
+            lines.append(
+                f"- float32 is {row['speedup_vs_float64']:.2f}x faster than float64 on N={row['n']:,}, "
+                f"D={row['d']}, K={row['k']}; its parameters are within {row['max_rel_diff']:.0e} "
+                "(relative) of the float64 fit (statistics accumulate in float64)."
+            )
+    oh = result.get("chunk_overhead") or {}
+    if oh:
+        lines.append(
+            f"- Fixed cost per chunk: {1e3 * oh['per_chunk_seconds']:.2f} ms per iteration; the default "
+            f"chunking ({oh['default_chunks']} chunks for N={oh['n']:,}) loses "
+            f"{100 * oh['default_overhead_fraction']:.1f}% of an iteration to it."
+        )
+    lines.append(f"- Reproduce: `{command}` ({result['seconds']:.0f} s for this run).")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        n, d, k = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,D,K (three integers), got {text!r}") from None
+    if min(n, d, k) < 1 or n < k:
+        raise argparse.ArgumentTypeError(f"need N >= K >= 1 and D >= 1, got {text!r}")
+    return n, d, k
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    if text.strip() in ("", "none"):
+        return ()
+    try:
+        out = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated chunk counts, got {text!r}") from None
+    if min(out) < 1:
+        raise argparse.ArgumentTypeError(f"chunk counts must be >= 1, got {text!r}")
+    return out
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``daskgmm bench``."""
+    p = subparsers.add_parser(
+        "bench",
+        help="time EM iterations of daskgmm against scikit-learn on the same data",
+        description=(
+            "Time full-covariance EM iterations of daskgmm and scikit-learn on the same generated data "
+            "and starting parameters, in this process, and print a markdown table: seconds per "
+            "iteration, speed-up, GFLOP/s and %% of the float64 GEMM peak measured in the same run, "
+            "peak memory, parameter agreement; plus float32, the other covariance types and the "
+            "per-chunk overhead. --quick (default) takes about a minute, --full a few minutes."
+        ),
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help=f"small shapes {QUICK_SHAPES} (default)")
+    size.add_argument("--full", action="store_true", help=f"the issue's shapes {FULL_SHAPES}")
+    p.add_argument("--shape", type=_shape, action="append", metavar="N,D,K",
+                   help="a full-covariance case (repeatable; replaces the preset shapes)")
+    p.add_argument("--iters", type=int, default=3, help="EM iterations timed per case (default 3)")
+    p.add_argument("--chunks", type=_counts, default=CHUNK_COUNTS, metavar="C1,C2,...",
+                   help="chunk counts for the overhead rows (default 1,10,100,1000; 'none' to skip)")
+    p.add_argument("--sklearn", choices=("auto", "all", "none"), default="auto",
+                   help="where scikit-learn runs: auto = all shapes but the preset D=64 one "
+                        "(about a minute per scikit-learn iteration there), all, none")
+    p.add_argument("--no-other-types", action="store_true", help="skip the tied/diag/spherical rows")
+    p.add_argument("--no-float32", action="store_true", help="skip the float32 row")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument("--gemm-size", type=int, default=2048, metavar="N",
+                   help="size of the float64 N x N matrix product that measures the GEMM peak (default 2048)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the README-ready report (machine, table, derived figures, command)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--beyond", action="store_true",
+                   help="also run the select_model sweep vs separate fits and incremental vs full EM rows "
+                        "(daskgmm.selection.bench_beyond; a few minutes)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """Entry point of ``daskgmm bench``."""
+    if args.iters < 1:
+        raise SystemExit(f"error: --iters must be >= 1, got {args.iters}")
+    if args.gemm_size < 16:
+        raise SystemExit(f"error: --gemm-size must be >= 16, got {args.gemm_size}")
+    preset = FULL_SHAPES if args.full else QUICK_SHAPES
+    shapes = tuple(args.shape) if args.shape else preset
+    if args.sklearn == "none":
+        sk = []
+    elif args.sklearn == "all" or args.shape:
+        sk = None
+    else:
+        sk = [i for i, s in enumerate(shapes) if s[1] < 64]
+    result = run_benchmark(
+        shapes=shapes,
+        n_iter=args.iters,
+        chunk_counts=args.chunks,
+        sklearn_shapes=sk,
+        other_types=not args.no_other_types,
+        float32=not args.no_float32,
+        seed=args.seed,
+        gemm_n=args.gemm_size,
+        progress=lambda msg: print(f"# {msg}", flush=True),
+    )
+    command = "daskgmm bench" + (" --full" if args.full else "") + " --markdown"
+    if args.markdown:
+        print(format_report(result, command))
+    else:
+        print(format_table(result))
+        oh = result.get("chunk_overhead") or {}
+        print(f"\nfloat64 GEMM peak {result['gemm_peak_gflops']:.0f} GFLOP/s; load {result['machine']['load']}")
+        if oh:
+            print(f"per-chunk cost {1e3 * oh['per_chunk_seconds']:.2f} ms; default chunking loses "
+                  f"{100 * oh['default_overhead_fraction']:.1f}%")
+    if args.beyond:  # select_model sweep vs separate fits; incremental vs full EM (daskgmm/selection.py)
+        from daskgmm.selection import bench_beyond, format_beyond
+
+        result["beyond"] = bench_beyond()
+        print(format_beyond(result["beyond"]))
+    if args.json:
+        from daskgmm.io import atomic_write_bytes
+
+        payload = json.dumps(result, indent=2, default=float).encode()
+        atomic_write_bytes(args.json, lambda f: f.write(payload))
+    return 0

@@ -1,0 +1,104 @@
+"""``daskgmm bench`` on a tiny case: the table's structure, and that the daskgmm
+parameters it reports agree with scikit-learn's (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from daskgmm import bench
+from daskgmm.cli import main
+
+TINY = dict(shapes=[(3000, 3, 3), (1500, 5, 2)], n_iter=2, chunk_counts=(1, 4), seed=1, gemm_n=128)
+
+
+@pytest.fixture(scope="module")
+def result():
+    return bench.run_benchmark(**TINY)
+
+
+def test_rows_cover_every_case(result):
+    cases = [row["case"] for row in result["rows"]]
+    assert cases == ["full", "tied", "diag", "spherical", "float32", "1 chunks", "4 chunks", "full"]
+    for row in result["rows"]:
+        assert set(key for key, _ in bench.COLUMNS) <= set(row)
+    assert [row["chunks"] for row in result["rows"] if row["case"].endswith("chunks")] == [1, 4]
+    assert result["gemm_peak_gflops"] > 0
+    assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
+
+
+def test_daskgmm_parameters_equal_sklearn_in_the_table(result):
+    compared = [row for row in result["rows"] if row["dtype"] == "float64" and row["max_rel_diff"] is not None]
+    assert {row["covariance_type"] for row in compared} == {"full", "tied", "diag", "spherical"}
+    assert len(compared) == 5  # four types on the first shape, full on the second
+    for row in compared:
+        assert row["max_rel_diff"] < 1e-6, row
+        assert row["speedup"] == pytest.approx(row["sklearn_s"] / row["daskgmm_s"])
+    (f32,) = [row for row in result["rows"] if row["dtype"] == "float32"]
+    assert f32["max_rel_diff"] < 1e-4  # float32 fit against the float64 fit
+
+
+def test_flop_rate_is_the_issue_count(result):
+    row = result["rows"][0]
+    n, d, k = TINY["shapes"][0]
+    assert row["gflops"] == pytest.approx(4 * n * k * d * d / row["daskgmm_s"] / 1e9)
+    assert row["pct_peak"] == pytest.approx(100 * row["gflops"] / result["gemm_peak_gflops"])
+    assert all(r["gflops"] is None for r in result["rows"] if r["covariance_type"] != "full")
+
+
+def test_chunk_overhead_summary(result):
+    oh = result["chunk_overhead"]
+    assert set(oh["seconds_by_chunks"]) == {"1", "4"}
+    assert oh["per_chunk_seconds"] >= 0
+    assert oh["default_overhead_fraction"] == pytest.approx(
+        oh["default_chunks"] * oh["per_chunk_seconds"] / result["rows"][0]["daskgmm_s"]
+    )
+
+
+def test_markdown_table_and_report(result):
+    table = bench.format_table(result).splitlines()
+    assert len(table) == 2 + len(result["rows"])
+    assert all(line.count("|") == len(bench.COLUMNS) + 1 for line in table)
+    assert "sklearn s/iter" in table[0] and "% peak" in table[0]
+    report = bench.format_report(result, "daskgmm bench --full --markdown")
+    assert "GEMM peak" in report and "`daskgmm bench --full --markdown`" in report
+    assert "float32 is" in report and "per chunk" in report
+
+
+def test_max_rel_diff_against_a_closed_form():
+    a = SimpleNamespace(weights_=np.array([0.5, 0.5]), means_=np.zeros((2, 2)), covariances_=np.ones((2, 2)))
+    b = SimpleNamespace(weights_=np.array([0.5, 0.5]), means_=np.full((2, 2), 2.0), covariances_=np.ones((2, 2)))
+    assert bench.max_rel_diff(a, b) == pytest.approx(1.0)  # |0 - 2| / 2
+
+
+def test_init_precisions_match_the_covariances():
+    _, start = bench.make_data(200, 3, 2, seed=0)
+    cov = start["covariances"]
+    np.testing.assert_allclose(bench.init_kwargs(start, "full")["precisions_init"] @ cov, np.broadcast_to(np.eye(3), cov.shape), atol=1e-10)
+    np.testing.assert_allclose(bench.init_kwargs(start, "diag")["precisions_init"], 1 / np.einsum("kii->ki", cov))
+
+
+def test_cli_bench_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--shape", "2000,2,2", "--iters", "1", "--chunks", "none", "--no-other-types",
+               "--no-float32", "--gemm-size", "128", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| full | 2,000 | 2 | 2 | full | float64 |" in printed
+    data = json.loads(out.read_text())
+    assert [row["case"] for row in data["rows"]] == ["full"]
+    assert data["rows"][0]["max_rel_diff"] < 1e-6
+
+
+def test_cli_bench_rejects_a_bad_shape(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--shape", "10,3"])
+    assert "expected N,D,K (three integers), got '10,3'" in capsys.readouterr().err
+
+
+def test_cli_bench_rejects_zero_iterations():
+    with pytest.raises(SystemExit, match="--iters must be >= 1, got 0"):
+        main(["bench", "--iters", "0"])
