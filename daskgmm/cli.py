@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     # further subcommands register here, one line each
     __import__("daskgmm.image", fromlist=["add_parser"]).add_parser(sub)  # daskgmm segment
+    __import__("daskgmm.bench", fromlist=["add_parser"]).add_parser(sub)  # daskgmm bench
     return parser
 
 
