@@ -1,0 +1,157 @@
+"""The per-chunk hot path against an independent reference (scipy's multivariate
+normal densities and plain numpy sums), across block boundaries, for every
+covariance type, in float64 and float32; and the BLAS thread limit inside tasks."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+from threadpoolctl import threadpool_info
+
+from daskgmm._gaussian import EStepParams, compute_precision_cholesky, log_resp_and_norm, weighted_log_prob
+from daskgmm._suffstats import (
+    block_rows,
+    chunk_stats,
+    map_reduce,
+    predict_block,
+    shared,
+    single_threaded_blas,
+)
+from tests.conftest import make_mixture
+
+TYPES = ("full", "tied", "diag", "spherical")
+
+
+def _covariances(cov_full, covariance_type):
+    if covariance_type == "full":
+        return cov_full
+    if covariance_type == "tied":
+        return cov_full.mean(axis=0)
+    diag = np.einsum("kii->ki", cov_full)
+    return diag if covariance_type == "diag" else diag.mean(axis=1)
+
+
+def _as_full(cov, covariance_type, k, d):
+    if covariance_type == "full":
+        return cov
+    if covariance_type == "tied":
+        return np.broadcast_to(cov, (k, d, d))
+    if covariance_type == "diag":
+        return np.stack([np.diag(c) for c in cov])
+    return np.stack([np.eye(d) * c for c in cov])
+
+
+def _case(covariance_type, n=None, seed=0):
+    k, d = 3, 4
+    n = n or block_rows(k, d, covariance_type) * 2 + 123  # two full blocks and a partial one
+    X, _, weights, means, cov = make_mixture(n_samples=n, n_features=d, n_components=k, seed=seed)
+    X = X + 40.0  # far from the origin: the kernel must centre
+    means = means + 40.0 + 0.3  # not the data's means
+    cov = _covariances(cov * 1.3, covariance_type)
+    prec_chol = compute_precision_cholesky(cov, covariance_type)
+    return X, weights, means, _as_full(cov, covariance_type, k, d), prec_chol
+
+
+def _reference(X, weights, means, cov_full, w=None):
+    wlp = np.stack(
+        [np.log(weights[j]) + multivariate_normal(means[j], cov_full[j]).logpdf(X) for j in range(len(weights))],
+        axis=1,
+    )
+    log_norm = logsumexp(wlp, axis=1)
+    resp = np.exp(wlp - log_norm[:, None])
+    if w is not None:
+        resp = resp * w[:, None]
+    return wlp, resp, log_norm
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_chunk_stats_equal_direct_sums_across_blocks(covariance_type):
+    X, weights, means, cov_full, prec_chol = _case(covariance_type)
+    w = np.random.RandomState(1).uniform(0.5, 2.0, size=len(X))
+    p = EStepParams(weights, means, prec_chol, covariance_type, np.float64)
+    stats = chunk_stats(X, p, w)
+    _, resp, log_norm = _reference(X, weights, means, cov_full, w)
+    c = p.stat_centers
+    nk = resp.sum(axis=0)
+    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-10)
+    np.testing.assert_allclose(stats["u"], resp.T @ X - nk[:, None] * c, rtol=1e-9, atol=1e-8 * len(X))
+    diff = X[None] - c[:, None]  # (K, n, D) about each component's centre
+    s2_full = np.einsum("nk,kni,knj->kij", resp, diff, diff)
+    expected = {
+        "full": s2_full,
+        "tied": np.einsum("n,ni,nj->ij", w, X - c[0], X - c[0]),
+        "diag": np.einsum("kii->ki", s2_full),
+        "spherical": np.einsum("kii->ki", s2_full),
+    }[covariance_type]
+    np.testing.assert_allclose(stats["s2"], expected, rtol=1e-9)
+    assert stats["n"] == pytest.approx(w.sum())
+    assert stats["loglik"] == pytest.approx(np.dot(w, log_norm), rel=1e-12)
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_float32_compute_accumulates_in_float64(covariance_type):
+    X, weights, means, _, prec_chol = _case(covariance_type)
+    s64 = chunk_stats(X, EStepParams(weights, means, prec_chol, covariance_type, np.float64))
+    s32 = chunk_stats(X.astype(np.float32), EStepParams(weights, means, prec_chol, covariance_type, np.float32))
+    for key in ("nk", "u", "s2"):
+        assert s32[key].dtype == np.float64
+        scale = np.abs(s64[key]).max()
+        np.testing.assert_allclose(s32[key], s64[key], atol=2e-5 * scale)
+    assert s32["loglik"] == pytest.approx(s64["loglik"], rel=1e-5)
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_predictions_equal_scipy(covariance_type):
+    X, weights, means, cov_full, prec_chol = _case(covariance_type, n=5000, seed=2)
+    p = EStepParams(weights, means, prec_chol, covariance_type, np.float64)
+    wlp, resp, log_norm = _reference(X, weights, means, cov_full)
+    np.testing.assert_allclose(predict_block(X, p, "score"), log_norm, rtol=1e-11)
+    np.testing.assert_allclose(predict_block(X, p, "proba"), resp, atol=1e-11)
+    np.testing.assert_array_equal(predict_block(X, p, "labels"), wlp.argmax(axis=1))
+    Xc = X - p.center
+    np.testing.assert_allclose(weighted_log_prob(Xc, p), wlp, rtol=1e-11)
+    r, ln = log_resp_and_norm(weighted_log_prob(Xc, p))
+    np.testing.assert_allclose(r, resp, atol=1e-11)
+    np.testing.assert_allclose(ln, log_norm, rtol=1e-11)
+
+
+def test_empty_chunk_gives_zero_statistics():
+    X, weights, means, _, prec_chol = _case("full", n=50)
+    stats = chunk_stats(X[:0], EStepParams(weights, means, prec_chol, "full", np.float64))
+    assert stats["n"] == 0 and stats["loglik"] == 0 and not stats["s2"].any()
+    assert predict_block(X[:0], EStepParams(weights, means, prec_chol, "full", np.float64), "labels").shape == (0,)
+
+
+def _blas_threads():
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_blas_uses_one_thread_inside_tasks_and_is_restored():
+    before = _blas_threads()
+    with single_threaded_blas():
+        assert set(_blas_threads()) == {1}
+        with single_threaded_blas():  # nested (a task calling a task function)
+            assert set(_blas_threads()) == {1}
+        assert set(_blas_threads()) == {1}
+    assert _blas_threads() == before
+    X, weights, means, _, prec_chol = _case("full", n=4000)
+    p = EStepParams(weights, means, prec_chol, "full", np.float64)
+    graph = map_reduce(chunk_stats, [(X[i : i + 1000], shared(p, "gmm-params-kt")) for i in range(0, 4000, 1000)],
+                       "gmm-em-stats-kt", 2)
+    (stats,) = dask.compute(graph, scheduler="threads", num_workers=2)
+    assert _blas_threads() == before
+    assert stats["n"] == 4000
+
+
+def test_map_reduce_keeps_container_arguments_literal():
+    X, weights, means, _, prec_chol = _case("diag", n=600)
+    p = EStepParams(weights, means, prec_chol, "diag", np.float64)
+    graph = map_reduce(predict_block, [(X[:300], p, "labels"), (X[300:], p, "labels")], "kt-labels", 2,
+                       combine_func=np.concatenate)
+    (labels,) = dask.compute(graph, scheduler="sync")
+    np.testing.assert_array_equal(labels, predict_block(X, p, "labels"))
+    with pytest.raises(ValueError, match="The data has no chunks: nothing to fit."):
+        map_reduce(chunk_stats, [], "kt-empty")
