@@ -65,6 +65,10 @@ def test_the_four_notebooks_exist():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_at_small_size(path, jupyter_path, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
+    # connection files and IPython's profile in temporary places: no writable home needed,
+    # and no user startup scripts or config in the kernel
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter_path / "runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(jupyter_path / "ipython"))
     monkeypatch.setenv("DASKGMM_NOTEBOOK_SIZE", "small")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = _read(path)
