@@ -206,6 +206,8 @@ def invalid_mask(pixels: np.ndarray, nodata=None) -> np.ndarray:
     if nodata is not None:
         if isinstance(nodata, float) and math.isnan(nodata):
             return bad
+        if pixels.dtype.kind == "f":
+            nodata = np.asarray(nodata).astype(pixels.dtype)  # e.g. 0.1 as stored in float32
         bad |= (pixels == nodata).any(axis=1)
     return bad
 
@@ -395,8 +397,6 @@ def fit_image(
     img = image if isinstance(image, Image) else as_image(image, feature_axis)
     fraction = _check_sample(sample)
     seed = _int_seed(random_state)
-    if "random_state" in gmm_params:
-        raise TypeError("pass random_state directly, not inside gmm_params")
     if random_state is None or isinstance(random_state, np.random.RandomState):
         model_seed = random_state
     else:
