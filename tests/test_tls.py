@@ -291,3 +291,26 @@ def test_pem_text_in_the_configuration_connects(tls_cluster):
     r = subprocess.run([sys.executable, "-c", code, tls_cluster["address"]], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     assert int(r.stdout.strip()) == 2
+
+
+def test_make_certs_signs_every_role_and_protects_keys(tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    make_certs(tmp_path)
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for role in ("scheduler", "worker", "client"):
+        cert = x509.load_pem_x509_certificate((tmp_path / f"{role}.pem").read_bytes())
+        cert.verify_directly_issued_by(ca)  # raises if the CA did not sign it
+        # every Dask process both listens and connects: the certificate serves both ends
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(eku)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp_path / "ca.pem"))
+        ctx.load_cert_chain(str(tmp_path / f"{role}.pem"), str(tmp_path / f"{role}-key.pem"))  # key matches
+        assert (tmp_path / f"{role}-key.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+    before = (tmp_path / "ca.pem").read_bytes()
+    r = subprocess.run([sys.executable, str(DEPLOY / "tls" / "make_certs.py"), str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode != 0 and "already holds" in r.stderr and "--force" in r.stderr
+    assert (tmp_path / "ca.pem").read_bytes() == before  # nothing replaced
