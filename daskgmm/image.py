@@ -95,7 +95,7 @@ def _axis_index(feature_axis, ndim: int, dims: Sequence[str] | None = None) -> i
         if dims is None:
             raise TypeError(
                 f"feature_axis={feature_axis!r} is a dimension name, which only an xarray "
-                "DataArray has; pass an integer axis for numpy, dask and Zarr images."
+                "DataArray or a Zarr array with dimension names has; pass an integer axis."
             )
         if feature_axis not in dims:
             raise ValueError(f"feature_axis={feature_axis!r} is not a dimension of the image (dims: {tuple(dims)}).")
@@ -129,6 +129,9 @@ def as_image(image, feature_axis: int | str | None = -1) -> Image:
     if isinstance(image, zarr.Array):
         arr = da.from_zarr(image)
         kind = "zarr"
+        names = getattr(image.metadata, "dimension_names", None)
+        if names and all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
+            dims = tuple(names)
     elif isinstance(image, xr.DataArray):
         kind = "xarray"
         dims = image.dims
@@ -157,17 +160,17 @@ def as_image(image, feature_axis: int | str | None = -1) -> Image:
                 f"The image has {ndim} dimension(s); it needs at least one spatial axis and the "
                 "feature (band) axis. For a single-band image pass feature_axis=None."
             )
-        fa = _axis_index(feature_axis, ndim, dims)
+        fa = _axis_index(feature_axis, ndim, dims if kind in ("xarray", "zarr") else None)
     dtype = (arr if arr is not None else raw).dtype
     check_dtype(dtype, "image")
 
-    if kind == "xarray":
+    if dims is not None:  # xarray, or Zarr with dimension names
         spatial_dims = tuple(d for i, d in enumerate(dims) if i != fa)
-        coords = {
-            k: c for k, c in raw.coords.items() if set(c.dims) <= set(spatial_dims)
-        }
+        if kind == "xarray":
+            coords = {k: c for k, c in raw.coords.items() if set(c.dims) <= set(spatial_dims)}
     else:
-        spatial_dims = tuple(f"dim_{i}" for i in range(ndim - (0 if single else 1)))
+        n_spatial = ndim - (0 if single else 1)
+        spatial_dims = ("y", "x") if n_spatial == 2 else tuple(f"dim_{i}" for i in range(n_spatial))
 
     if arr is None:  # in memory: chunk spatially, about _IMAGE_CHUNK_BYTES per block
         values = np.asarray(raw.data if kind == "xarray" else raw)
@@ -176,9 +179,8 @@ def as_image(image, feature_axis: int | str | None = -1) -> Image:
         else:
             values = np.moveaxis(values, fa, -1)
         bands = values.shape[-1]
-        limit = max(_IMAGE_CHUNK_BYTES // max(1, bands), 1)
         chunks = dask.array.core.normalize_chunks(
-            ("auto",) * (values.ndim - 1) + (bands,), values.shape, limit=limit * values.dtype.itemsize, dtype=values.dtype
+            ("auto",) * (values.ndim - 1) + (bands,), values.shape, limit=_IMAGE_CHUNK_BYTES, dtype=values.dtype
         )
         arr = da.from_array(values, chunks=chunks)
     else:
@@ -934,7 +936,7 @@ def _feature_axis(text: str):
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--feature-axis {text!r}: give an integer axis, or 'none' for one band") from None
+        return text  # a dimension name (Zarr arrays with dimension names)
 
 
 def add_parser(subparsers) -> None:
@@ -952,7 +954,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("out", help="output Zarr group (refused if it exists, unless --overwrite)")
     p.add_argument("--n-components", "-k", type=int, required=True)
     p.add_argument("--array", help="array name inside a Zarr group")
-    p.add_argument("--feature-axis", type=_feature_axis, default=-1, help="axis holding the bands (default -1; 'none' for one band)")
+    p.add_argument("--feature-axis", type=_feature_axis, default=-1, help="axis holding the bands: an integer, a Zarr dimension name, or 'none' for one band (default -1)")
     p.add_argument("--nodata", type=_number, default=None, help="pixels equal to this in any band are left out and labelled -1")
     p.add_argument("--sample", type=float, default=None, help="fit on this fraction of the valid pixels (e.g. 0.01)")
     p.add_argument("--seed", type=int, default=None, help="seed of the pixel sample and the initialisation")

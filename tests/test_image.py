@@ -26,6 +26,10 @@ from tests.conftest import make_mixture
 skdata = pytest.importorskip("skimage.data")
 
 
+def seg_dims(path, feature_axis="band"):
+    return im.as_image(path, feature_axis).spatial_dims
+
+
 def pixels_of(img: np.ndarray) -> np.ndarray:
     return np.asarray(img, dtype=np.float64).reshape(-1, img.shape[-1])
 
@@ -112,6 +116,7 @@ def test_raster_known_classes_and_nodata(raster):
     assert 0.02 < nodata.mean() < 0.2  # the generator's nodata stripes
     labels, model = daskgmm.segment(raster["path"], 4, nodata=0, random_state=0)
     assert labels.chunks == ((128, 128, 44), (100, 100, 60))  # the Zarr chunks
+    assert seg_dims(raster["path"]) == ("y", "x")  # the Zarr dimension names, less the bands
     lab = labels.compute()
 
     np.testing.assert_array_equal(lab == -1, nodata)  # nodata labelled -1, nothing else
@@ -187,7 +192,7 @@ def test_errors():
         daskgmm.segment(img, 2, sample=0.0)
     with pytest.raises(ValueError, match=r"sample=1.5 is not a fraction"):
         daskgmm.segment(img, 2, sample=1.5)
-    with pytest.raises(TypeError, match="only an xarray DataArray has"):
+    with pytest.raises(TypeError, match="only an xarray DataArray or a Zarr array with dimension names has"):
         daskgmm.segment(img, 2, feature_axis="band")
     with pytest.raises(ValueError, match="feature_axis=3 is out of range"):
         daskgmm.segment(img, 2, feature_axis=3)
