@@ -143,7 +143,10 @@ def test_compose_job_fits_through_the_tls_cluster(tls_cluster):
     # the make-data service's Python code, run here in-process (the fit below is the real CLI)
     argv = SERVICES["make-data"]["command"]
     assert argv[:2] == ["python", "-c"]
-    exec(argv[2].replace("/data/", f"{dirs['/data']}/"), {})
+    import dask
+
+    with dask.config.set(scheduler="threads"):  # as in the container: no cluster involved
+        exec(argv[2].replace("/data/", f"{dirs['/data']}/"), {})
     fit = subprocess.run(
         local_command(SERVICES["fit"]["command"], dirs, tls_cluster["address"]),
         capture_output=True, text=True, env=env, timeout=180,
