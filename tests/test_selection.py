@@ -105,3 +105,21 @@ def test_select_model_refuses_bad_arguments(data):
         select_model(data, [1, 2], means_init=np.zeros((2, 3)))
     with pytest.raises(ValueError, match="Expected n_samples >= n_components"):
         select_model(data[:3], [2, 5])
+
+
+@pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
+def test_on_a_real_cluster(local_cluster, data):
+    """Worker processes run the multi-candidate and marginalising kernels (pickled, no driver state)."""
+    X = da.from_array(data, chunks=300)
+    Xm = data.copy()
+    Xm[::7, 1] = np.nan
+    Xm = da.from_array(Xm, chunks=300)
+    kw = dict(random_state=0, max_iter=3, init_params="random_from_data")
+    res = select_model(X, [2, 3], covariance_types="tied", **kw)
+    gm = GaussianMixture(3, nan_policy="marginalize", **kw).fit(Xm)
+    with dask.config.set(scheduler="sync"):
+        ref = select_model(X, [2, 3], covariance_types="tied", **kw)
+        gm_ref = GaussianMixture(3, nan_policy="marginalize", **kw).fit(Xm)
+    for a, b in zip(res.table, ref.table):
+        assert a["bic"] == pytest.approx(b["bic"], rel=1e-12)
+    np.testing.assert_allclose(gm.means_, gm_ref.means_, rtol=1e-12)
