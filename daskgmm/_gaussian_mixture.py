@@ -514,6 +514,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _mean_score(self, inp: Input) -> float:
         s = self._predict_input(inp, "score")
         data = s.data if inp.kind == "xarray" else s
+        if getattr(self, "nan_policy", "raise") == "omit":  # rows with NaN have no score: left out
+            return float(np.asarray(da.nanmean(data) if isinstance(data, da.Array) else np.nanmean(data)))
         return float(np.asarray(data.mean() if isinstance(data, da.Array) else np.mean(data)))
 
     def _n_parameters(self) -> int:

@@ -123,6 +123,7 @@ def test_omit_equals_fit_on_complete_rows(holes):
     scores = GaussianMixture.from_sklearn(gm.to_sklearn(), nan_policy="omit").score_samples(Xm)
     assert np.all(np.isnan(scores[~keep]))
     np.testing.assert_allclose(scores[keep], ref.score_samples(Xm[keep]), rtol=1e-12)
+    assert gm.score(Xm) == pytest.approx(ref.score(Xm[keep]), rel=1e-12)  # mean over complete rows
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPE)
