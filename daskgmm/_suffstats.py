@@ -40,41 +40,56 @@ from daskgmm._gaussian import (
 # oversubscribes the cores (measured: 2 dask threads x 2 OpenBLAS threads on 2
 # cores ran an EM iteration 10-20x slower than 2 x 1). The first task to enter sets
 # BLAS to one thread for the process, the last to leave restores the previous
-# setting, so the driver's own numpy work keeps every thread.
+# setting, so the driver's own numpy work keeps every thread. threadpoolctl (>= 3.6)
+# lets only one "controlling" Python thread change OpenBLAS, and a dask pool thread
+# that once did stays alive; so each change here takes control, sets, and releases
+# it again, under a lock shared by all daskgmm tasks of the process.
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_limiter = None
-_blas_controller = None
+_blas_saved: list | None = None
+_blas_libs: list | None = None
 
 
-def _controller():
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
+def _blas_controllers() -> list:
+    global _blas_libs
+    if _blas_libs is None:
+        try:
+            from threadpoolctl import ThreadpoolController
 
-        _blas_controller = ThreadpoolController()
-    return _blas_controller
+            _blas_libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        except Exception:  # pragma: no cover - threadpoolctl cannot inspect this process
+            _blas_libs = []
+    return _blas_libs
+
+
+def _set_blas_threads(libs: list, counts: list) -> None:
+    for lib, n in zip(libs, counts):
+        release = getattr(type(lib), "clear_controlling_thread", None)
+        if release is not None:
+            release(force=True)
+        lib.set_num_threads(n)
+        if release is not None:
+            release()
 
 
 @contextlib.contextmanager
 def single_threaded_blas():
     """Context manager: BLAS uses one thread while any daskgmm task runs in this process."""
-    global _blas_users, _blas_limiter
+    global _blas_users, _blas_saved
     with _blas_lock:
         if _blas_users == 0:
-            try:
-                _blas_limiter = _controller().limit(limits=1, user_api="blas")
-            except Exception:  # pragma: no cover - threadpoolctl cannot see the BLAS
-                _blas_limiter = None
+            libs = _blas_controllers()
+            _blas_saved = [lib.get_num_threads() for lib in libs]
+            _set_blas_threads(libs, [1] * len(libs))
         _blas_users += 1
     try:
         yield
     finally:
         with _blas_lock:
             _blas_users -= 1
-            if _blas_users == 0 and _blas_limiter is not None:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+            if _blas_users == 0 and _blas_saved is not None:
+                _set_blas_threads(_blas_controllers(), _blas_saved)
+                _blas_saved = None
 
 
 def in_task(func: Callable) -> Callable:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from daskgmm._gaussian import EStepParams, compute_precision_cholesky, log_resp_and_norm, weighted_log_prob
 from daskgmm._suffstats import (
@@ -131,19 +131,25 @@ def _blas_threads():
 
 def test_blas_uses_one_thread_inside_tasks_and_is_restored():
     before = _blas_threads()
-    with single_threaded_blas():
-        assert set(_blas_threads()) == {1}
-        with single_threaded_blas():  # nested (a task calling a task function)
-            assert set(_blas_threads()) == {1}
-        assert set(_blas_threads()) == {1}
-    assert _blas_threads() == before
     X, weights, means, _, prec_chol = _case("full", n=4000)
     p = EStepParams(weights, means, prec_chol, "full", np.float64)
     graph = map_reduce(chunk_stats, [(X[i : i + 1000], shared(p, "gmm-params-kt")) for i in range(0, 4000, 1000)],
                        "gmm-em-stats-kt", 2)
-    (stats,) = dask.compute(graph, scheduler="threads", num_workers=2)
+    for _ in range(2):
+        # tasks on pool threads change BLAS first; those threads stay alive afterwards
+        (stats,) = dask.compute(graph, scheduler="threads", num_workers=2)
+        assert _blas_threads() == before
+        assert stats["n"] == 4000
+        with single_threaded_blas():  # from this thread, after them
+            assert set(_blas_threads()) == {1}
+            with single_threaded_blas():  # nested (a task calling a task function)
+                assert set(_blas_threads()) == {1}
+            assert set(_blas_threads()) == {1}
+        assert _blas_threads() == before
+    # the user's own limits from the main thread still work afterwards
+    with threadpool_limits(1, user_api="blas"):
+        assert set(_blas_threads()) == {1}
     assert _blas_threads() == before
-    assert stats["n"] == 4000
 
 
 def test_map_reduce_keeps_container_arguments_literal():
