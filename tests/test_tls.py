@@ -277,23 +277,20 @@ def test_cli_connects_with_tls_from_the_dask_configuration(tls_cluster):
 
 
 def test_pem_text_in_the_configuration_connects(tls_cluster):
-    """The Helm route: certificates as PEM text in DASK_DISTRIBUTED__COMM__TLS__* variables."""
+    """The Helm route: the certificates' PEM text itself (from a Secret) as the configuration."""
+    import dask
+    from distributed import Client
+
     d = tls_cluster["dirs"]["/certs"]
-    env = {k: v for k, v in tls_cluster["env"].items() if k != "DASK_CONFIG"}
-    env.update(
-        DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION="True",
-        DASK_DISTRIBUTED__COMM__TLS__CA_FILE=(d / "ca.pem").read_text(),
-        DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=(d / "client.pem").read_text(),
-        DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=(d / "client-key.pem").read_text(),
-    )
-    code = (
-        "from distributed import Client; import sys\n"
-        "with Client(sys.argv[1], timeout='30s') as c:\n"
-        "    print(len(c.scheduler_info(n_workers=-1)['workers']))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code, tls_cluster["address"]], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert int(r.stdout.strip()) == 2
+    pem = {
+        "distributed.comm.require-encryption": True,
+        "distributed.comm.tls.ca-file": (d / "ca.pem").read_text(),
+        "distributed.comm.tls.client.cert": (d / "client.pem").read_text(),
+        "distributed.comm.tls.client.key": (d / "client-key.pem").read_text(),
+    }
+    assert all("-----BEGIN" in v for k, v in pem.items() if k != "distributed.comm.require-encryption")
+    with dask.config.set(pem), Client(tls_cluster["address"], timeout="30s") as c:
+        assert len(c.scheduler_info(n_workers=-1)["workers"]) == 2
 
 
 def test_make_certs_signs_every_role_and_protects_keys(tmp_path):
