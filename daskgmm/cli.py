@@ -10,8 +10,10 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 logger = logging.getLogger("daskgmm")
 
@@ -269,13 +271,23 @@ def run_fit(args) -> int:
         model = GaussianMixture(verbose=0, **model_kwargs(args))
         t0 = time.perf_counter()
         try:
-            model.fit(X, callback=progress if show else None, resume=args.resume)
+            with warnings.catch_warnings():
+                # a command-line user gets a plain message below, not a Python warning
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(X, callback=progress if show else None, resume=args.resume)
         except CheckpointError as e:
             raise SystemExit(f"error: {e}") from e
         finally:
             for bar in bars:
                 bar.close()
         seconds = time.perf_counter() - t0
+    if not model.converged_ and args.max_iter > 0:
+        print(
+            f"warning: the fit did not converge in {model.n_iter_} iterations "
+            f"(lower bound still changing by more than --tol {args.tol}); "
+            "increase --max-iter or --tol, or try --n-init / another --init",
+            file=sys.stderr,
+        )
     if args.save_model:
         model.save(args.save_model)
     if args.json:

@@ -30,7 +30,8 @@ def data(tmp_path_factory):
 
 def _fit(argv, capsys):
     assert main(["fit"] + argv + ["--workers", "1", "--threads-per-worker", "2", "--json"]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    return {**json.loads(captured.out.strip().splitlines()[-1]), "stderr": captured.err}
 
 
 def test_fit_zarr_group_and_npy_agree_and_recover_the_means(data, capsys):
@@ -52,6 +53,8 @@ def test_fit_options_reach_the_model(data, capsys):
     d, X, _ = data
     out = _fit([str(d / "x.zarr"), "-k", "2", "--covariance-type", "diag", "--max-iter", "3", "--tol", "0", "--init", "random_from_data", "--seed", "1"], capsys)
     assert out["covariance_type"] == "diag" and out["n_iter"] == 3 and out["n_components"] == 2
+    assert not out["converged"]
+    assert "did not converge in 3 iterations" in out["stderr"]
 
 
 @pytest.mark.parametrize(
