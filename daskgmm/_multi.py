@@ -363,12 +363,12 @@ def check_extra_params(est) -> None:
             f"{set(NAN_POLICIES)}. Got {nan_policy!r} instead."
         )
     checkpoint = getattr(est, "checkpoint", None)
-    if checkpoint is not None and (on_collapse != "raise" or nan_policy != "raise"):
-        raise ValueError(
-            "checkpoint cannot be combined with on_collapse='reseed' or nan_policy other than "
-            "'raise' yet: drop checkpoint or use the defaults."
-        )
     incremental = getattr(est, "incremental", None)
+    if checkpoint is not None and (on_collapse != "raise" or nan_policy != "raise" or incremental is not None):
+        raise ValueError(
+            "checkpoint cannot be combined with on_collapse='reseed', nan_policy other than "
+            "'raise' or incremental yet: drop checkpoint or use the defaults."
+        )
     if incremental is not None and (
         isinstance(incremental, bool) or not isinstance(incremental, (int, np.integer)) or incremental < 1
     ):
