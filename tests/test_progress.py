@@ -1,0 +1,94 @@
+"""Progress you can watch: the bar (only with verbose >= 1 on a terminal), scikit-learn's
+verbose lines, the daskgmm logger, and the per-iteration history on the fitted model."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from daskgmm import GaussianMixture
+from daskgmm._progress import FitProgress, show_progress
+from tests.conftest import make_mixture
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+class Terminal(io.StringIO):
+    """A text stream that says it is a terminal (what a person watching would be)."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.fixture(scope="module")
+def X():
+    return make_mixture(n_samples=2_000, n_features=3, n_components=3, seed=4)[0]
+
+
+def test_verbose_0_is_silent_even_on_a_terminal(X, capsys, monkeypatch):
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    GaussianMixture(3, random_state=0, verbose=0).fit(X)
+    assert capsys.readouterr().out == "" and term.getvalue() == ""
+
+
+def test_no_bar_without_a_terminal_but_scikit_learn_lines(X, capsys):
+    GaussianMixture(3, random_state=0, verbose=2, verbose_interval=1, max_iter=3, tol=0).fit(X)
+    out, err = capsys.readouterr()
+    assert "Initialization 0" in out and "  Iteration 1\t time lapse" in out and "ll change" in out
+    assert "Initialization did not converge." in out
+    assert "lower bound=" not in err and "it/s" not in err and "s/it" not in err
+
+
+def test_bar_on_a_terminal_shows_iteration_lower_bound_change_and_time(X, capsys, monkeypatch):
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    gm = GaussianMixture(3, random_state=0, verbose=1, max_iter=4, tol=0).fit(X)
+    bar = term.getvalue()
+    assert "GMM" in bar and "4/4" in bar
+    assert "lower bound=" in bar and f"{gm.lower_bound_:.6g}" in bar
+    assert "change=" in bar and "s/it=" in bar
+    # scikit-learn's lines still go to standard output
+    assert "Initialization 0" in capsys.readouterr().out
+
+
+def test_show_progress_rules(monkeypatch):
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert not show_progress(1) and not show_progress(0)
+    assert show_progress(0, progress=True) and not show_progress(2, progress=False)
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert show_progress(1) and not show_progress(0)
+
+
+def test_fit_progress_resumes_at_the_done_iterations():
+    term = Terminal()
+    with FitProgress(10, True, desc="resumed", initial=4, file=term) as bar:
+        bar.update({"iteration": 6, "lower_bound": -1.5, "change": 0.25, "seconds": 0.5})
+    assert "6/10" in term.getvalue() and "change=0.25" in term.getvalue()
+
+
+def test_history_has_lower_bound_time_and_bytes_read(X):
+    gm = GaussianMixture(3, random_state=0, max_iter=5, tol=0).fit(X)
+    assert [r["iteration"] for r in gm.history_] == [1, 2, 3, 4, 5]
+    assert [r["lower_bound"] for r in gm.history_] == gm.lower_bounds_
+    assert all(r["seconds"] > 0 for r in gm.history_)
+    lb = np.array(gm.lower_bounds_)
+    np.testing.assert_allclose([r["change"] for r in gm.history_][1:], np.diff(lb), rtol=1e-12)
+    assert all(r["bytes_read"] == 0 for r in gm.history_)  # numpy input: held in memory
+    Xd = da.from_array(X, chunks=500)
+    with dask.config.set(scheduler="threads"):
+        gd = GaussianMixture(3, random_state=0, max_iter=2, tol=0).fit(Xd)
+    assert [r["bytes_read"] for r in gd.history_] == [X.nbytes, X.nbytes]  # streamed: every pass reads it all
+
+
+def test_iterations_are_logged_on_the_daskgmm_logger(X, caplog):
+    caplog.set_level(logging.INFO, logger="daskgmm")
+    gm = GaussianMixture(3, random_state=0, max_iter=2, tol=0).fit(X)
+    lines = [r.getMessage() for r in caplog.records if r.name == "daskgmm" and r.getMessage().startswith("iteration")]
+    assert len(lines) == 2
+    assert lines[1].startswith(f"iteration 2: lower bound {gm.lower_bound_:.6f}") and "bytes read" in lines[1]
