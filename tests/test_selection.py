@@ -73,6 +73,18 @@ def test_one_pass_per_iteration_for_all_candidates(data, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
+def test_n_init_costs_one_pass_per_iteration(data, monkeypatch):
+    import daskgmm._multi as multi
+
+    calls = []
+    real = dask.compute
+    monkeypatch.setattr(multi.dask, "compute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    gm = GaussianMixture(3, n_init=4, max_iter=6, tol=0.0, init_params="random_from_data", random_state=0)
+    gm.fit(da.from_array(data, chunks=300))
+    assert gm.n_iter_ == 6 and len(calls) == 6  # not 4 x 6
+
+
+@pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
 def test_n_init_matches_scikit_learn_restarts(covariance_type, data):
     kw = dict(n_components=3, covariance_type=covariance_type, n_init=3, random_state=2, tol=1e-3, max_iter=25)
