@@ -114,6 +114,12 @@ def connect(args):
     if args.scheduler or args.scheduler_file:
         if args.scheduler_file and not os.path.exists(args.scheduler_file):
             raise SystemExit(f"error: scheduler file {args.scheduler_file!r} does not exist")
+        if args.scheduler_file and not _scheduler_address(args):
+            raise SystemExit(
+                f"error: scheduler file {args.scheduler_file!r} holds no scheduler address (it is empty, or not the "
+                "JSON that 'dask scheduler --scheduler-file' writes); if the scheduler is still starting, wait until "
+                "the file is complete"
+            )
         kwargs = {"security": security} if security is not None else {}
         try:
             client = Client(args.scheduler, scheduler_file=args.scheduler_file, timeout="30s", **kwargs)

@@ -314,3 +314,13 @@ def test_make_certs_signs_every_role_and_protects_keys(tmp_path):
     r = subprocess.run([sys.executable, str(DEPLOY / "tls" / "make_certs.py"), str(tmp_path)], capture_output=True, text=True)
     assert r.returncode != 0 and "already holds" in r.stderr and "--force" in r.stderr
     assert (tmp_path / "ca.pem").read_bytes() == before  # nothing replaced
+
+
+@pytest.mark.parametrize("content", ["", "[]", '{"type": "Scheduler"}'])
+def test_cli_refuses_a_scheduler_file_without_an_address(tmp_path, content):
+    from daskgmm.cli import main
+
+    sched_file = tmp_path / "scheduler.json"
+    sched_file.write_text(content)
+    with pytest.raises(SystemExit, match=r"holds no scheduler address \(it is empty, or not the JSON"):
+        main(["fit", small_npy(tmp_path), "-k", "2", "--scheduler-file", str(sched_file)])
