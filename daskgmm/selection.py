@@ -11,6 +11,7 @@ covariance_type=ct, random_state=random_state, **params).fit(X)``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_random_state
 
-from daskgmm._em import EMConfig, complete_params, warn_not_converged
+from daskgmm._em import EMConfig, active_client, complete_params, plan_data, warn_not_converged
 from daskgmm._gaussian import COVARIANCE_TYPES, n_parameters
 from daskgmm._multi import data_plan, final_logliks, init_input, make_reseed_hook, run_restarts
 
@@ -135,6 +136,11 @@ def select_model(
             f"Expected n_samples >= n_components but got n_components = {max(ks)}, n_samples = {inp.n_samples}"
         )
     w = template._check_sample_weight(sample_weight, inp)
+    # hold the data in (cluster) memory or stream it every pass, as GaussianMixture.fit does
+    data, _ = plan_data(inp.data, template.persist, inp.kind == "numpy")
+    inp = dataclasses.replace(inp, data=data)
+    if w is not None and active_client() is not None:
+        w = w.persist()
     nan_policy = template.nan_policy
     kernel, prepare = data_plan(nan_policy)
     inp0, w0 = init_input(inp, w, nan_policy, max(ks))
