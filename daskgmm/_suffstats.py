@@ -142,6 +142,33 @@ def empty_stats(n_components: int, n_features: int, covariance_type: str) -> dic
     }
 
 
+#: rows summed inside one float32 product before the partial sums go to float64
+_F32_SUM_ROWS = 256
+
+
+def _add_product(out: np.ndarray, A: np.ndarray, B: np.ndarray) -> None:
+    """``out += A @ B.T`` (float64 ``out``), summing over the rows (columns of A, B).
+
+    float64 operands: one product. float32: a batch of products over runs of
+    ``_F32_SUM_ROWS`` rows whose partial sums are added in float64, since a float32
+    product accumulates its whole inner dimension in float32 (measured: the error of
+    the statistics grows linearly with the rows summed, and moving the moments from
+    the mixture centre to each component's centre amplifies it).
+    """
+    n = A.shape[1]
+    s = _F32_SUM_ROWS
+    if A.dtype == np.float64 or n <= s:
+        out += A @ B.T
+        return
+    nb = n // s
+    m = nb * s
+    parts = np.matmul(A[:, :m].reshape(A.shape[0], nb, s).transpose(1, 0, 2),
+                      B[:, :m].reshape(B.shape[0], nb, s).transpose(1, 2, 0))
+    out += parts.sum(axis=0, dtype=np.float64)
+    if m < n:
+        out += A[:, m:] @ B[:, m:].T
+
+
 class _Moments:
     """Per-chunk float64 accumulators of the design-matrix moments (see ``_gaussian``)."""
 
@@ -154,11 +181,11 @@ class _Moments:
 
     def add(self, F: np.ndarray, xt: np.ndarray, resp_t: np.ndarray, w: np.ndarray | None) -> None:
         # one product gives Σ r·(quadratic terms), Σ r·x and N_k for every component
-        self.M += F @ resp_t.T
+        _add_product(self.M, F, resp_t)
         if self.S_tied is not None:
             # tied scatter weights each row by its total responsibility: 1, or its sample weight
             xw = xt if w is None else xt * w
-            self.S_tied += xw @ xt.T
+            _add_product(self.S_tied, xw, xt)
 
     def into(self, out: dict) -> dict:
         nk, u, s2 = moments_to_stats(self.M, self.S_tied, self.p)
