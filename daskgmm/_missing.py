@@ -69,15 +69,6 @@ def omit_predict_block(X: np.ndarray, p, what: str) -> np.ndarray:
     return out
 
 
-def complete_rows(X):
-    """The rows of a dask array without NaN (lazy; chunk sizes computed in one pass)."""
-    import dask.array as da
-
-    keep = ~da.isnan(X).any(axis=1)
-    out = X[keep]
-    return out.compute_chunk_sizes(), keep
-
-
 # --------------------------------------------------------------------------
 # nan_policy="marginalize"
 # --------------------------------------------------------------------------
@@ -298,5 +289,4 @@ __all__ = [
     "marginal_predict_block",
     "omit_multi_stats",
     "omit_predict_block",
-    "complete_rows",
 ]

@@ -409,7 +409,7 @@ def check_weight_values(finite: bool, low: float, total: float) -> None:
         raise ValueError("sample_weight sums to zero: at least one row needs a positive weight.")
 
 
-def data_plan(nan_policy: str, covariance_type: str | None = None):
+def data_plan(nan_policy: str):
     """``(kernel, prepare)`` for the statistics pass under ``nan_policy``."""
     if nan_policy == "omit":
         from daskgmm._missing import omit_multi_stats
