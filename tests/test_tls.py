@@ -114,22 +114,35 @@ def tls_cluster(tmp_path_factory):
         sched_argv[sched_argv.index("--dashboard-address") + 1] = "127.0.0.1:0"
         sched_file = tmp / "scheduler.json"
         sched = start("scheduler", sched_argv + ["--host", "127.0.0.1", "--scheduler-file", str(sched_file)])
-        wait_for(lambda: sched_file.exists() or sched.poll() is not None, 60, "the scheduler file")
+
+        def scheduler_address():
+            try:
+                return json.loads(sched_file.read_text())["address"]
+            except (OSError, ValueError, KeyError):  # not there yet, or still being written
+                return None
+
+        wait_for(lambda: scheduler_address() or sched.poll() is not None, 60, "the scheduler file")
         assert sched.poll() is None, logs["scheduler"].read_text()
-        address = json.loads(sched_file.read_text())["address"]
+        address = scheduler_address()
         assert address.startswith("tls://127.0.0.1:")
         for name in ("worker-1", "worker-2"):
             start(name, local_command(SERVICES[name]["command"], dirs, address) + ["--host", "127.0.0.1"])
         yield {"address": address, "dirs": dirs, "env": env, "logs": logs, "conf": conf}
     finally:
+        # each process leads its own session: its group holds the nanny's worker too
+        def signal_group(p, sig):
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+
         for p in reversed(procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+            signal_group(p, signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+                signal_group(p, signal.SIGKILL)
                 p.wait()
 
 
