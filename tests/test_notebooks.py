@@ -69,6 +69,8 @@ def test_notebook_runs_at_small_size(path, jupyter_path, tmp_path, monkeypatch):
     # and no user startup scripts or config in the kernel
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter_path / "runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(jupyter_path / "ipython"))
+    # what a notebook writes to tempfile.mkdtemp() lands under pytest's tmp_path
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setenv("DASKGMM_NOTEBOOK_SIZE", "small")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = _read(path)
