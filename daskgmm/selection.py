@@ -214,7 +214,7 @@ def select_model(
 # --------------------------------------------------------------------------
 def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: int = 10,
                  incr_n: int = 400_000, incr_d: int = 8, incr_k: int = 8, incr_chunks: int = 20,
-                 incr_refresh: int = 4, seed: int = 0) -> list[dict]:
+                 incr_refresh: int = 4, seed: int = 0, max_iter: int = 400) -> list[dict]:
     """Two rows: a ``select_model`` sweep vs separate fits, and incremental vs full EM.
 
     *Sweep*: the data sits in a Zarr store on disk (a temporary directory, 10 chunks),
@@ -254,17 +254,17 @@ def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: in
         warnings.simplefilter("ignore", ConvergenceWarning)
         path = f"{tmp}/sweep.zarr"
         da.from_array(mixture(n, d, k_true, 4.0), chunks=(-(-n // 10), d)).to_zarr(path)
-        t0 = _time.perf_counter()
+        t0, c0 = _time.perf_counter(), _time.process_time()
         res = select_model(path, ks, **kw)
-        t_sweep = _time.perf_counter() - t0
-        t0 = _time.perf_counter()
+        t_sweep, c_sweep = _time.perf_counter() - t0, _time.process_time() - c0
+        t0, c0 = _time.perf_counter(), _time.process_time()
         sep = [GaussianMixture(k, **kw).fit(path) for k in ks]
         bics = [g.bic(path) for g in sep]
-        t_sep = _time.perf_counter() - t0
-        t0 = _time.perf_counter()
+        t_sep, c_sep = _time.perf_counter() - t0, _time.process_time() - c0
+        t0, c0 = _time.perf_counter(), _time.process_time()
         one = GaussianMixture(k_true, **kw).fit(path)
         one.bic(path)
-        t_one = _time.perf_counter() - t0
+        t_one, c_one = _time.perf_counter() - t0, _time.process_time() - c0
     same = all(np.allclose(a.means_, b.means_, rtol=1e-8, atol=1e-10) for a, b in zip(res.estimators, sep))
     same_bic = bool(np.allclose([r["bic"] for r in res.table], bics, rtol=1e-9))
     rows.append({
@@ -272,6 +272,7 @@ def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: in
         "n": n, "d": d,
         "sweep_s": t_sweep, "separate_s": t_sep, "one_fit_s": t_one,
         "sweep_over_one_fit": t_sweep / t_one, "separate_over_sweep": t_sep / t_sweep,
+        "sweep_cpu_s": c_sweep, "separate_cpu_s": c_sep, "one_fit_cpu_s": c_one,
         # init: one pass per candidate (tied only) -- k-means++ reads a sample; EM passes; + final/bic pass
         "sweep_em_passes": max(r["n_iter"] for r in res.table) + 1,
         "separate_em_passes": sum(e.n_iter_ for e in sep) + len(sep),
@@ -289,12 +290,12 @@ def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: in
     traces, iters = {}, {}
     for name, extra in (("full", {}), ("incremental", {"incremental": incr_refresh})):
         snaps = []
-        t_start = _time.perf_counter()
+        t_start, c_start = _time.perf_counter(), _time.process_time()
 
-        def keep(state, record, snaps=snaps, t_start=t_start):
-            snaps.append((_time.perf_counter() - t_start, state.params))
+        def keep(state, record, snaps=snaps, t_start=t_start, c_start=c_start):
+            snaps.append((_time.perf_counter() - t_start, _time.process_time() - c_start, state.params))
 
-        gm = GaussianMixture(incr_k, tol=1e-6, max_iter=400, **given, **extra)
+        gm = GaussianMixture(incr_k, tol=1e-6, max_iter=max_iter, **given, **extra)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             gm.fit(X2, callback=keep)
@@ -304,17 +305,17 @@ def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: in
         if picked[-1] is not snaps[-1]:
             picked.append(snaps[-1])
         blocks = X2.to_delayed(optimize_graph=False).ravel()
-        ll = final_logliks([p for _, p in picked], ["full"] * len(picked), blocks, None, X2.dtype,
+        ll = final_logliks([p for _, _, p in picked], ["full"] * len(picked), blocks, None, X2.dtype,
                            X2.name + name, 16)
-        traces[name] = [(t, v / incr_n) for (t, _), v in zip(picked, ll)]
-    target = traces["full"][-1][1]
+        traces[name] = [(t, c, v / incr_n) for (t, c, _), v in zip(picked, ll)]
+    target = traces["full"][-1][2]
     t_full = traces["full"][-1][0]
 
-    def time_to(trace, gap):
-        return next((t for t, v in trace if v >= target - gap), float("nan"))
+    def time_to(trace, gap, cpu=False):
+        return next((c if cpu else t for t, c, v in trace if v >= target - gap), float("nan"))
 
     def value_at(trace, t_lim):
-        vals = [v for t, v in trace if t <= t_lim]
+        vals = [v for t, _, v in trace if t <= t_lim]
         return vals[-1] if vals else float("nan")
 
     rows.append({
@@ -323,12 +324,15 @@ def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: in
         "full_iters": iters["full"], "incr_iters": iters["incremental"],
         "full_s_to_1e-3": time_to(traces["full"], 1e-3), "incr_s_to_1e-3": time_to(traces["incremental"], 1e-3),
         "full_s_to_1e-4": time_to(traces["full"], 1e-4), "incr_s_to_1e-4": time_to(traces["incremental"], 1e-4),
+        # CPU seconds of this process (all threads): less disturbed by other load than wall time
+        "full_cpu_s_to_1e-4": time_to(traces["full"], 1e-4, cpu=True),
+        "incr_cpu_s_to_1e-4": time_to(traces["incremental"], 1e-4, cpu=True),
         "full_ll_at_25pct": value_at(traces["full"], 0.25 * t_full),
         "incr_ll_at_25pct": value_at(traces["incremental"], 0.25 * t_full),
         "full_ll_at_50pct": value_at(traces["full"], 0.5 * t_full),
         "incr_ll_at_50pct": value_at(traces["incremental"], 0.5 * t_full),
         "full_final_ll": target, "full_s": t_full,
-        "incr_final_ll": traces["incremental"][-1][1], "incr_s": traces["incremental"][-1][0],
+        "incr_final_ll": traces["incremental"][-1][2], "incr_s": traces["incremental"][-1][0],
     })
     return rows
 
