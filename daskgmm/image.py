@@ -46,8 +46,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from daskgmm._gaussian import EStepParams, log_resp_and_norm, weighted_log_prob
-from daskgmm._suffstats import block_rows, check_finite_block, shared
+from daskgmm._gaussian import EStepParams, design_t, log_resp_and_norm_t, weighted_log_prob_t
+from daskgmm._suffstats import _blocks, check_finite_block, in_task, shared
 
 logger = logging.getLogger("daskgmm")
 
@@ -232,12 +232,14 @@ def label_dtype(n_components: int) -> np.dtype:
     return np.dtype(np.int16) if n_components <= np.iinfo(np.int16).max else np.dtype(np.int32)
 
 
+@in_task
 def segment_pixels(block: np.ndarray, p: EStepParams, outputs: tuple, nodata=None) -> dict:
     """All requested outputs for one block of shape (*spatial, bands), from one E-step.
 
     Returns a dict ``{name: array}``: ``labels`` (*spatial) int16/int32 with -1 for nodata;
     ``probabilities`` (*spatial, K) float32; ``log_density`` and ``confidence`` (*spatial)
-    float32, NaN for nodata. Works through the pixels in cache-sized row blocks.
+    float32, NaN for nodata. Works through the valid pixels in cache-sized row blocks with
+    the estimator's E-step kernel (one BLAS thread per task).
     """
     block = np.asarray(block)
     spatial = block.shape[:-1]
@@ -254,32 +256,36 @@ def segment_pixels(block: np.ndarray, p: EStepParams, outputs: tuple, nodata=Non
         if name in outputs:
             out[name] = np.full(n, np.nan, dtype=np.float32)
     need_resp = any(o in outputs for o in ("probabilities", "log_density", "confidence"))
-    center = p.center.astype(p.dtype)
-    rows = block_rows(k, d)
-    for start in range(0, n, rows):
-        xb = pixels[start : start + rows]
-        ok = ~invalid_mask(xb, nodata)
-        if not ok.any():
-            continue
-        idx = np.flatnonzero(ok) + start
-        xv = xb[ok] if not ok.all() else xb
-        wlp = weighted_log_prob(xv.astype(p.dtype, copy=False) - center, p)
+    valid = ~invalid_mask(pixels, nodata)
+    if valid.all():
+        where, xv = slice(None), pixels
+    else:
+        where = np.flatnonzero(valid)
+        xv = pixels[where]
+    parts: dict[str, np.ndarray] = {name: a[where] if not valid.all() else a for name, a in out.items()}
+    for start, stop, F, center in _blocks(len(xv), p):
+        xb = xv[start:stop]
+        with np.errstate(invalid="ignore", over="ignore"):  # inf rows: reported below
+            xt = design_t(xb, p, F, center)
+            wlp = weighted_log_prob_t(F, xt, p)  # (K, rows)
+        if "labels" in parts:
+            if not np.all(np.isfinite(wlp.max(axis=0))):
+                check_finite_block(xb, "image")
+            parts["labels"][start:stop] = wlp.argmax(axis=0)
         if not need_resp:
-            if not np.all(np.isfinite(wlp.max(axis=1))):
-                check_finite_block(xv, "image")
-            out["labels"][idx] = wlp.argmax(axis=1)
             continue
-        resp, log_norm = log_resp_and_norm(wlp)
+        resp, log_norm = log_resp_and_norm_t(wlp)
         if not np.all(np.isfinite(log_norm)):
-            check_finite_block(xv, "image")
-        if "labels" in out:
-            out["labels"][idx] = wlp.argmax(axis=1)
-        if "probabilities" in out:
-            out["probabilities"][idx] = resp
-        if "log_density" in out:
-            out["log_density"][idx] = log_norm
-        if "confidence" in out:
-            out["confidence"][idx] = resp.max(axis=1)
+            check_finite_block(xb, "image")
+        if "probabilities" in parts:
+            parts["probabilities"][start:stop] = resp.T
+        if "log_density" in parts:
+            parts["log_density"][start:stop] = log_norm
+        if "confidence" in parts:
+            parts["confidence"][start:stop] = resp.max(axis=0)
+    if not valid.all():
+        for name, a in parts.items():
+            out[name][where] = a
     return {
         name: a.reshape(spatial + ((k,) if name == "probabilities" else ())) for name, a in out.items()
     }
