@@ -13,7 +13,9 @@ What is measured
   scheduler, reduction and the M-step), after one untimed warm-up iteration.
 * **GFLOP/s** counts 4·N·K·D² flops per full-covariance iteration (E-step and M-step,
   the count used in the issue); **% peak** divides by the float64 matrix-multiply rate
-  measured at the start of the same run on all cores.
+  on all cores measured in the same run (the better of a measurement at its start and
+  one at its end). The kernel does about half of the counted flops (``x_i x_j`` is
+  symmetric), so an effective rate above 100% of the peak is possible.
 * **Peak memory**: the largest resident-set size above the level before the call,
   sampled every 5 ms by a thread (psutil); the data itself is not counted. For daskgmm
   it is taken on the warm-up fit (one iteration), for scikit-learn on the timed fit.
@@ -377,9 +379,19 @@ def run_benchmark(
                     "default_overhead_fraction": default_chunks * per_chunk / full_model[0],
                 }
         del X
+    # the peak again at the end: the best of the two, so that a busy moment at the
+    # start does not inflate % peak (both are kept in the result)
+    say("GEMM peak again ...")
+    peak_start, peak_end = peak, gemm_peak(gemm_n)
+    peak = max(peak_start, peak_end)
+    for row in rows:
+        if row["gflops"] is not None:
+            row["pct_peak"] = 100.0 * row["gflops"] / peak
     return {
         "machine": info,
         "gemm_peak_gflops": peak,
+        "gemm_peak_start_end_gflops": (peak_start, peak_end),
+        "load_end": tuple(round(v, 2) for v in os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "rows": rows,
         "chunk_overhead": overhead,
         "n_iter": n_iter,
@@ -424,7 +436,8 @@ def format_report(result: dict, command: str = "daskgmm bench") -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; numpy {m['numpy']} with "
         f"{m['blas']}; Python {m['python']}, scikit-learn {m['scikit-learn']}, dask {m['dask']}, "
-        f"daskgmm {m['daskgmm']}. Load average at the start: {m['load'][0]}. float64 GEMM peak "
+        f"daskgmm {m['daskgmm']}. Load average (1 min) at the start: {m['load'][0]}, at the end: "
+        f"{(result.get('load_end') or ('?',))[0]}. float64 GEMM peak "
         f"measured in the same run: {result['gemm_peak_gflops']:.0f} GFLOP/s. "
         f"{result['n_iter']} EM iterations per case, default (threaded) scheduler.",
         "",
