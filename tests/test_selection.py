@@ -119,6 +119,19 @@ def test_select_model_refuses_bad_arguments(data):
         select_model(data[:3], [2, 5])
 
 
+def test_bench_rows_run_small():
+    """The ``daskgmm bench --beyond`` rows on tiny data: the sweep finds the same models and BIC."""
+    from daskgmm.selection import bench_beyond, format_beyond
+
+    rows = bench_beyond(n=2000, d=2, k_true=2, candidates=2, incr_n=2000, incr_d=2, incr_k=2,
+                        incr_chunks=4, incr_refresh=2, max_iter=15)
+    assert rows[0]["same_models_and_bic"] is True
+    assert rows[0]["sweep_em_passes"] < rows[0]["separate_em_passes"]
+    assert rows[1]["incr_final_ll"] == pytest.approx(rows[1]["full_final_ll"], abs=0.05)
+    assert "incremental EM" in format_beyond(rows)
+
+
+# last in the module: the module-scoped cluster stays the default scheduler once started
 @pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
 def test_on_a_real_cluster(local_cluster, data):
     """Worker processes run the multi-candidate and marginalising kernels (pickled, no driver state)."""
@@ -135,15 +148,3 @@ def test_on_a_real_cluster(local_cluster, data):
     for a, b in zip(res.table, ref.table):
         assert a["bic"] == pytest.approx(b["bic"], rel=1e-12)
     np.testing.assert_allclose(gm.means_, gm_ref.means_, rtol=1e-12)
-
-
-def test_bench_rows_run_small():
-    """The ``daskgmm bench --beyond`` rows on tiny data: the sweep finds the same models and BIC."""
-    from daskgmm.selection import bench_beyond, format_beyond
-
-    rows = bench_beyond(n=2000, d=2, k_true=2, candidates=2, incr_n=2000, incr_d=2, incr_k=2,
-                        incr_chunks=4, incr_refresh=2, max_iter=15)
-    assert rows[0]["same_models_and_bic"] is True
-    assert rows[0]["sweep_em_passes"] < rows[0]["separate_em_passes"]
-    assert rows[1]["incr_final_ll"] == pytest.approx(rows[1]["full_final_ll"], abs=0.05)
-    assert "incremental EM" in format_beyond(rows)
