@@ -121,7 +121,12 @@ def test_cli_fits_through_a_command_line_cluster(cli_cluster, data, tmp_path):
     # the same fit, in this process, through the same cluster: identical numbers
     with cli_cluster["client"].as_current():
         ref = _model().fit(zarr.open(data["path"], mode="r"))
-    _assert_same_fit(daskgmm.load(out), ref)
+    # (to rounding: the k-means step on the driver's sample uses the driver process's OpenMP
+    # threads, which the command and this process may not share)
+    got = daskgmm.load(out)
+    assert got.n_iter_ == ref.n_iter_
+    for name in ("weights_", "means_", "covariances_"):
+        assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-9, atol=1e-12)
     # and right: the generating means are recovered
     d = np.linalg.norm(ref.means_[:, None] - data["means"][None], axis=2)
     assert d.min(axis=0).max() < 0.05

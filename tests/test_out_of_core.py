@@ -76,7 +76,7 @@ def test_persist_parameter_is_checked(small):
 # a Zarr store larger than the worker's memory limit, streamed
 # ---------------------------------------------------------------------------
 def test_streamed_fit_of_a_store_larger_than_worker_memory(tmp_path):
-    """480 MB of float64 on one worker limited to 400 MiB (the README's 5 GB case, scaled down).
+    """448 MB of float64 on one worker limited to 400 MiB (the README's 5 GB case, scaled down).
 
     persist='auto' must choose to stream; every iteration reads the whole store; the
     worker is neither paused nor restarted by the memory monitor and stays under its
@@ -85,17 +85,17 @@ def test_streamed_fit_of_a_store_larger_than_worker_memory(tmp_path):
     """
     from distributed import Client, LocalCluster
 
-    n, d, k = 3_750_000, 16, 3
+    n, d, k = 3_500_000, 16, 3
     path = str(tmp_path / "big.zarr")
     with LocalCluster(
         n_workers=1, threads_per_worker=1, memory_limit="400MiB", processes=True, dashboard_address=":0"
     ) as cluster, Client(cluster) as client:
         true_means = write_mixture_zarr(path, n, d, k, chunk_rows=125_000, seed=1)
         r = fit_on_cluster(
-            path, true_means, n_components=k, covariance_type="diag", persist="auto", max_iter=3, client=client
+            path, true_means, n_components=k, covariance_type="diag", persist="auto", max_iter=2, client=client
         )
     data_bytes = n * d * 8
-    assert r["data_bytes"] == data_bytes and r["data_to_memory"] > 1.1
+    assert r["data_bytes"] == data_bytes and r["data_to_memory"] > 1.05
     assert any("streaming its chunks from storage in every iteration" in m for m in r["persist_log"])
     assert r["bytes_read_per_iter"] == data_bytes
     assert not r["worker_paused"] and not r["worker_restarted"]
