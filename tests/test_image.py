@@ -343,3 +343,16 @@ def test_cli_segment(raster, tmp_path, local_cluster, capsys):
         cli.main(["segment", group, str(tmp_path / "o2.zarr"), "-k", "4", "--array", "b"])
     with pytest.raises(SystemExit, match="must be a fraction in"):
         cli.main(["segment", group, str(tmp_path / "o3.zarr"), "-k", "4", "--array", "bands", "--sample", "2"])
+
+
+def test_segment_bench_command_runs_small(tmp_path, capsys):
+    """The documented scale-run command, at a small size: labels match the true classes, and
+    the generated raster and the output are deleted afterwards."""
+    work = tmp_path / "bench"
+    assert cli.main(["segment-bench", str(work), "--height", "400", "--width", "300", "--chunk", "200",
+                     "--sample", "0.5", "--workers", "1", "--memory-limit", "1GiB"]) == 0
+    report = __import__("json").loads(capsys.readouterr().out)
+    assert report["n_pixels"] == 400 * 300 and report["shape"] == [400, 300, 4]
+    assert report["adjusted_rand_index_windows"] == [1.0] * 4
+    assert not report["worker_restarted"] and report["peak_worker_rss_mib"] > 0
+    assert os.listdir(work) == []
