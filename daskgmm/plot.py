@@ -19,9 +19,14 @@ Components keep the same colour in every plot (:func:`component_colors`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # matplotlib is optional: imported only inside the functions
+    from matplotlib.axes import Axes
+
+    from daskgmm._gaussian_mixture import GaussianMixture
 
 __all__ = [
     "component_colors",
@@ -130,7 +135,7 @@ def _lower_bounds(source) -> list[float]:
     return values
 
 
-def plot_lower_bound(source, ax=None, *, label: str | None = None, **line_kw):
+def plot_lower_bound(source, ax: Axes | None = None, *, label: str | None = None, **line_kw) -> Axes:
     """The EM lower bound (mean log-likelihood) at each iteration.
 
     Parameters
@@ -172,7 +177,7 @@ def plot_lower_bound(source, ax=None, *, label: str | None = None, **line_kw):
 # --------------------------------------------------------------------------
 # ellipses over 2-D data
 # --------------------------------------------------------------------------
-def covariance_2d(model, k: int, dims: Sequence[int] = (0, 1)) -> np.ndarray:
+def covariance_2d(model: GaussianMixture, k: int, dims: Sequence[int] = (0, 1)) -> np.ndarray:
     """The 2×2 covariance of component ``k`` on features ``dims`` (any covariance type).
 
     Parameters
@@ -213,9 +218,9 @@ def _ellipse_geometry(cov2: np.ndarray, n_std: float) -> tuple[float, float, flo
 
 
 def plot_ellipses(
-    model,
+    model: GaussianMixture,
     X=None,
-    ax=None,
+    ax: Axes | None = None,
     *,
     dims: Sequence[int] = (0, 1),
     n_std: float | Sequence[float] = 2.0,
@@ -224,7 +229,7 @@ def plot_ellipses(
     random_state=0,
     alpha: float = 0.25,
     point_size: float = 4.0,
-):
+) -> Axes:
     """Each component as its covariance ellipse(s), over a scatter of the data.
 
     The ellipse of ``n_std`` standard deviations has axes ``2·n_std·sqrt(λ)``,
@@ -315,16 +320,16 @@ def _component_variances_1d(model, feature: int) -> np.ndarray:
 
 
 def plot_density_1d(
-    model,
+    model: GaussianMixture,
     X=None,
-    ax=None,
+    ax: Axes | None = None,
     *,
     feature: int = 0,
     bins: int = 50,
     n_grid: int = 400,
     max_points: int = 100_000,
     random_state=0,
-):
+) -> Axes:
     """Mixture density and its weighted components along one feature, over a histogram.
 
     Draws ``w_k·N(x; μ_k, σ_k²)`` for each component (the marginal on ``feature``)
@@ -380,8 +385,8 @@ def plot_criteria(
     *,
     bic: Sequence[float] | None = None,
     aic: Sequence[float] | None = None,
-    ax=None,
-):
+    ax: Axes | None = None,
+) -> Axes:
     """BIC and/or AIC against the number of components, each minimum marked.
 
     Parameters
@@ -424,7 +429,7 @@ def plot_criteria(
 # --------------------------------------------------------------------------
 def plot_label_map(
     labels,
-    ax=None,
+    ax: Axes | None = None,
     *,
     n_components: int | None = None,
     nodata: int | None = -1,
@@ -432,7 +437,7 @@ def plot_label_map(
     nodata_color: Any = (0.9, 0.9, 0.9, 1.0),
     legend: bool = True,
     title: str | None = None,
-):
+) -> Axes:
     """A 2-D map of component labels, one colour and legend entry per class.
 
     Parameters
@@ -518,14 +523,14 @@ def _to_array(a):
 def plot_band_histograms(
     image,
     labels,
-    axes=None,
+    axes: Sequence[Axes] | None = None,
     *,
     n_components: int | None = None,
     band_names: Sequence[str] | None = None,
     bins: int = 40,
     max_points: int = 200_000,
     random_state=0,
-):
+) -> list[Axes]:
     """For each band, the histogram of the pixel values of each class (one colour per class).
 
     Parameters
