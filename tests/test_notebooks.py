@@ -62,8 +62,8 @@ def test_the_four_notebooks_exist():
     assert [p.name for p in NOTEBOOKS] == EXPECTED
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_at_small_size(path, jupyter_path, tmp_path, monkeypatch):
+def _execute(path: Path, size: str, jupyter_path: Path, tmp_path: Path, monkeypatch, cell_timeout: int):
+    """Run the notebook top to bottom at ``size``; return it with its outputs."""
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
     # connection files and IPython's profile in temporary places: no writable home needed,
     # and no user startup scripts or config in the kernel
@@ -71,12 +71,12 @@ def test_notebook_runs_at_small_size(path, jupyter_path, tmp_path, monkeypatch):
     monkeypatch.setenv("IPYTHONDIR", str(jupyter_path / "ipython"))
     # what a notebook writes to tempfile.mkdtemp() lands under pytest's tmp_path
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setenv("DASKGMM_NOTEBOOK_SIZE", "small")
+    monkeypatch.setenv("DASKGMM_NOTEBOOK_SIZE", size)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = _read(path)
     client = nbclient.NotebookClient(
         nb,
-        timeout=CELL_TIMEOUT_S,
+        timeout=cell_timeout,
         kernel_name=KERNEL_NAME,
         resources={"metadata": {"path": str(tmp_path)}},
         record_timing=False,
@@ -89,12 +89,26 @@ def test_notebook_runs_at_small_size(path, jupyter_path, tmp_path, monkeypatch):
         for o in c.get("outputs", [])
         if o.get("output_type") == "stream" and "SIZE=" in o.get("text", "")
     ]
-    assert size_line and "SIZE=small" in size_line[0], "the setup cell must print the size it runs at"
+    assert size_line and f"SIZE={size}" in size_line[0], "the setup cell must print the size it runs at"
     for i, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
                 warned = re.findall(r"daskgmm\S*: \w*Warning: .*", out["text"])
                 assert not warned, f"cell {i} of {path.name} printed a daskgmm warning: {warned}"
+    return nb
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_at_small_size(path, jupyter_path, tmp_path, monkeypatch):
+    _execute(path, "small", jupyter_path, tmp_path, monkeypatch, CELL_TIMEOUT_S)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_at_full_size(path, jupyter_path, tmp_path, monkeypatch):
+    """What a user gets by default (minutes each; 03 writes and streams 2.4 GiB)."""
+    _execute(path, "full", jupyter_path, tmp_path, monkeypatch, 1500)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
