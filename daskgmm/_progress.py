@@ -68,6 +68,8 @@ class FitProgress:
     def __init__(self, total: int, enabled: bool, desc: str = "GMM", initial: int = 0, file=None):
         self.enabled = bool(enabled)
         self._bar = None
+        #: the last iteration shown (``daskgmm fit`` starts a new bar when a new start begins)
+        self.last = int(initial)
         if self.enabled:
             from tqdm.auto import tqdm
 
@@ -83,6 +85,7 @@ class FitProgress:
 
     def update(self, record: dict) -> None:
         """Advance to ``record["iteration"]`` and show its lower bound, change and seconds."""
+        self.last = int(record["iteration"])
         if self._bar is None:
             return
         self._bar.set_postfix(

@@ -267,7 +267,6 @@ def run_fit(args) -> int:
             if bars:
                 bars[-1].close()
             bars.append(FitProgress(args.max_iter, True, desc="daskgmm fit", initial=record["iteration"] - 1))
-        bars[-1].last = record["iteration"]
         bars[-1].update(record)
 
     show = is_interactive() and not args.no_progress
