@@ -46,6 +46,7 @@ def cli_cluster(tmp_path_factory):
     """``dask scheduler`` + 2 × ``dask worker`` (1 thread each) on 127.0.0.1, and a Client."""
     from distributed import Client
 
+    saved_scheduler = dask.config.get("scheduler", None)
     tmp = tmp_path_factory.mktemp("cluster")
     sched_file = str(tmp / "scheduler.json")
     env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
@@ -79,6 +80,8 @@ def cli_cluster(tmp_path_factory):
                 c.shutdown()  # scheduler, nannies and workers close together, quickly
         except Exception:
             pass
+        # a client closed by shutdown() leaves dask's scheduler setting behind: restore it
+        dask.config.set(scheduler=saved_scheduler)
         for p in reversed(procs):
             if p.poll() is None:
                 p.terminate()
