@@ -502,7 +502,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Time full-covariance EM iterations of daskgmm and scikit-learn on the same generated data "
             "and starting parameters, in this process, and print a markdown table: seconds per "
-            "iteration, speed-up, GFLOP/s and %% of the float64 GEMM peak measured in the same run, "
+            "iteration, speed-up, GFLOP/s and percent of the float64 GEMM peak measured in the same run, "
             "peak memory, parameter agreement; plus float32, the other covariance types and the "
             "per-chunk overhead. --quick (default) takes about a minute, --full a few minutes."
         ),
