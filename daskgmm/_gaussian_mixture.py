@@ -394,7 +394,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_ = list(best.lower_bounds)
         self.history_ = list(best.history)
 
-    def _initialize(self, inp, w, random_state, weights_init, means_init, precisions_init, reseed=None) -> Params:
+    def _initialize(
+        self, inp, w, random_state, weights_init, means_init, precisions_init, reseed=None, sample_cache=None
+    ) -> Params:
         ct = self.covariance_type
         covariances = None
         if weights_init is None or means_init is None or precisions_init is None:
@@ -411,6 +413,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 sample_weight=w,
                 split_every=self.split_every,
                 token=dask.base.tokenize(inp.data.name),  # keys read 'gmm-init-<hash>' on the dashboard
+                sample_cache=sample_cache,
             )
         if weights_init is not None:
             weights = weights_init

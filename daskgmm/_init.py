@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import dask
@@ -45,12 +46,23 @@ logger = logging.getLogger("daskgmm")
 DEFAULT_INIT_SAMPLE_SIZE = 100_000
 
 
-def sample_rows(X: da.Array, n_samples: int, size: int, random_state: np.random.RandomState) -> np.ndarray:
-    """A seeded uniform sample of at most ``size`` rows (all rows, in order, if n <= size)."""
-    if n_samples <= size:
-        return np.asarray(X.compute())
-    idx = np.sort(random_state.choice(n_samples, size=size, replace=False))
-    return np.asarray(X[idx].compute())
+def sample_rows(
+    X: da.Array, n_samples: int, size: int, random_state: np.random.RandomState, cache: dict | None = None
+) -> np.ndarray:
+    """A seeded uniform sample of at most ``size`` rows (all rows, in order, if n <= size).
+
+    ``cache`` (a dict, optional) keeps gathered samples by array and rows, so that
+    candidates drawing the same rows (``select_model`` with an int seed) gather them
+    once; the random draws are made either way, so the stream is unchanged.
+    """
+    idx = None if n_samples <= size else np.sort(random_state.choice(n_samples, size=size, replace=False))
+    key = (X.name, None if idx is None else hashlib.sha1(idx.tobytes()).hexdigest())
+    if cache is not None and key in cache:
+        return cache[key]
+    out = np.asarray(X.compute() if idx is None else X[idx].compute())
+    if cache is not None:
+        cache[key] = out
+    return out
 
 
 def gather_rows(X: da.Array, indices: np.ndarray) -> np.ndarray:
@@ -124,6 +136,7 @@ def initialize(
     sample_weight: da.Array | None = None,
     split_every: int = 16,
     token: str = "",
+    sample_cache: dict | None = None,
 ):
     """Return initial ``(weights, means, covariances)`` (float64) for one EM start."""
     dtype = X.dtype
@@ -136,12 +149,12 @@ def initialize(
 
         sw = None
         if sample_weight is None:
-            sample = sample_rows(X, n_samples, init_sample_size, random_state)
+            sample = sample_rows(X, n_samples, init_sample_size, random_state, sample_cache)
         else:
             # the weights ride along as one more column: same rows, same random draws
             both = sample_rows(
                 da.concatenate([X.astype(np.float64), sample_weight[:, None]], axis=1),
-                n_samples, init_sample_size, random_state,
+                n_samples, init_sample_size, random_state, sample_cache,
             )
             sample, sw = both[:, :-1].astype(dtype), both[:, -1]
         if init_params == "k-means++":

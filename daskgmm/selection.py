@@ -147,6 +147,8 @@ def select_model(
     seed = params.get("random_state")
     shared_rs = None if isinstance(seed, (int, np.integer)) or seed is None else check_random_state(seed)
 
+    # with an int seed every candidate draws the same k-means sample: gather it once
+    cache = {} if shared_rs is None and seed is not None else None
     ests, groups, hooks = [], [], []
     for k, ct in candidates:
         est = GaussianMixture(n_components=k, covariance_type=ct, **params)
@@ -156,7 +158,8 @@ def select_model(
             est.feature_names_in_ = template.feature_names_in_
         rs = shared_rs if shared_rs is not None else check_random_state(seed)
         inits = [
-            (lambda reseed, e=est, r=rs: e._initialize(inp0, w0, r, None, None, None, reseed=reseed))
+            (lambda reseed, e=est, r=rs: e._initialize(inp0, w0, r, None, None, None, reseed=reseed,
+                                                       sample_cache=cache))
             for _ in range(est.n_init)
         ]
         cfg = EMConfig(covariance_type=ct, tol=est.tol, reg_covar=est.reg_covar, max_iter=est.max_iter,

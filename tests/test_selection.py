@@ -42,6 +42,18 @@ def test_select_model_equals_separate_fits(data):
     assert "<- best" in str(res)
 
 
+def test_select_model_equals_separate_fits_on_a_sample(data):
+    """k-means on a drawn sample (n > init_sample_size): the shared sample is the one each fit draws."""
+    X = da.from_array(data, chunks=250)
+    for init in ("kmeans", "k-means++"):
+        kw = dict(random_state=3, init_sample_size=200, init_params=init, tol=1e-3)
+        res = select_model(X, [2, 3], covariance_types=("full", "tied"), **kw)
+        for est, row in zip(res.estimators, res.table):
+            ref = GaussianMixture(row["n_components"], covariance_type=row["covariance_type"], **kw).fit(X)
+            np.testing.assert_array_equal(est.means_, ref.means_)
+            np.testing.assert_array_equal(est.covariances_, ref.covariances_)
+
+
 def test_select_model_aic_and_scikit_learn(data):
     res = select_model(data, n_components=range(1, 4), covariance_types="spherical", criterion="aic",
                        random_state=1)
