@@ -38,7 +38,8 @@ from daskgmm._gaussian import (
 # --------------------------------------------------------------------------
 # Dask runs one task per core; a multi-threaded BLAS inside each task
 # oversubscribes the cores (measured: 2 dask threads x 2 OpenBLAS threads on 2
-# cores ran an EM iteration 10-20x slower than 2 x 1). The first task to enter sets
+# cores ran an EM iteration 1.6-2x slower than 2 x 1 on a quiet machine, 18x slower on
+# a loaded one). The first task to enter sets
 # BLAS to one thread for the process, the last to leave restores the previous
 # setting, so the driver's own numpy work keeps every thread. threadpoolctl (>= 3.6)
 # lets only one "controlling" Python thread change OpenBLAS, and a dask pool thread
