@@ -142,7 +142,13 @@ def connect(args):
         dashboard_address=args.dashboard_address,
         silence_logs=logging.WARNING,
     ) as cluster, Client(cluster) as client:
-        yield client
+        try:
+            yield client
+        finally:
+            # close the workers before the scheduler, so that none of them logs a failed
+            # heartbeat to a scheduler that is already gone
+            with contextlib.suppress(Exception):
+                client.retire_workers(close_workers=True)
 
 
 # --------------------------------------------------------------------------
