@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dask
@@ -87,8 +88,30 @@ def em_step(state: EMState, blocks, weight_blocks, cfg: EMConfig, dtype, data_to
     p = EStepParams(prm.weights, prm.means, prm.precisions_cholesky, cfg.covariance_type, dtype)
     token = tokenize(data_token, prm.weights, prm.means, prm.precisions_cholesky, cfg.covariance_type)
     stats = statistics_pass(blocks, weight_blocks, p, token, cfg.split_every)
+    record = apply_m_step(state, stats, p, cfg, dtype, 0.0)
+    record["seconds"] = time.perf_counter() - t0  # the pass and the M-step
+    return record
+
+
+def apply_m_step(state: EMState, stats: dict, p: EStepParams, cfg: EMConfig, dtype, seconds: float,
+                 collapse: Callable | None = None) -> dict:
+    """The driver half of one EM iteration, in place on ``state``.
+
+    The M-step from the reduced statistics, the precisions, the lower bound and the
+    iteration's history record (returned). ``collapse`` (``on_collapse="reseed"``) may
+    replace components before their precisions are computed; an iteration that
+    re-seeded a component never counts as converged. Shared by the single-model loop,
+    the multi-candidate driver and incremental EM.
+    """
     lower_bound = stats["loglik"] / stats["n"]
     nk, means, covariances = m_step(stats, p.stat_centers, cfg.reg_covar, cfg.covariance_type, dtype)
+    events = []
+    if collapse is not None:
+        nk, means, covariances, events = collapse(stats, nk, means, covariances)
+        init_events = getattr(collapse, "init_events", None)
+        if init_events:
+            events = [dict(e, at="initialisation") for e in init_events] + events
+            init_events.clear()
     weights = nk / nk.sum()
     prec_chol = compute_precision_cholesky(covariances, cfg.covariance_type, dtype)
     state.params = Params(weights, means, covariances, prec_chol)
@@ -100,11 +123,13 @@ def em_step(state: EMState, blocks, weight_blocks, cfg: EMConfig, dtype, data_to
         "iteration": state.n_iter,
         "lower_bound": float(lower_bound),
         "change": float(change),
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
         "bytes_read": int(cfg.bytes_per_pass),
     }
+    if events:
+        record["reseeded"] = events
     state.history.append(record)
-    if abs(change) < cfg.tol:
+    if abs(change) < cfg.tol and not events:
         state.converged = True
     return record
 
@@ -323,6 +348,7 @@ __all__ = [
     "run_em",
     "statistics_pass",
     "warn_not_converged",
+    "apply_m_step",
     "improves",
     "plan_data",
     "active_client",

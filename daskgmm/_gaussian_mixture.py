@@ -425,7 +425,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         else:
             if reseed is not None:  # on_collapse="reseed": dead initial components (daskgmm/_multi.py)
                 weights, means, covariances = reseed(weights, means, covariances)
-            prec_chol = compute_precision_cholesky(covariances, ct)
+            prec_chol = compute_precision_cholesky(covariances, ct, inp.data.dtype)
         return Params(np.asarray(weights, float), np.asarray(means, float), covariances, prec_chol)
 
     def _set_parameters(self, params: Params) -> None:

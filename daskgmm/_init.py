@@ -32,7 +32,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from daskgmm._gaussian import EStepParams, compute_precision_cholesky, m_step
+from daskgmm._gaussian import EStepParams, m_step
 from daskgmm._suffstats import (
     chunk_stats_given_resp,
     chunk_stats_nearest,
@@ -202,7 +202,3 @@ def initialize(
     raise ValueError(
         f"init_params must be one of 'kmeans', 'k-means++', 'random', 'random_from_data'; got {init_params!r}."
     )
-
-
-def initial_precision_cholesky(covariances, covariance_type):
-    return compute_precision_cholesky(covariances, covariance_type)

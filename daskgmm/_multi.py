@@ -22,8 +22,8 @@ import numpy as np
 from dask.base import tokenize
 from scipy import linalg
 
-from daskgmm._em import EMConfig, EMState, Params, improves
-from daskgmm._gaussian import EStepParams, compute_precision_cholesky, m_step
+from daskgmm._em import EMConfig, EMState, Params, apply_m_step, improves
+from daskgmm._gaussian import EStepParams
 from daskgmm._suffstats import chunk_stats, combine, shared
 
 logger = logging.getLogger("daskgmm")
@@ -73,39 +73,6 @@ def multi_statistics_pass(blocks, weight_blocks, ps: Sequence[EStepParams], toke
 
 def estep_params(params: Params, covariance_type: str, dtype) -> EStepParams:
     return EStepParams(params.weights, params.means, params.precisions_cholesky, covariance_type, dtype)
-
-
-def apply_m_step(state: EMState, stats: dict, p: EStepParams, cfg: EMConfig, dtype, seconds: float,
-                 collapse: Callable | None = None) -> dict:
-    """The driver half of one EM iteration (same arithmetic as :func:`daskgmm._em.em_step`)."""
-    lower_bound = stats["loglik"] / stats["n"]
-    nk, means, covariances = m_step(stats, p.stat_centers, cfg.reg_covar, cfg.covariance_type, dtype)
-    events = []
-    if collapse is not None:
-        nk, means, covariances, events = collapse(stats, nk, means, covariances)
-        init_events = getattr(collapse, "init_events", None)
-        if init_events:
-            events = [dict(e, at="initialisation") for e in init_events] + events
-            init_events.clear()
-    weights = nk / nk.sum()
-    prec_chol = compute_precision_cholesky(covariances, cfg.covariance_type)
-    state.params = Params(weights, means, covariances, prec_chol)
-    change = lower_bound - state.lower_bound
-    state.n_iter += 1
-    state.lower_bound = float(lower_bound)
-    state.lower_bounds.append(float(lower_bound))
-    record = {
-        "iteration": state.n_iter,
-        "lower_bound": float(lower_bound),
-        "change": float(change),
-        "seconds": seconds,
-    }
-    if events:
-        record["reseeded"] = events
-    state.history.append(record)
-    if abs(change) < cfg.tol and not events:
-        state.converged = True
-    return record
 
 
 def run_multi_em(

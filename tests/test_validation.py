@@ -241,3 +241,13 @@ def test_one_compute_per_em_iteration(X):
             gm.fit(Xd)
     assert gm.n_iter_ == 4
     assert counter.n == 4
+
+
+def test_restarts_share_the_single_start_m_step():
+    """n_init > 1 runs through the multi-candidate driver: same errors, same history."""
+    X = np.vstack([np.zeros((5, 2)), np.ones((5, 2))]).astype(np.float32)
+    with pytest.raises(ValueError, match="ill-defined empirical covariance.*float64 data instead of float32"):
+        GaussianMixture(2, reg_covar=0.0, n_init=2, init_params="random_from_data", random_state=0).fit(X)
+    Xg = make_mixture(n_samples=300, n_features=2, n_components=2, seed=1)[0]
+    gm = GaussianMixture(2, n_init=2, random_state=0).fit(da.from_array(Xg, chunks=(100, 2)))
+    assert gm.history_ and all(r["bytes_read"] == Xg.nbytes for r in gm.history_)
