@@ -103,25 +103,9 @@ def default_row_chunk(n_samples: int, n_features: int, itemsize: int) -> int:
 
 
 def _open_zarr_path(path: str | os.PathLike):
-    import zarr
+    from daskgmm.io import open_zarr_array
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"No Zarr array at {path!r}: the path does not exist. Check the path "
-            "(for an array inside a group, give 'store.zarr/array_name')."
-        )
-    try:
-        node = zarr.open(path, mode="r")
-    except Exception as e:  # zarr raises several types for "not a store"
-        raise ValueError(f"{path!r} is not a Zarr array or group ({e}).") from e
-    if isinstance(node, zarr.Group):
-        names = sorted(name for name, _ in node.arrays())
-        raise ValueError(
-            f"{path!r} is a Zarr group, not an array. Pass one of its arrays, e.g. "
-            f"'{path}/{names[0] if names else 'NAME'}' (arrays in it: {names})."
-        )
-    return node
+    return open_zarr_array(path)[0]
 
 
 def _is_xarray(X) -> bool:

@@ -155,7 +155,8 @@ def connect(args):
 # data
 # --------------------------------------------------------------------------
 def open_data(path: str, array: str | None):
-    """A lazy dask array for a Zarr array/group member or a .npy file (memory-mapped)."""
+    """The Zarr array (or group member) itself, so that a checkpoint records its path, or a
+    lazy dask array over a memory-mapped .npy file."""
     import dask.array as da
 
     if not os.path.exists(path):
@@ -163,22 +164,12 @@ def open_data(path: str, array: str | None):
     if path.endswith(".npy"):
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         return da.from_array(arr, chunks=("auto", -1))
-    import zarr
+    from daskgmm.io import open_zarr_array
 
     try:
-        node = zarr.open(path, mode="r")
-    except Exception as e:
-        raise SystemExit(f"error: {path!r} is neither a .npy file nor a Zarr store ({e})") from e
-    if isinstance(node, zarr.Group):
-        names = sorted(n for n, _ in node.arrays())
-        if array is None:
-            raise SystemExit(f"error: {path!r} is a Zarr group; choose an array with --array (one of {names})")
-        if array not in names:
-            raise SystemExit(f"error: no array {array!r} in {path!r} (arrays: {names})")
-        node = node[array]
-    elif array is not None:
-        raise SystemExit(f"error: {path!r} is a Zarr array, not a group; drop --array")
-    return da.from_zarr(node)
+        return open_zarr_array(path, array)[0]
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 # --------------------------------------------------------------------------
@@ -260,11 +251,6 @@ def run_fit(args) -> int:
     X = open_data(args.data, args.array)
     if args.resume and not args.checkpoint:
         raise SystemExit("error: --resume needs --checkpoint PATH (the checkpoint of the fit to continue)")
-    if not args.data.endswith(".npy"):
-        import zarr  # the Zarr array itself, so that a checkpoint records its path
-
-        X = zarr.open(args.data, mode="r")
-        X = X[args.array] if args.array else X
     bars: list = []
 
     def progress(state, record):

@@ -995,24 +995,12 @@ def add_parser(subparsers) -> None:
 
 
 def _open_image(path: str, array: str | None):
-    import zarr
+    from daskgmm.io import open_zarr_array
 
-    if not os.path.exists(path):
-        raise SystemExit(f"error: {path!r} does not exist")
     try:
-        node = zarr.open(path, mode="r")
-    except Exception as e:
-        raise SystemExit(f"error: {path!r} is not a Zarr store ({e})") from e
-    if isinstance(node, zarr.Group):
-        names = sorted(n for n, _ in node.arrays())
-        if array is None:
-            raise SystemExit(f"error: {path!r} is a Zarr group; choose an array with --array (one of {names})")
-        if array not in names:
-            raise SystemExit(f"error: no array {array!r} in {path!r} (arrays: {names})")
-        return node[array], os.path.join(path, array)
-    if array is not None:
-        raise SystemExit(f"error: {path!r} is a Zarr array, not a group; drop --array")
-    return node, path
+        return open_zarr_array(path, array)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 def run(args) -> int:
