@@ -354,35 +354,38 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         best: EMState | None = None
         if uses_multi(self) and ckpt is None:
             # n_init starts share each data pass; on_collapse, nan_policy, incremental (_multi.py)
-            best, n_init = fit_multi(self, fit_inp, w, cfg, do_init, random_state, (weights_init, means_init, precisions_init), callback), 0
-        first = 0
-        if resumed is not None:
-            random_state.set_state(resumed.rng_state)
-            best, first = resumed.best, resumed.start
-        for init in range(first, n_init):
-            if self.verbose:
-                print(f"Initialization {init}")
-            if resumed is not None and init == resumed.start and resumed.state is not None:
-                state = resumed.state
-            elif do_init:
-                params = self._initialize(fit_inp, w, random_state, weights_init, means_init, precisions_init)
-                state = EMState(params=params)
-            else:
-                state = EMState(
-                    params=Params(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_),
-                    lower_bound=self.lower_bound_,
-                )
-            on_iteration = callback
-            if ckpt is not None:
-                ckpt.save(init, state, best, random_state)
-                on_iteration = saving_callback(ckpt, init, best, random_state, callback)
-            if self.max_iter > 0:
-                label = "GMM" if n_init == 1 else f"GMM start {init + 1}/{n_init}"
-                run_em(state, blocks, wblocks, cfg, X.dtype, data_token, callback=on_iteration, label=label)
-            if best is None or improves(state.lower_bound, best.lower_bound):
-                best = state
-            if ckpt is not None:
-                ckpt.save(init + 1, None, best, random_state, finished=init + 1 == n_init)
+            inits = (weights_init, means_init, precisions_init)
+            best = fit_multi(self, fit_inp, w, cfg, do_init, random_state, inits, callback)
+        else:
+            # one start after another: a single start, or starts saved to a checkpoint
+            first = 0
+            if resumed is not None:
+                random_state.set_state(resumed.rng_state)
+                best, first = resumed.best, resumed.start
+            for init in range(first, n_init):
+                if self.verbose:
+                    print(f"Initialization {init}")
+                if resumed is not None and init == resumed.start and resumed.state is not None:
+                    state = resumed.state
+                elif do_init:
+                    params = self._initialize(fit_inp, w, random_state, weights_init, means_init, precisions_init)
+                    state = EMState(params=params)
+                else:
+                    state = EMState(
+                        params=Params(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_),
+                        lower_bound=self.lower_bound_,
+                    )
+                on_iteration = callback
+                if ckpt is not None:
+                    ckpt.save(init, state, best, random_state)
+                    on_iteration = saving_callback(ckpt, init, best, random_state, callback)
+                if self.max_iter > 0:
+                    label = "GMM" if n_init == 1 else f"GMM start {init + 1}/{n_init}"
+                    run_em(state, blocks, wblocks, cfg, X.dtype, data_token, callback=on_iteration, label=label)
+                if best is None or improves(state.lower_bound, best.lower_bound):
+                    best = state
+                if ckpt is not None:
+                    ckpt.save(init + 1, None, best, random_state, finished=init + 1 == n_init)
 
         if not best.converged and self.max_iter > 0:
             warn_not_converged()
