@@ -24,7 +24,7 @@ from scipy import linalg
 
 from daskgmm._em import EMConfig, EMState, Params, apply_m_step, improves
 from daskgmm._gaussian import EStepParams
-from daskgmm._suffstats import chunk_stats, combine, shared
+from daskgmm._suffstats import chunk_stats, combine, map_reduce, shared
 
 logger = logging.getLogger("daskgmm")
 
@@ -42,20 +42,7 @@ def combine_lists(parts: Sequence[list]) -> list:
 
 def multi_map_reduce(func: Callable, args_per_chunk: Sequence[tuple], name: str, split_every: int = 16):
     """``func(*args_i)`` per chunk (returning a list), then a fixed-order tree sum of the lists."""
-    f = dask.delayed(func, pure=True)
-    parts = [f(*args, dask_key_name=(name, i)) for i, args in enumerate(args_per_chunk)]
-    if not parts:
-        raise ValueError("The data has no chunks: nothing to fit.")
-    level = 0
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(combine_lists, pure=True)(
-                parts[i : i + split_every], dask_key_name=(f"{name}-combine{level}", j)
-            )
-            for j, i in enumerate(range(0, len(parts), split_every))
-        ]
-        level += 1
-    return parts[0]
+    return map_reduce(func, args_per_chunk, name, split_every, combine_func=combine_lists)
 
 
 def multi_statistics_pass(blocks, weight_blocks, ps: Sequence[EStepParams], token: str, split_every: int,

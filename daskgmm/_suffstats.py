@@ -321,22 +321,6 @@ def combine(parts: Sequence[dict]) -> dict:
     return out
 
 
-def tree_reduce(parts: list, name: str, split_every: int = 16):
-    """Reduce delayed statistics in a fixed-order tree of fan-in ``split_every``."""
-    if not parts:
-        raise ValueError("The data has no chunks: nothing to fit.")
-    level = 0
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(combine, pure=True)(
-                parts[i : i + split_every], dask_key_name=(f"{name}-combine{level}", j)
-            )
-            for j, i in enumerate(range(0, len(parts), split_every))
-        ]
-        level += 1
-    return parts[0]
-
-
 def shared(obj, name: str | None = None):
     """Wrap a small driver-side object as one graph key that chunk tasks depend on."""
     if name is None:
