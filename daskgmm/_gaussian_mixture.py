@@ -36,7 +36,7 @@ from daskgmm._gaussian import (
 from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, initialize
 from daskgmm._multi import check_dask_weights, check_extra_params, fit_multi, uses_multi
 from daskgmm._progress import show_progress
-from daskgmm._suffstats import predict_block, shared
+from daskgmm._suffstats import predict_block, predict_output_spec, shared
 from daskgmm._validation import (
     Input,
     check_means,
@@ -463,12 +463,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             return self._wrap(predict_missing(self, X, what), inp, what)
         p = shared(self._estep_params(X.dtype), name=f"gmm-predict-params-{dask.base.tokenize(self.means_, self.precisions_cholesky_, self.weights_)}")
         k = self.n_components
-        if what == "proba":
-            chunks, dtype = (X.chunks[0], (k,)), X.dtype
-        elif what == "labels":
-            chunks, dtype = (X.chunks[0],), np.int64
-        else:
-            chunks, dtype = (X.chunks[0],), np.float64
+        chunks, dtype = predict_output_spec(X.chunks[0], what, k, X.dtype)
         out = da.map_blocks(
             predict_block,
             X,

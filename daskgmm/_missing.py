@@ -245,15 +245,10 @@ def predict_missing(est, X, what: str):
     import dask.array as da
     from dask.base import tokenize
 
-    from daskgmm._suffstats import shared
+    from daskgmm._suffstats import predict_output_spec, shared
 
     k = est.n_components
-    if what == "proba":
-        chunks, dtype = (X.chunks[0], (k,)), X.dtype
-    elif what == "labels":
-        chunks, dtype = (X.chunks[0],), np.int64
-    else:
-        chunks, dtype = (X.chunks[0],), np.float64
+    chunks, dtype = predict_output_spec(X.chunks[0], what, k, X.dtype)
     token = tokenize(X.name, est.weights_, est.means_, est.precisions_cholesky_, est.nan_policy, what)
     if est.nan_policy == "omit":
         func, p = omit_predict_block, est._estep_params(X.dtype)

@@ -410,3 +410,12 @@ def predict_block(X: np.ndarray, p: EStepParams, what: str) -> np.ndarray:
         else:
             out[start:stop] = log_norm
     return out
+
+
+def predict_output_spec(row_chunks: tuple, what: str, n_components: int, dtype) -> tuple[tuple, np.dtype]:
+    """Chunks and dtype of :func:`predict_block`'s output for input rows chunked ``row_chunks``."""
+    if what == "proba":
+        return (row_chunks, (n_components,)), np.dtype(dtype)
+    if what == "labels":
+        return (row_chunks,), np.dtype(np.int64)
+    return (row_chunks,), np.dtype(np.float64)
