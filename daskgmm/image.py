@@ -665,24 +665,9 @@ def model_json(model) -> dict:
 
 def model_from_json(meta: dict):
     """Inverse of :func:`model_json`."""
-    from daskgmm._gaussian import precisions_from_cholesky
-    from daskgmm._gaussian_mixture import GaussianMixture
-    from daskgmm.io import _from_json_param
+    from daskgmm.io import model_from_dict
 
-    params = {k: _from_json_param(v) for k, v in meta["params"].items()}
-    model = GaussianMixture(**params)
-    arrays = meta["arrays"]
-    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
-        setattr(model, name, np.asarray(arrays[name], dtype=np.float64))
-    model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
-    fitted = meta["fitted"]
-    model.converged_ = fitted["converged_"]
-    model.n_iter_ = fitted["n_iter_"]
-    model.lower_bound_ = fitted["lower_bound_"]
-    model.n_features_in_ = fitted["n_features_in_"]
-    model.history_ = fitted.get("history_", [])
-    model.lower_bounds_ = list(arrays.get("lower_bounds_", []))
-    return model
+    return model_from_dict(meta["arrays"], meta)
 
 
 def _jsonable(value):

@@ -90,6 +90,27 @@ def model_to_dict(model) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def model_from_dict(arrays: dict, meta: dict):
+    """A fitted :class:`~daskgmm.GaussianMixture` from (arrays, metadata): the inverse of
+    :func:`model_to_dict` (arrays may be numpy arrays or nested lists)."""
+    from daskgmm._gaussian import precisions_from_cholesky
+    from daskgmm._gaussian_mixture import GaussianMixture
+
+    params = {k: _from_json_param(v) for k, v in meta["params"].items()}
+    model = GaussianMixture(**params)
+    for name in _ARRAYS:
+        setattr(model, name, np.asarray(arrays[name], dtype=np.float64))
+    model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
+    fitted = meta["fitted"]
+    model.converged_ = fitted["converged_"]
+    model.n_iter_ = fitted["n_iter_"]
+    model.lower_bound_ = fitted["lower_bound_"]
+    model.n_features_in_ = fitted["n_features_in_"]
+    model.history_ = fitted.get("history_", [])
+    model.lower_bounds_ = np.asarray(arrays.get("lower_bounds_", []), dtype=np.float64).tolist()
+    return model
+
+
 def save_model(model, path) -> None:
     """Write a fitted :class:`~daskgmm.GaussianMixture` to ``path`` (see module docs)."""
     arrays, meta = model_to_dict(model)
@@ -109,8 +130,6 @@ def load(path):
         If the file is not a daskgmm model, or was written in a newer model format
         than this daskgmm reads.
     """
-    from daskgmm._gaussian import precisions_from_cholesky
-    from daskgmm._gaussian_mixture import GaussianMixture
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -139,18 +158,7 @@ def load(path):
             f"{meta['format_version']}; this daskgmm ({_version()}) reads formats up to "
             f"{FORMAT_VERSION}. Upgrade daskgmm to load it."
         )
-    params = {k: _from_json_param(v) for k, v in meta["params"].items()}
-    model = GaussianMixture(**params)
-    for name in _ARRAYS:
-        setattr(model, name, data[name])
-    model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
-    fitted = meta["fitted"]
-    model.converged_ = fitted["converged_"]
-    model.n_iter_ = fitted["n_iter_"]
-    model.lower_bound_ = fitted["lower_bound_"]
-    model.n_features_in_ = fitted["n_features_in_"]
-    model.history_ = fitted.get("history_", [])
-    model.lower_bounds_ = data["lower_bounds_"].tolist()
+    model = model_from_dict(data, meta)
     model.saved_with_version_ = meta.get("daskgmm_version")
     return model
 
