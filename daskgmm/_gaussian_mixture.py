@@ -18,10 +18,8 @@ from daskgmm._em import (
     EMConfig,
     EMState,
     Params,
-    active_client,
     complete_params,
     improves,
-    plan_data,
     run_em,
     warn_not_converged,
 )
@@ -33,17 +31,19 @@ from daskgmm._gaussian import (
     precision_cholesky_from_precisions,
     precisions_from_cholesky,
 )
+from daskgmm._graph import shared
 from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, initialize
-from daskgmm._multi import check_dask_weights, check_extra_params, fit_multi, uses_multi
-from daskgmm._progress import show_progress
-from daskgmm._suffstats import predict_block, predict_output_spec, shared
-from daskgmm._validation import (
+from daskgmm._input import (
     Input,
     check_means,
     check_precisions,
     check_weights,
     to_dask,
 )
+from daskgmm._kernels import predict_block, predict_output_spec
+from daskgmm._multi import check_dask_weights, check_extra_params, fit_multi, uses_multi
+from daskgmm._placement import active_client, plan_data
+from daskgmm._progress import show_progress
 from daskgmm.checkpoint import open_checkpoint, saving_callback
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")

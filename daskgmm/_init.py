@@ -33,12 +33,8 @@ import dask.array as da
 import numpy as np
 
 from daskgmm._gaussian import EStepParams, m_step
-from daskgmm._suffstats import (
-    chunk_stats_given_resp,
-    chunk_stats_nearest,
-    map_reduce,
-    shared,
-)
+from daskgmm._graph import map_reduce, shared
+from daskgmm._kernels import chunk_stats_given_resp, chunk_stats_nearest
 
 logger = logging.getLogger("daskgmm")
 

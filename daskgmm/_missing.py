@@ -16,7 +16,7 @@
     Cholesky factorisation per component and chunk. For diagonal and spherical
     covariances the conditional mean is simply ``mu_m``.
 
-Both kernels return the statistics in the format of :mod:`daskgmm._suffstats`, so
+Both kernels return the statistics in the format of :mod:`daskgmm._kernels`, so
 the driver's M-step is unchanged. Statistics are moments about each component's
 current mean (``stat_centers``), for every covariance type.
 """
@@ -35,7 +35,7 @@ from daskgmm._gaussian import (
     log_resp_and_norm,
     precisions_from_cholesky,
 )
-from daskgmm._suffstats import check_finite_block, chunk_stats, empty_stats, predict_block
+from daskgmm._kernels import check_finite_block, chunk_stats, empty_stats, predict_block
 
 NAN_POLICIES: tuple[str, ...] = ("raise", "omit", "marginalize")
 
@@ -245,7 +245,8 @@ def predict_missing(est, X, what: str):
     import dask.array as da
     from dask.base import tokenize
 
-    from daskgmm._suffstats import predict_output_spec, shared
+    from daskgmm._graph import shared
+    from daskgmm._kernels import predict_output_spec
 
     k = est.n_components
     chunks, dtype = predict_output_spec(X.chunks[0], what, k, X.dtype)

@@ -1,7 +1,7 @@
 """Several candidate models per pass over the data.
 
 One task per chunk reads the chunk once and runs the fused E-step + statistics
-(:func:`daskgmm._suffstats.chunk_stats`) for every *live* candidate: a list of
+(:func:`daskgmm._kernels.chunk_stats`) for every *live* candidate: a list of
 statistics dicts leaves the task, and a fixed-order tree reduction sums them
 candidate by candidate. The driver then does each candidate's M-step. A
 candidate that has converged (or used up ``max_iter``) drops out of the next
@@ -24,7 +24,8 @@ from scipy import linalg
 
 from daskgmm._em import EMConfig, EMState, Params, apply_m_step, improves
 from daskgmm._gaussian import EStepParams
-from daskgmm._suffstats import chunk_stats, combine, map_reduce, shared
+from daskgmm._graph import map_reduce, shared
+from daskgmm._kernels import chunk_stats, combine
 
 logger = logging.getLogger("daskgmm")
 

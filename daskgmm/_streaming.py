@@ -36,8 +36,8 @@ from dask.base import tokenize
 
 from daskgmm._em import EMConfig, EMState, Params
 from daskgmm._gaussian import compute_precision_cholesky, m_step
+from daskgmm._graph import shared
 from daskgmm._multi import apply_m_step, data_plan, estep_params, multi_statistics_pass
-from daskgmm._suffstats import shared
 
 logger = logging.getLogger("daskgmm")
 
@@ -126,8 +126,8 @@ def partial_fit(est, X, sample_weight=None):
             )
         from sklearn.utils import check_random_state
 
+        from daskgmm._input import check_means, check_precisions, check_weights
         from daskgmm._multi import init_input
-        from daskgmm._validation import check_means, check_precisions, check_weights
 
         k, d = est.n_components, inp.n_features
         given = (

@@ -253,7 +253,7 @@ def time_daskgmm(X, k: int, covariance_type: str, init: dict, n_iter: int, chunk
         model = make(n_iter)
         model.fit(X)
     seconds = float(np.mean([h["seconds"] for h in model.history_]))
-    from daskgmm._validation import to_dask
+    from daskgmm._input import to_dask
 
     n_chunks = len(to_dask(X, chunk_rows=chunk_size).data.chunks[0])
     return seconds, mem["peak_mib"], model, n_chunks

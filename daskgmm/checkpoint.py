@@ -23,6 +23,7 @@ the initial parameters, ``sample_weight``, ...).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -65,7 +66,7 @@ def _normalise_source(source: str | None) -> str | None:
 def data_fingerprint(inp) -> dict:
     """Shape, dtype, row chunks and (when known) the path or content hash of the data.
 
-    ``inp`` is a :class:`daskgmm._validation.Input`. In-memory (numpy) input is
+    ``inp`` is a :class:`daskgmm._input.Input`. In-memory (numpy) input is
     identified by its content (dask's token of the array); Zarr input by its path;
     other dask arrays by shape, dtype and chunks only.
     """
@@ -308,9 +309,7 @@ def saving_callback(ckpt: Checkpoint, start: int, best: EMState | None, random_s
 
 
 def _version() -> str:
-    from daskgmm import __version__
-
-    return __version__
+    return importlib.metadata.version("daskgmm")
 
 
 __all__ = [

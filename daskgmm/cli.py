@@ -164,7 +164,7 @@ def open_data(path: str, array: str | None):
     if path.endswith(".npy"):
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         return da.from_array(arr, chunks=("auto", -1))
-    from daskgmm.io import open_zarr_array
+    from daskgmm._input import open_zarr_array
 
     try:
         return open_zarr_array(path, array)[0]

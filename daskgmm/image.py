@@ -47,7 +47,8 @@ import dask.array as da
 import numpy as np
 
 from daskgmm._gaussian import EStepParams, design_t, log_resp_and_norm_t, weighted_log_prob_t
-from daskgmm._suffstats import _blocks, check_finite_block, in_task, shared
+from daskgmm._graph import shared
+from daskgmm._kernels import _blocks, check_finite_block, in_task
 
 logger = logging.getLogger("daskgmm")
 
@@ -115,7 +116,7 @@ def as_image(image, feature_axis: int | str | None = -1) -> Image:
     import xarray as xr
     import zarr
 
-    from daskgmm._validation import _open_zarr_path, check_dtype
+    from daskgmm._input import _open_zarr_path, check_dtype
 
     source = None
     kind = "dask"
@@ -400,7 +401,7 @@ def fit_image(
     the documented order.
     """
     from daskgmm._gaussian_mixture import GaussianMixture
-    from daskgmm._validation import default_row_chunk
+    from daskgmm._input import default_row_chunk
 
     img = image if isinstance(image, Image) else as_image(image, feature_axis)
     fraction = _check_sample(sample)
@@ -980,7 +981,7 @@ def add_parser(subparsers) -> None:
 
 
 def _open_image(path: str, array: str | None):
-    from daskgmm.io import open_zarr_array
+    from daskgmm._input import open_zarr_array
 
     try:
         return open_zarr_array(path, array)

@@ -10,6 +10,7 @@ half-written model under the final name.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import tempfile
@@ -23,9 +24,7 @@ _ARRAYS = ("weights_", "means_", "covariances_", "precisions_cholesky_")
 
 
 def _version() -> str:
-    from daskgmm import __version__
-
-    return __version__
+    return importlib.metadata.version("daskgmm")
 
 
 def _json_param(value):
@@ -161,41 +160,3 @@ def load(path):
     model = model_from_dict(data, meta)
     model.saved_with_version_ = meta.get("daskgmm_version")
     return model
-
-
-def open_zarr_array(path, array: str | None = None):
-    """The Zarr array at ``path`` (or the member ``array`` of the group there) and its full path.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ValueError
-        If ``path`` is not a Zarr store, is a group and no (existing) ``array`` is named,
-        or is an array while ``array`` is given. Messages name the arrays to choose from.
-    """
-    import zarr
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"No Zarr array at {path!r}: the path does not exist. Check the path "
-            "(for an array inside a group, give 'store.zarr/array_name')."
-        )
-    try:
-        node = zarr.open(path, mode="r")
-    except Exception as e:  # zarr raises several types for "not a store"
-        raise ValueError(f"{path!r} is not a Zarr array or group ({e}).") from e
-    if isinstance(node, zarr.Group):
-        names = sorted(name for name, _ in node.arrays())
-        if array is None:
-            raise ValueError(
-                f"{path!r} is a Zarr group; choose an array with --array (one of {names}), "
-                f"or pass '{os.path.join(path, names[0] if names else 'NAME')}' in Python."
-            )
-        if array not in names:
-            raise ValueError(f"no array {array!r} in {path!r} (arrays: {names})")
-        return node[array], os.path.join(path, array)
-    if array is not None:
-        raise ValueError(f"{path!r} is a Zarr array, not a group; drop --array")
-    return node, path

@@ -99,7 +99,7 @@ def component_colors(n: int) -> list[tuple[float, float, float, float]]:
 # --------------------------------------------------------------------------
 def _sample_rows(X, max_points: int | None, random_state=0) -> np.ndarray:
     """At most ``max_points`` rows of ``X`` (any input daskgmm takes) as a 2-D numpy array."""
-    from daskgmm._validation import to_dask
+    from daskgmm._input import to_dask
 
     if isinstance(X, np.ndarray) and X.ndim == 1:
         X = X[:, None]

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_random_state
 
-from daskgmm._em import EMConfig, active_client, complete_params, plan_data, warn_not_converged
+from daskgmm._em import EMConfig, complete_params, warn_not_converged
 from daskgmm._gaussian import COVARIANCE_TYPES, n_parameters
 from daskgmm._multi import data_plan, final_logliks, init_input, make_reseed_hook, run_restarts
+from daskgmm._placement import active_client, plan_data
 
 logger = logging.getLogger("daskgmm")
 

@@ -18,7 +18,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from daskgmm import GaussianMixture
 from daskgmm._gaussian import EStepParams
-from daskgmm._suffstats import chunk_stats, combine, map_reduce, shared
+from daskgmm._graph import map_reduce, shared
+from daskgmm._kernels import chunk_stats, combine
 from tests.conftest import make_mixture
 
 

@@ -12,12 +12,11 @@ from scipy.stats import multivariate_normal
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from daskgmm._gaussian import EStepParams, compute_precision_cholesky, log_resp_and_norm, weighted_log_prob
-from daskgmm._suffstats import (
+from daskgmm._graph import map_reduce, shared
+from daskgmm._kernels import (
     block_rows,
     chunk_stats,
-    map_reduce,
     predict_block,
-    shared,
     single_threaded_blas,
 )
 from tests.conftest import make_mixture

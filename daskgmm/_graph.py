@@ -1,0 +1,75 @@
+"""The per-iteration graph: one task per chunk and a fixed-order tree reduction.
+
+:func:`shared` makes one graph key of a small driver-side object (the parameters)
+that every chunk task depends on; :func:`map_reduce` writes the graph of one pass
+directly (one dict, one layer), with the keys named by phase for the dashboard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import dask
+from dask.base import is_dask_collection
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from daskgmm._kernels import combine
+
+
+def shared(obj, name: str | None = None):
+    """Wrap a small driver-side object as one graph key that chunk tasks depend on."""
+    if name is None:
+        return dask.delayed(obj, pure=True, traverse=False)
+    return dask.delayed(obj, name=name, pure=True, traverse=False)
+
+
+def _task_arg(a, deps: dict):
+    """The graph form of one task argument: a key for dask objects, the value otherwise."""
+    if isinstance(a, Delayed):
+        graph = a.dask  # kept alive in ``deps`` so that its id stays unique
+        deps.setdefault(id(graph), (graph, a))
+        return a.key
+    if is_dask_collection(a) or isinstance(a, (tuple, list, dict, set)):
+        # dask collections and containers (which a task tuple would traverse) get a key of their own
+        return _task_arg(dask.delayed(a, pure=True, traverse=False), deps)
+    return a
+
+
+def map_reduce(
+    func: Callable,
+    args_per_chunk: Sequence[tuple],
+    name: str,
+    split_every: int = 16,
+    combine_func: Callable | None = None,
+):
+    """Build the graph: ``func(*args_i)`` per chunk, then a fixed-order tree sum.
+
+    Arguments made with :func:`shared` enter the graph once (one key each) and every
+    chunk task depends on them, so parameters are shipped to each worker once, not
+    embedded in every task. Keys: ``(name, i)`` per chunk and
+    ``(f"{name}-combine{level}", j)`` in the tree. The graph is written directly
+    (one dict, one layer) rather than through ``dask.delayed`` calls, which cost
+    about a millisecond per chunk per iteration to build.
+    """
+    combine_func = combine if combine_func is None else combine_func
+    deps: dict = {}
+    dsk: dict = {}
+    keys = []
+    for i, args in enumerate(args_per_chunk):
+        key = (name, i)
+        dsk[key] = (func, *(_task_arg(a, deps) for a in args))
+        keys.append(key)
+    if not keys:
+        raise ValueError("The data has no chunks: nothing to fit.")
+    level = 0
+    while len(keys) > 1:
+        parent = []
+        for j, i in enumerate(range(0, len(keys), split_every)):
+            key = (f"{name}-combine{level}", j)
+            dsk[key] = (combine_func, keys[i : i + split_every])
+            parent.append(key)
+        keys = parent
+        level += 1
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a for _, a in deps.values()])
+    return Delayed(keys[0], graph, layer=name)
