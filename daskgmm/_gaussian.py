@@ -29,6 +29,7 @@ exactly: ``sum r (x-m)(x-m)^T = S - u d^T - d u^T + nk d d^T`` with ``d = m - c`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -49,6 +50,17 @@ COLLAPSE_MESSAGE_FLOAT32 = (
     " The numerical accuracy can also be improved by passing float64"
     " data instead of float32."
 )
+
+
+@dataclass
+class Params:
+    """One set of mixture parameters (float64); ``covariances`` may be None when only
+    precisions were given."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray | None
+    precisions_cholesky: np.ndarray
 
 
 # --------------------------------------------------------------------------

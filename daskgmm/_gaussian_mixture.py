@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import numbers
-import os
 from typing import Any
 
 import dask
@@ -14,55 +13,40 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from daskgmm._em import (
+from daskgmm._engine import (
+    Candidate,
+    DataPlan,
     EMConfig,
     EMState,
-    Params,
+    Engine,
     complete_params,
-    improves,
-    run_em,
+    stepwise_update,
+    stream_from_params,
     warn_not_converged,
 )
 from daskgmm._gaussian import (
-    COVARIANCE_TYPES,
     EStepParams,
-    compute_precision_cholesky,
+    Params,
     n_parameters,
-    precision_cholesky_from_precisions,
     precisions_from_cholesky,
 )
 from daskgmm._graph import shared
-from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, initialize
+from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, InitSpec, complete_rows, initial_params
 from daskgmm._input import (
     Input,
     check_means,
     check_precisions,
+    check_sample_weight,
     check_weights,
     to_dask,
 )
 from daskgmm._kernels import predict_block, predict_output_spec
-from daskgmm._multi import check_dask_weights, check_extra_params, fit_multi, uses_multi
+from daskgmm._params import PARAMS, check_params
 from daskgmm._placement import active_client, plan_data
 from daskgmm._progress import show_progress
-from daskgmm.checkpoint import open_checkpoint, saving_callback
+from daskgmm.checkpoint import fit_settings, open_checkpoint
 
-INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(
-            f"The '{name}' parameter of GaussianMixture must be an int in the range "
-            f"[{low}, inf). Got {value!r} instead."
-        )
-
-
-def _check_real(name, value, low=0.0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= low:
-        raise ValueError(
-            f"The '{name}' parameter of GaussianMixture must be a float in the range "
-            f"[{low}, inf). Got {value!r} instead."
-        )
+logger = logging.getLogger("daskgmm")
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -218,68 +202,34 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # validation
     # ------------------------------------------------------------------
     def _check_params(self) -> None:
-        _check_int("n_components", self.n_components, 1)
-        _check_int("max_iter", self.max_iter, 0)
-        _check_int("n_init", self.n_init, 1)
-        _check_int("verbose_interval", self.verbose_interval, 1)
-        _check_int("init_sample_size", self.init_sample_size, 1)
-        _check_int("split_every", self.split_every, 2)
-        _check_real("tol", self.tol)
-        _check_real("reg_covar", self.reg_covar)
-        if self.chunk_size is not None:
-            _check_int("chunk_size", self.chunk_size, 1)
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(
-                "The 'covariance_type' parameter of GaussianMixture must be a str among "
-                f"{set(COVARIANCE_TYPES)}. Got {self.covariance_type!r} instead."
-            )
-        if self.init_params not in INIT_PARAMS:
-            raise ValueError(
-                "The 'init_params' parameter of GaussianMixture must be a str among "
-                f"{set(INIT_PARAMS)}. Got {self.init_params!r} instead."
-            )
-        if not (self.persist == "auto" or isinstance(self.persist, (bool, np.bool_))):
-            raise ValueError(
-                f"The 'persist' parameter of GaussianMixture must be 'auto', True or False. Got {self.persist!r} instead."
-            )
-        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
-            raise ValueError(
-                "The 'checkpoint' parameter of GaussianMixture must be a file path (str or os.PathLike) "
-                f"or None. Got {self.checkpoint!r} instead."
-            )
-        check_extra_params(self)  # on_collapse, nan_policy, incremental (daskgmm/_multi.py)
-        if not isinstance(self.warm_start, (bool, np.bool_)):
-            raise ValueError(f"The 'warm_start' parameter of GaussianMixture must be a bool. Got {self.warm_start!r}.")
+        check_params({name: getattr(self, name) for name in PARAMS})
 
     def _validate(self, X, reset: bool) -> Input:
         # fitting needs two rows; predicting works row by row
         return to_dask(X, chunk_rows=self.chunk_size, estimator=self, reset=reset, min_samples=2 if reset else 1)
 
-    def _check_sample_weight(self, sample_weight, inp: Input) -> da.Array | None:
-        if sample_weight is None:
-            return None
-        n = inp.n_samples
-        if isinstance(sample_weight, da.Array):
-            w = sample_weight.astype(np.float64)
-            if w.ndim != 1 or w.shape[0] != n:
-                raise ValueError(f"sample_weight.shape == {w.shape}, expected {(n,)}!")
-            check_dask_weights(w)  # one pass over the weights (not X): NaN/inf, negative, zero sum
-            return w.rechunk((inp.data.chunks[0],))
-        w = np.asarray(sample_weight)
-        if w.ndim == 0:
-            w = np.full(n, float(w))
-        if w.dtype.kind not in "biuf":
-            raise ValueError(f"sample_weight must be numeric, got dtype {w.dtype}.")
-        w = w.astype(np.float64)
-        if w.shape != (n,):
-            raise ValueError(f"sample_weight.shape == {w.shape}, expected {(n,)}!")
-        if not np.all(np.isfinite(w)):
-            raise ValueError("sample_weight contains NaN or infinity: weights must be finite.")
-        if np.any(w < 0):
-            raise ValueError("Negative values in sample_weight: weights must be >= 0.")
-        if w.sum() <= 0:
-            raise ValueError("sample_weight sums to zero: at least one row needs a positive weight.")
-        return da.from_array(w, chunks=(inp.data.chunks[0],))
+    def _given(self, n_features: int) -> tuple:
+        """``(weights_init, means_init, precisions_init)`` checked against the data."""
+        k, ct = self.n_components, self.covariance_type
+        return (
+            check_weights(self.weights_init, k) if self.weights_init is not None else None,
+            check_means(self.means_init, k, n_features) if self.means_init is not None else None,
+            check_precisions(self.precisions_init, ct, k, n_features) if self.precisions_init is not None else None,
+        )
+
+    def _check_n_samples(self, n_samples: int) -> None:
+        if n_samples < self.n_components:
+            raise ValueError(
+                "Expected n_samples >= n_components "
+                f"but got n_components = {self.n_components}, n_samples = {n_samples}"
+            )
+
+    def _config(self) -> EMConfig:
+        return EMConfig(self.covariance_type, self.tol, self.reg_covar, self.max_iter)
+
+    def _init_spec(self) -> InitSpec:
+        return InitSpec(self.n_components, self.covariance_type, self.init_params, self.reg_covar,
+                        self.init_sample_size, self.split_every)
 
     # ------------------------------------------------------------------
     # fitting
@@ -296,9 +246,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights per row: a weight of 2 counts a row twice.
         callback : callable, default=None
-            Called after every EM iteration as ``callback(state, record)``, where
-            ``record`` is the iteration's history entry (``iteration``,
-            ``lower_bound``, ``change``, ``seconds``, ``bytes_read``).
+            Called after every EM iteration of every start as ``callback(state, record)``,
+            where ``record`` is the iteration's history entry (``iteration``,
+            ``lower_bound``, ``change``, ``seconds``, ``bytes_read``) and ``state.start``
+            the start it belongs to.
         resume : bool, default=False
             Continue from the file given as ``checkpoint`` (a fresh fit when it does
             not exist yet). Refused with a clear error when the checkpoint belongs
@@ -307,6 +258,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Returns
         -------
         self : GaussianMixture
+            The fitted estimator.
         """
         self._check_params()
         inp = self._validate(X, reset=True)
@@ -314,129 +266,86 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self
 
     def _fit(self, inp: Input, sample_weight=None, callback=None, resume: bool = False) -> None:
-        if inp.n_samples < self.n_components:
-            raise ValueError(
-                "Expected n_samples >= n_components "
-                f"but got n_components = {self.n_components}, n_samples = {inp.n_samples}"
-            )
-        ct = self.covariance_type
-        w = self._check_sample_weight(sample_weight, inp)
-        k, d = self.n_components, inp.n_features
-        weights_init = check_weights(self.weights_init, k) if self.weights_init is not None else None
-        means_init = check_means(self.means_init, k, d) if self.means_init is not None else None
-        precisions_init = (
-            check_precisions(self.precisions_init, ct, k, d) if self.precisions_init is not None else None
-        )
-        ckpt, resumed = open_checkpoint(self, inp, w, resume)
-        # hold the data in (cluster) memory or stream it every iteration (issue 5)
+        """Hand the engine a plan for this data, then set the fitted attributes."""
+        self._check_n_samples(inp.n_samples)
+        w = check_sample_weight(sample_weight, inp)
+        given = self._given(inp.n_features)
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        if self.incremental is not None and do_init and self.n_init > 1:
+            raise ValueError("incremental EM runs one start: use n_init=1 with incremental.")
+        ckpt = open_checkpoint(self.checkpoint, fit_settings(self, w), inp, resume)
+        # hold the data in (cluster) memory or stream it every iteration
         X, bytes_per_pass = plan_data(inp.data, self.persist, inp.kind == "numpy")
         if w is not None and active_client() is not None:
             w = w.persist()
-        fit_inp = dataclasses.replace(inp, data=X)
-        blocks = X.to_delayed(optimize_graph=False).ravel()
-        wblocks = w.to_delayed(optimize_graph=False).ravel() if w is not None else None
-        cfg = EMConfig(
-            covariance_type=ct,
-            tol=self.tol,
-            reg_covar=self.reg_covar,
-            max_iter=self.max_iter,
-            split_every=self.split_every,
+        data = DataPlan(X, w, self.nan_policy, bytes_per_pass, inp.n_samples, self.split_every)
+        random_state = check_random_state(self.random_state)
+        if do_init:
+            inits = [self._start_factory(X, w, inp, given, random_state)] * self.n_init
+        else:
+            fitted = EMState(params=self._fitted_params(), lower_bound=self.lower_bound_)
+            inits = [lambda reseed: fitted]
+        candidate = Candidate(self._config(), inits, reseed=self.on_collapse == "reseed")
+        n = len(inits)
+        engine = Engine(
+            data,
+            [candidate],
+            incremental=self.incremental,
+            checkpoint=ckpt,
+            resume=resume,
+            random_state=random_state,
             verbose=self.verbose,
             verbose_interval=self.verbose_interval,
-            bytes_per_pass=bytes_per_pass,
             progress=show_progress(self.verbose),
+            callback=callback,
+            desc="GMM" if n == 1 else f"GMM, {n} starts",
         )
-        data_token = X.name + ("" if w is None else w.name)
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
-        n_init = self.n_init if do_init else 1
-        random_state = check_random_state(self.random_state)
-
-        best: EMState | None = None
-        if uses_multi(self) and ckpt is None:
-            # n_init starts share each data pass; on_collapse, nan_policy, incremental (_multi.py)
-            inits = (weights_init, means_init, precisions_init)
-            best = fit_multi(self, fit_inp, w, cfg, do_init, random_state, inits, callback)
-        else:
-            # one start after another: a single start, or starts saved to a checkpoint
-            first = 0
-            if resumed is not None:
-                random_state.set_state(resumed.rng_state)
-                best, first = resumed.best, resumed.start
-            for init in range(first, n_init):
-                if self.verbose:
-                    print(f"Initialization {init}")
-                if resumed is not None and init == resumed.start and resumed.state is not None:
-                    state = resumed.state
-                elif do_init:
-                    params = self._initialize(fit_inp, w, random_state, weights_init, means_init, precisions_init)
-                    state = EMState(params=params)
-                else:
-                    state = EMState(
-                        params=Params(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_),
-                        lower_bound=self.lower_bound_,
-                    )
-                on_iteration = callback
-                if ckpt is not None:
-                    ckpt.save(init, state, best, random_state)
-                    on_iteration = saving_callback(ckpt, init, best, random_state, callback)
-                if self.max_iter > 0:
-                    label = "GMM" if n_init == 1 else f"GMM start {init + 1}/{n_init}"
-                    run_em(state, blocks, wblocks, cfg, X.dtype, data_token, callback=on_iteration, label=label)
-                if best is None or improves(state.lower_bound, best.lower_bound):
-                    best = state
-                if ckpt is not None:
-                    ckpt.save(init + 1, None, best, random_state, finished=init + 1 == n_init)
-
+        ((best, _),) = engine.run()
         if not best.converged and self.max_iter > 0:
             warn_not_converged()
-        params = complete_params(best.params, ct)
-        self._set_parameters(params)
-        self.converged_ = bool(best.converged)
-        self.n_iter_ = best.n_iter
-        self.lower_bound_ = best.lower_bound
-        self.lower_bounds_ = list(best.lower_bounds)
-        self.history_ = list(best.history)
+        self._set_fitted(best.params, best.converged, best.n_iter, best.lower_bound, best.lower_bounds,
+                         best.history)
 
-    def _initialize(
-        self, inp, w, random_state, weights_init, means_init, precisions_init, reseed=None, sample_cache=None
-    ) -> Params:
-        ct = self.covariance_type
-        covariances = None
-        if weights_init is None or means_init is None or precisions_init is None:
-            weights, means, covariances = initialize(
-                inp.data,
-                n_samples=inp.n_samples,
-                n_components=self.n_components,
-                covariance_type=ct,
-                init_params=self.init_params,
-                reg_covar=self.reg_covar,
-                random_state=random_state,
-                init_sample_size=self.init_sample_size,
-                in_memory=inp.kind == "numpy",
-                sample_weight=w,
-                split_every=self.split_every,
-                token=dask.base.tokenize(inp.data.name),  # keys read 'gmm-init-<hash>' on the dashboard
-                sample_cache=sample_cache,
-            )
-        if weights_init is not None:
-            weights = weights_init
-        if means_init is not None:
-            means = means_init
-        if precisions_init is not None:
-            prec_chol = precision_cholesky_from_precisions(precisions_init, ct)
-            covariances = None
-        else:
-            if reseed is not None:  # on_collapse="reseed": dead initial components (daskgmm/_multi.py)
-                weights, means, covariances = reseed(weights, means, covariances)
-            prec_chol = compute_precision_cholesky(covariances, ct, inp.data.dtype)
-        return Params(np.asarray(weights, float), np.asarray(means, float), covariances, prec_chol)
+    def _start_factory(self, X, w, inp: Input, given: tuple, random_state, sample_cache=None, rows=None):
+        """The initialisation of one start (called once per start, in order).
 
-    def _set_parameters(self, params: Params) -> None:
+        ``rows`` is ``(X, sample_weight, n)`` of the rows initialisation sees, when
+        already known (:func:`~daskgmm._init.complete_rows`).
+        """
+        if rows is None:
+            if any(g is None for g in given):
+                rows = complete_rows(X, w, self.nan_policy, self.n_components)
+            else:
+                rows = (X, w, inp.n_samples)
+        X0, w0, n0 = rows
+        spec = self._init_spec()
+
+        def make(reseed):
+            return initial_params(X0, spec, random_state, n_samples=n0, in_memory=inp.kind == "numpy",
+                                  sample_weight=w0, given=given, reseed=reseed, sample_cache=sample_cache)
+
+        make.rows = rows
+        return make
+
+    def _fitted_params(self) -> Params:
+        return Params(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
+
+    def _set_fitted(self, params: Params, converged: bool, n_iter: int, lower_bound: float, lower_bounds,
+                    history, stream=None) -> None:
+        """Every fitted attribute, set in one place (``fit``, ``partial_fit``, ``select_model``)."""
+        params = complete_params(params, self.covariance_type)
         self.weights_ = params.weights
         self.means_ = params.means
         self.covariances_ = params.covariances
         self.precisions_cholesky_ = params.precisions_cholesky
         self.precisions_ = precisions_from_cholesky(params.precisions_cholesky, self.covariance_type)
+        self.converged_ = bool(converged)
+        self.n_iter_ = int(n_iter)
+        self.lower_bound_ = float(lower_bound)
+        self.lower_bounds_ = list(lower_bounds)
+        self.history_ = list(history)
+        # stepwise EM's running statistics: a fit starts them afresh from its parameters
+        self._stream = stream
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the most probable component of each row.
@@ -588,25 +497,61 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         The running statistics become ``(1 - eta_t) s + eta_t s(batch)`` with
         ``eta_t = (t + 1) ** -0.6`` for the t-th batch (t = 0, 1, ...; the first batch
         initialises with ``init_params`` and gets ``eta_0 = 1``), then the M-step runs;
-        see :mod:`daskgmm._streaming`.
+        see :mod:`daskgmm._streaming`. After ``fit``, the statistics are rebuilt from
+        the fitted parameters and the schedule continues at ``t = 1``.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            One batch of rows (numpy, dask, Zarr or xarray).
         y : Ignored
         sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights per row.
 
         Returns
         -------
         self : GaussianMixture
+            The updated estimator.
         """
-        from daskgmm._streaming import partial_fit
+        import time
 
-        return partial_fit(self, X, sample_weight)
+        fitted = hasattr(self, "means_")
+        if not fitted:
+            self._check_params()
+        inp = self._validate(X, reset=not fitted)
+        w = check_sample_weight(sample_weight, inp)
+        data = DataPlan(inp.data, w, self.nan_policy, 0, inp.n_samples, self.split_every)
+        t0 = time.perf_counter()
+        if not fitted:
+            self._check_n_samples(inp.n_samples)
+            given = self._given(inp.n_features)
+            make = self._start_factory(inp.data, w, inp, given, check_random_state(self.random_state))
+            params = complete_params(make(None), self.covariance_type)
+            stream, n_iter, history, lower_bounds = None, 0, [], []
+        else:
+            params = complete_params(self._fitted_params(), self.covariance_type)
+            stream = getattr(self, "_stream", None)
+            if stream is None:  # after fit(): statistics rebuilt from the fitted parameters
+                stream = stream_from_params(params, self.covariance_type, self.reg_covar)
+            n_iter, history, lower_bounds = self.n_iter_, list(getattr(self, "history_", [])), self.lower_bounds_
+        new, stream, lower_bound, eta = stepwise_update(data, params, self._config(), stream)
+        record = {
+            "iteration": n_iter + 1,
+            "lower_bound": lower_bound,
+            "change": float(lower_bound - self.lower_bound_) if fitted else float("inf"),
+            "seconds": time.perf_counter() - t0,
+            "step_size": eta,
+            "batch_rows": inp.n_samples,
+        }
+        self._set_fitted(new, False, n_iter + 1, lower_bound, [*lower_bounds, lower_bound], [*history, record],
+                         stream=stream)
+        logger.info("partial_fit batch %d: %d rows, step size %.3f, batch mean log-likelihood %.6f",
+                    stream.t - 1, inp.n_samples, eta, lower_bound)
+        return self
 
     def to_sklearn(self):
         """A fitted :class:`sklearn.mixture.GaussianMixture` with the same parameters."""
-        from daskgmm._streaming import to_sklearn
+        from daskgmm._interop import to_sklearn
 
         return to_sklearn(self)
 
@@ -616,7 +561,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         ``params`` override or add constructor parameters (e.g. ``chunk_size``).
         """
-        from daskgmm._streaming import from_sklearn
+        from daskgmm._interop import from_sklearn
 
         return from_sklearn(cls, model, **params)
 

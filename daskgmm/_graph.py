@@ -14,7 +14,7 @@ from dask.base import is_dask_collection
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from daskgmm._kernels import combine
+from daskgmm._kernels import combine, combine_lists
 
 
 def shared(obj, name: str | None = None):
@@ -73,3 +73,39 @@ def map_reduce(
         level += 1
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a for _, a in deps.values()])
     return Delayed(keys[0], graph, layer=name)
+
+
+def _chunk_task(kernel: Callable, block, ps, w=None) -> list:
+    return kernel(block, ps, w)
+
+
+def statistics_pass(
+    kernel: Callable,
+    blocks: Sequence,
+    weight_blocks: Sequence | None,
+    ps: Sequence,
+    token: str,
+    split_every: int = 16,
+    chunks: Sequence[int] | None = None,
+) -> list:
+    """One pass over the data for every parameter set in ``ps`` (one ``compute``).
+
+    ``kernel(block, ps, weights)`` returns one statistics dict per parameter set.
+    With ``chunks=None`` every chunk is read and the per-chunk lists are summed by a
+    fixed-order tree (keys ``gmm-em-stats-<token>``): the result is one dict per
+    parameter set. With ``chunks`` given (incremental EM), only those chunks are read
+    and the per-chunk lists come back unreduced, in the order of ``chunks``.
+    """
+    ps = shared(list(ps), name=f"gmm-params-{token}")
+
+    def args(i):
+        return (blocks[i], ps) if weight_blocks is None else (blocks[i], ps, weight_blocks[i])
+
+    if chunks is None:
+        graph = map_reduce(kernel, [args(i) for i in range(len(blocks))], f"gmm-em-stats-{token}", split_every,
+                           combine_func=combine_lists)
+        (stats,) = dask.compute(graph)
+        return stats
+    f = dask.delayed(_chunk_task, pure=True)
+    tasks = [f(kernel, *args(i), dask_key_name=(f"gmm-incr-stats-{token}", i)) for i in chunks]
+    return list(dask.compute(*tasks))

@@ -27,12 +27,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 
 import dask
 import dask.array as da
 import numpy as np
 
-from daskgmm._gaussian import EStepParams, m_step
+from daskgmm._gaussian import (
+    EStepParams,
+    Params,
+    compute_precision_cholesky,
+    m_step,
+    precision_cholesky_from_precisions,
+)
 from daskgmm._graph import map_reduce, shared
 from daskgmm._kernels import chunk_stats_given_resp, chunk_stats_nearest
 
@@ -198,3 +205,89 @@ def initialize(
     raise ValueError(
         f"init_params must be one of 'kmeans', 'k-means++', 'random', 'random_from_data'; got {init_params!r}."
     )
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """What initialisation needs to know of the model (no estimator object)."""
+
+    n_components: int
+    covariance_type: str
+    init_params: str
+    reg_covar: float
+    init_sample_size: int = DEFAULT_INIT_SAMPLE_SIZE
+    split_every: int = 16
+
+
+def initial_params(
+    X: da.Array,
+    spec: InitSpec,
+    random_state: np.random.RandomState,
+    *,
+    n_samples: int,
+    in_memory: bool = False,
+    sample_weight: da.Array | None = None,
+    given: tuple = (None, None, None),
+    reseed=None,
+    sample_cache: dict | None = None,
+) -> Params:
+    """Initial :class:`~daskgmm._gaussian.Params` of one EM start.
+
+    ``given`` is ``(weights_init, means_init, precisions_init)`` as validated at the
+    boundary; whatever is missing comes from ``spec.init_params``. ``reseed``
+    (``on_collapse="reseed"``) may replace dead initial components.
+    """
+    weights_init, means_init, precisions_init = given
+    ct = spec.covariance_type
+    covariances = None
+    if weights_init is None or means_init is None or precisions_init is None:
+        weights, means, covariances = initialize(
+            X,
+            n_samples=n_samples,
+            n_components=spec.n_components,
+            covariance_type=ct,
+            init_params=spec.init_params,
+            reg_covar=spec.reg_covar,
+            random_state=random_state,
+            init_sample_size=spec.init_sample_size,
+            in_memory=in_memory,
+            sample_weight=sample_weight,
+            split_every=spec.split_every,
+            token=dask.base.tokenize(X.name),  # keys read 'gmm-init-<hash>' on the dashboard
+            sample_cache=sample_cache,
+        )
+    if weights_init is not None:
+        weights = weights_init
+    if means_init is not None:
+        means = means_init
+    if precisions_init is not None:
+        prec_chol = precision_cholesky_from_precisions(precisions_init, ct)
+        covariances = None
+    else:
+        if reseed is not None:
+            weights, means, covariances = reseed(weights, means, covariances)
+        prec_chol = compute_precision_cholesky(covariances, ct, X.dtype)
+    return Params(np.asarray(weights, float), np.asarray(means, float), covariances, prec_chol)
+
+
+def complete_rows(X: da.Array, sample_weight: da.Array | None, nan_policy: str, n_components: int):
+    """The rows initialisation sees: all of them, or for nan_policy omit/marginalize the
+    rows without NaN (one pass to find them). Returns ``(X, sample_weight, n_rows)``."""
+    if nan_policy == "raise":
+        return X, sample_weight, int(X.shape[0])
+    keep = ~da.isnan(X).any(axis=1)
+    if sample_weight is None:
+        Xi = X[keep].compute_chunk_sizes()
+        wi = None
+    else:
+        d = X.shape[1]
+        both = da.concatenate([X.astype(np.float64), sample_weight[:, None]], axis=1)[keep].compute_chunk_sizes()
+        Xi, wi = both[:, :d].astype(X.dtype), both[:, d]
+    n = int(Xi.shape[0])
+    if n < max(n_components, 1):
+        raise ValueError(
+            f"nan_policy={nan_policy!r} initialises on the rows without NaN, and only {n} row(s) "
+            f"are complete, fewer than n_components={n_components}. Give weights_init, means_init "
+            "and precisions_init, or impute some rows first."
+        )
+    return Xi, wi, n

@@ -321,3 +321,42 @@ def open_zarr_array(path, array: str | None = None):
     if array is not None:
         raise ValueError(f"{path!r} is a Zarr array, not a group; drop --array")
     return node, path
+
+
+def _check_weight_values(finite: bool, low: float, total: float) -> None:
+    if not finite:
+        raise ValueError("sample_weight contains NaN or infinity: weights must be finite.")
+    if low < 0:
+        raise ValueError("Negative values in sample_weight: weights must be >= 0.")
+    if total <= 0:
+        raise ValueError("sample_weight sums to zero: at least one row needs a positive weight.")
+
+
+def check_sample_weight(sample_weight, inp: Input) -> da.Array | None:
+    """Per-row weights as a float64 dask array chunked like the rows of ``inp`` (or None).
+
+    A dask array is checked in one pass over the weights only (not X): NaN/inf,
+    negative values, zero sum.
+    """
+    if sample_weight is None:
+        return None
+    import dask
+
+    n = inp.n_samples
+    if isinstance(sample_weight, da.Array):
+        w = sample_weight.astype(np.float64)
+        if w.ndim != 1 or w.shape[0] != n:
+            raise ValueError(f"sample_weight.shape == {w.shape}, expected {(n,)}!")
+        finite, low, total = dask.compute(da.isfinite(w).all(), w.min(), w.sum())
+        _check_weight_values(bool(finite), float(low), float(total))
+        return w.rechunk((inp.data.chunks[0],))
+    w = np.asarray(sample_weight)
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.dtype.kind not in "biuf":
+        raise ValueError(f"sample_weight must be numeric, got dtype {w.dtype}.")
+    w = w.astype(np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight.shape == {w.shape}, expected {(n,)}!")
+    _check_weight_values(bool(np.all(np.isfinite(w))), float(w.min()) if w.size else 0.0, float(w.sum()))
+    return da.from_array(w, chunks=(inp.data.chunks[0],))

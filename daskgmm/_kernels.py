@@ -317,6 +317,17 @@ def combine(parts: Sequence[dict]) -> dict:
     return out
 
 
+def multi_chunk_stats(X: np.ndarray, ps: Sequence[EStepParams], sample_weight: np.ndarray | None = None) -> list:
+    """Statistics of every candidate ``ps[i]`` on one chunk read once."""
+    X = np.asarray(X)
+    return [chunk_stats(X, p, sample_weight) for p in ps]
+
+
+def combine_lists(parts: Sequence[list]) -> list:
+    """Sum lists of statistics dicts position by position (fixed order)."""
+    return [combine([part[i] for part in parts]) for i in range(len(parts[0]))]
+
+
 @in_task
 def predict_block(X: np.ndarray, p: EStepParams, what: str) -> np.ndarray:
     """Per-chunk prediction: ``labels`` (int64), ``proba`` (n, K) or ``score`` (log density)."""

@@ -41,26 +41,35 @@ def is_interactive(stream=None) -> bool:
 
 
 def show_progress(verbose: int, progress: bool | None = None) -> bool:
-    """Whether to draw a bar: ``progress`` when given, else ``verbose >= 1`` and interactive."""
+    """Whether to draw a bar: ``progress`` when given, else dask's config key
+    ``daskgmm.progress`` when set (``daskgmm fit`` sets it on a terminal), else
+    ``verbose >= 1`` and interactive."""
+    if progress is None:
+        import dask
+
+        progress = dask.config.get("daskgmm.progress", None)
     if progress is not None:
         return bool(progress)
     return bool(verbose) and is_interactive()
 
 
 class FitProgress:
-    """A bar for one EM start (a no-op when ``enabled`` is false).
+    """The bar of one fit: a step per pass over the data (a no-op when ``enabled`` is false).
+
+    With several starts or candidates sharing the passes, the bar shows the best
+    lower bound so far, the largest change of the pass and the number of live starts.
 
     Parameters
     ----------
     total : int
-        Most iterations of the start (``max_iter``).
+        Most passes of the fit (``max_iter``).
     enabled : bool
         Draw the bar; when false every method does nothing (except :meth:`write`,
         which prints).
     desc : str
-        Label before the bar, e.g. ``"GMM start 1/3"``.
+        Label before the bar, e.g. ``"GMM, 3 starts"``.
     initial : int, default=0
-        Iterations already done (a resumed start).
+        Passes already done (a resumed fit).
     file : file-like, default=None
         Where to draw; ``sys.stderr`` by default.
     """
@@ -68,7 +77,7 @@ class FitProgress:
     def __init__(self, total: int, enabled: bool, desc: str = "GMM", initial: int = 0, file=None):
         self.enabled = bool(enabled)
         self._bar = None
-        #: the last iteration shown (``daskgmm fit`` starts a new bar when a new start begins)
+        #: the last pass shown
         self.last = int(initial)
         if self.enabled:
             from tqdm.auto import tqdm
@@ -93,6 +102,7 @@ class FitProgress:
                 "lower bound": f"{record['lower_bound']:.6g}",
                 "change": f"{record['change']:.3g}",
                 "s/it": f"{record['seconds']:.2f}",
+                **({"live starts": record["live"]} if "live" in record else {}),
             },
             refresh=False,
         )

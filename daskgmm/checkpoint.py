@@ -1,10 +1,11 @@
 """Checkpoints of a running fit: resume after the driver dies or the job is pre-empted.
 
-With ``GaussianMixture(checkpoint=PATH)`` (``daskgmm fit --checkpoint PATH``) the
-driver writes the EM state after the initialisation of every start and after every
-iteration: the current parameters, the iteration, the lower-bound history, the best
-start so far (``n_init > 1``), the random state, the fit's settings and the data's
-fingerprint (shape, dtype, row chunks, the Zarr path when known, a content hash for
+With ``GaussianMixture(checkpoint=PATH)`` (``daskgmm fit --checkpoint PATH``, or
+``select_model(..., checkpoint=PATH)``) the engine writes the EM state after the
+initialisation and after every pass over the data: every start's parameters,
+iteration and lower-bound history (all starts of all candidates share the passes),
+the re-seeding state (``on_collapse="reseed"``), incremental EM's per-chunk
+statistics, the random state, the fit's settings and the data's fingerprint (shape, dtype, row chunks, the Zarr path when known, a content hash for
 in-memory arrays). ``fit(X, resume=True)`` (``--resume``) continues from it, to the
 same final result as an uninterrupted run: EM iterations are deterministic functions
 of the parameters, which are stored exactly (float64).
@@ -31,13 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daskgmm._em import EMState, Params
+from daskgmm._engine import EMState
+from daskgmm._gaussian import Params
 from daskgmm.io import atomic_write_bytes
 
 logger = logging.getLogger("daskgmm")
 
 FORMAT_NAME = "daskgmm-checkpoint"
-FORMAT_VERSION = 1
+#: 2: every start of every candidate in one file (the one engine); 1 (start by start) is not read
+FORMAT_VERSION = 2
 
 _PARAM_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
 
@@ -107,6 +110,9 @@ def fit_settings(model, sample_weight=None) -> dict:
         "means_init": _digest(model.means_init),
         "precisions_init": _digest(model.precisions_init),
         "sample_weight": None if sample_weight is None else str(sample_weight.name),
+        "on_collapse": getattr(model, "on_collapse", "raise"),
+        "nan_policy": getattr(model, "nan_policy", "raise"),
+        "incremental": None if getattr(model, "incremental", None) is None else int(model.incremental),
     }
 
 
@@ -114,11 +120,14 @@ def fit_settings(model, sample_weight=None) -> dict:
 class Resumed:
     """What a checkpoint holds: where the fit stands."""
 
-    start: int  # index of the start in progress (== n_init when finished)
-    state: EMState | None  # that start's state (None: not initialised yet)
-    best: EMState | None  # best finished start so far
-    rng_state: tuple
+    states: list  # every start of every candidate, in the engine's order
+    rng_state: tuple | None
+    hooks: list  # per start: None or {"counts": {...}, "init_events": [...]}
+    incremental: dict | None  # incremental EM's cursor and per-chunk statistics
     finished: bool
+
+
+_STAT_KEYS = ("n", "loglik", "nk", "u", "s2")
 
 
 def _state_to(prefix: str, state: EMState, arrays: dict) -> dict:
@@ -149,6 +158,43 @@ def _state_from(prefix: str, meta: dict, arrays: dict) -> EMState:
     )
 
 
+def _incremental_to(inc: dict, arrays: dict) -> dict:
+    """Incremental EM's state: per-chunk statistics stacked into one array per key and start."""
+    for i, stored in inc["stored"].items():
+        for key in _STAT_KEYS:
+            arrays[f"incr{i}_{key}"] = np.stack([np.asarray(s[key], dtype=np.float64) for s in stored])
+        arrays[f"incr{i}_centers"] = np.stack([np.asarray(c, dtype=np.float64) for c in inc["centers"][i]])
+    return {
+        "chunks_per_iter": int(inc["chunks_per_iter"]),
+        "n_chunks": int(inc["n_chunks"]),
+        "cursor": int(inc["cursor"]),
+        "refreshed": int(inc["refreshed"]),
+        "starts": [int(i) for i in inc["stored"]],
+        "sweep_start": {str(i): float(v) for i, v in inc["sweep_start"].items()},
+    }
+
+
+def _incremental_from(meta: dict, arrays: dict) -> dict:
+    stored, centers = {}, {}
+    for i in meta["starts"]:
+        stacks = {key: arrays[f"incr{i}_{key}"] for key in _STAT_KEYS}
+        n = stacks["n"].shape[0]
+        stored[i] = [
+            {key: (float(stacks[key][c]) if key in ("n", "loglik") else stacks[key][c]) for key in _STAT_KEYS}
+            for c in range(n)
+        ]
+        centers[i] = list(arrays[f"incr{i}_centers"])
+    return {
+        "chunks_per_iter": int(meta["chunks_per_iter"]),
+        "n_chunks": int(meta["n_chunks"]),
+        "cursor": int(meta["cursor"]),
+        "refreshed": int(meta["refreshed"]),
+        "stored": stored,
+        "centers": centers,
+        "sweep_start": {int(i): float(v) for i, v in meta["sweep_start"].items()},
+    }
+
+
 def _describe_difference(key: str, then, now) -> str:
     return f"{key}={then!r} in the checkpoint, {now!r} now"
 
@@ -173,36 +219,43 @@ class Checkpoint:
         self.n_saved = 0
 
     # -- writing --------------------------------------------------------
-    def save(
-        self,
-        start: int,
-        state: EMState | None,
-        best: EMState | None,
-        random_state: np.random.RandomState,
-        finished: bool = False,
-    ) -> None:
-        """Atomically write where the fit stands (write to a temporary name, then rename)."""
+    def save(self, states: list, *, random_state=None, hooks: list | None = None,
+             incremental: dict | None = None, finished: bool = False) -> None:
+        """Atomically write where the fit stands (write to a temporary name, then rename).
+
+        ``states`` are every start of every candidate (:class:`~daskgmm._engine.EMState`),
+        ``hooks`` their re-seeding state, ``incremental`` incremental EM's state.
+        """
         arrays: dict[str, np.ndarray] = {}
-        name, keys, pos, has_gauss, cached = random_state.get_state()
-        arrays["rng_keys"] = np.asarray(keys, dtype=np.uint32)
+        rng = None
+        if random_state is not None:
+            name, keys, pos, has_gauss, cached = random_state.get_state()
+            arrays["rng_keys"] = np.asarray(keys, dtype=np.uint32)
+            rng = {"name": name, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+        best = None
+        first = [s for s in states if s.candidate == 0]
+        if first:
+            from daskgmm._engine import best_start
+
+            best = best_start(first, int(self.settings.get("max_iter", 1)))
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "daskgmm_version": _version(),
             "settings": self.settings,
             "data": self.fingerprint,
-            "start": int(start),
             "finished": bool(finished),
-            "rng": {"name": name, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "state": None if state is None else _state_to("state", state, arrays),
+            "rng": rng,
+            "states": [_state_to(f"state{i}", s, arrays) for i, s in enumerate(states)],
+            "hooks": hooks if hooks is not None else [None] * len(states),
+            "incremental": None if incremental is None else _incremental_to(incremental, arrays),
             "best": None if best is None else _state_to("best", best, arrays),
         }
         payload = dict(arrays)
         payload["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         atomic_write_bytes(self.path, lambda f: np.savez(f, **payload))
         self.n_saved += 1
-        if state is not None:
-            logger.debug("checkpoint %s: start %d, iteration %d", self.path, start, state.n_iter)
+        logger.debug("checkpoint %s: %d start(s), iterations %s", self.path, len(states), [s.n_iter for s in states])
 
     # -- reading --------------------------------------------------------
     def load(self) -> Resumed | None:
@@ -219,18 +272,25 @@ class Checkpoint:
             return None
         meta, arrays = read_checkpoint(self.path)
         self._check(meta)
-        rng = meta["rng"]
-        rng_state = (rng["name"], arrays["rng_keys"], rng["pos"], rng["has_gauss"], rng["cached_gaussian"])
-        state = None if meta["state"] is None else _state_from("state", meta["state"], arrays)
-        best = None if meta["best"] is None else _state_from("best", meta["best"], arrays)
-        resumed = Resumed(
-            start=int(meta["start"]), state=state, best=best, rng_state=rng_state, finished=bool(meta["finished"])
-        )
+        try:
+            rng = meta["rng"]
+            rng_state = None
+            if rng is not None:
+                rng_state = (rng["name"], arrays["rng_keys"], rng["pos"], rng["has_gauss"], rng["cached_gaussian"])
+            states = [_state_from(f"state{i}", m, arrays) for i, m in enumerate(meta["states"])]
+            incremental = None if meta["incremental"] is None else _incremental_from(meta["incremental"], arrays)
+            resumed = Resumed(states=states, rng_state=rng_state, hooks=list(meta["hooks"]),
+                              incremental=incremental, finished=bool(meta["finished"]))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise CheckpointError(
+                f"{self.path!r} is a damaged daskgmm checkpoint ({type(e).__name__}: {e}). "
+                "Delete it, or fit without resume to start over."
+            ) from e
         logger.info(
-            "resuming from checkpoint %s: start %d, iteration %d%s",
+            "resuming from checkpoint %s: %d start(s) at iterations %s%s",
             self.path,
-            resumed.start,
-            0 if state is None else state.n_iter,
+            len(states),
+            [s.n_iter for s in states],
             " (finished fit)" if resumed.finished else "",
         )
         return resumed
@@ -272,6 +332,11 @@ def read_checkpoint(path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path!r} is not a daskgmm checkpoint: it has no readable metadata.") from e
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path!r} is not a daskgmm checkpoint (format {meta.get('format')!r}).")
+    if int(meta.get("format_version", -1)) < FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path!r} was written by daskgmm {meta.get('daskgmm_version')} in checkpoint format "
+            f"{meta.get('format_version')}, which this daskgmm cannot continue: fit without resume to start over."
+        )
     if int(meta.get("format_version", -1)) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path!r} was written by daskgmm {meta.get('daskgmm_version')} in checkpoint format "
@@ -280,32 +345,22 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     return meta, arrays
 
 
-def open_checkpoint(model, inp, sample_weight, resume: bool) -> tuple[Checkpoint | None, Resumed | None]:
-    """The checkpoint of ``model.checkpoint`` for this fit and, with ``resume``, what it holds."""
-    path = getattr(model, "checkpoint", None)
+def open_checkpoint(path, settings: dict, inp, resume: bool) -> Checkpoint | None:
+    """The checkpoint at ``path`` for a fit with ``settings`` on ``inp`` (None without a path).
+
+    The engine reads it (``resume=True``) before any work and writes it as the fit goes.
+    """
     if path is None:
         if resume:
             raise ValueError(
                 "resume=True needs a checkpoint to resume from: set checkpoint=PATH "
                 "(the file written by an earlier fit with the same PATH)."
             )
-        return None, None
-    ckpt = Checkpoint(path, fit_settings(model, sample_weight), data_fingerprint(inp))
-    resumed = ckpt.load() if resume else None
+        return None
+    ckpt = Checkpoint(path, settings, data_fingerprint(inp))
     if not resume and os.path.exists(ckpt.path):
         logger.info("checkpoint %s exists; resume=False: starting over and overwriting it", ckpt.path)
-    return ckpt, resumed
-
-
-def saving_callback(ckpt: Checkpoint, start: int, best: EMState | None, random_state, callback=None):
-    """An EM callback that checkpoints after every iteration, then calls ``callback``."""
-
-    def on_iteration(state: EMState, record: dict) -> None:
-        ckpt.save(start, state, best, random_state)
-        if callback is not None:
-            callback(state, record)
-
-    return on_iteration
+    return ckpt
 
 
 def _version() -> str:
@@ -320,5 +375,4 @@ __all__ = [
     "fit_settings",
     "open_checkpoint",
     "read_checkpoint",
-    "saving_callback",
 ]

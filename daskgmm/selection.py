@@ -11,7 +11,6 @@ covariance_type=ct, random_state=random_state, **params).fit(X)``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,14 +19,17 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_random_state
 
-from daskgmm._em import EMConfig, complete_params, warn_not_converged
-from daskgmm._gaussian import COVARIANCE_TYPES, n_parameters
-from daskgmm._multi import data_plan, final_logliks, init_input, make_reseed_hook, run_restarts
+from daskgmm._engine import Candidate, DataPlan, Engine, log_likelihoods, warn_not_converged
+from daskgmm._gaussian import n_parameters
+from daskgmm._gaussian_mixture import GaussianMixture
+from daskgmm._init import complete_rows
+from daskgmm._input import check_sample_weight
+from daskgmm._params import COVARIANCE_TYPES, CRITERIA
 from daskgmm._placement import active_client, plan_data
+from daskgmm._progress import show_progress
+from daskgmm.checkpoint import fit_settings, open_checkpoint
 
 logger = logging.getLogger("daskgmm")
-
-CRITERIA = ("bic", "aic")
 
 
 @dataclass
@@ -81,6 +83,9 @@ def select_model(
     *,
     criterion: str = "bic",
     sample_weight=None,
+    checkpoint=None,
+    resume: bool = False,
+    callback=None,
     **params,
 ) -> ModelSelection:
     """Fit all candidate mixtures together and pick the best by BIC or AIC.
@@ -98,18 +103,26 @@ def select_model(
         ``GaussianMixture.bic(X)`` / ``.aic(X)`` of each candidate; with weights the
         log-likelihood is weighted and ``n`` is the total weight.
     sample_weight : array-like of shape (n_samples,), default=None
+        Non-negative weights per row.
+    checkpoint : str or os.PathLike, default=None
+        File where the state of every candidate is saved after every pass (see
+        :mod:`daskgmm.checkpoint`); with ``resume=True`` the sweep continues from it.
+    resume : bool, default=False
+        Continue from ``checkpoint`` (a new sweep when the file does not exist yet).
+    callback : callable, default=None
+        ``callback(state, record)`` after every iteration of every candidate's start;
+        ``state.candidate`` is the candidate's row in the table.
     **params
         Any other :class:`~daskgmm.GaussianMixture` parameter (``tol``, ``max_iter``,
         ``n_init``, ``random_state``, ``init_params``, ``chunk_size``, ``nan_policy``,
-        ...). An int ``random_state`` seeds each candidate afresh, as separate fits would.
+        ``verbose``, ...). An int ``random_state`` seeds each candidate afresh, as
+        separate fits would.
 
     Returns
     -------
     ModelSelection
         ``best_estimator``, ``table`` of BIC/AIC per candidate, all ``estimators``.
     """
-    from daskgmm._gaussian_mixture import GaussianMixture
-
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be 'bic' or 'aic', got {criterion!r}.")
     if isinstance(covariance_types, str):
@@ -122,71 +135,64 @@ def select_model(
     if bad:
         raise ValueError(f"Unknown covariance type(s) {bad}: choose among {list(COVARIANCE_TYPES)}.")
     for name in ("n_components", "covariance_type", "weights_init", "means_init", "precisions_init",
-                 "warm_start", "checkpoint", "incremental"):
+                 "warm_start", "incremental"):
         if params.get(name) is not None and not (name == "warm_start" and params[name] is False):
             raise ValueError(
                 f"select_model does not take {name!r}: the candidates are set by n_components and "
                 "covariance_types, and each starts from init_params."
             )
+    if "checkpoint" in params:
+        raise ValueError("pass checkpoint= to select_model itself (its own keyword), not among the params.")
     candidates = [(k, ct) for ct in cts for k in ks]
     template = GaussianMixture(n_components=max(ks), **params)
     template._check_params()
     inp = template._validate(X, reset=True)
-    if inp.n_samples < max(ks):
-        raise ValueError(
-            f"Expected n_samples >= n_components but got n_components = {max(ks)}, n_samples = {inp.n_samples}"
-        )
-    w = template._check_sample_weight(sample_weight, inp)
+    template._check_n_samples(inp.n_samples)
+    w = check_sample_weight(sample_weight, inp)
+    settings = dict(fit_settings(template, w), candidates=[[k, ct] for k, ct in candidates])
+    ckpt = open_checkpoint(checkpoint, settings, inp, resume)
     # hold the data in (cluster) memory or stream it every pass, as GaussianMixture.fit does
-    data, _ = plan_data(inp.data, template.persist, inp.kind == "numpy")
-    inp = dataclasses.replace(inp, data=data)
+    X_, bytes_per_pass = plan_data(inp.data, template.persist, inp.kind == "numpy")
     if w is not None and active_client() is not None:
         w = w.persist()
-    nan_policy = template.nan_policy
-    kernel, prepare = data_plan(nan_policy)
-    inp0, w0 = init_input(inp, w, nan_policy, max(ks))
+    data = DataPlan(X_, w, template.nan_policy, bytes_per_pass, inp.n_samples, template.split_every)
     seed = params.get("random_state")
     shared_rs = None if isinstance(seed, (int, np.integer)) or seed is None else check_random_state(seed)
-
     # with an int seed every candidate draws the same k-means sample: gather it once
     cache = {} if shared_rs is None and seed is not None else None
-    ests, groups, hooks = [], [], []
+    ests, plan = [], []
+    rows = complete_rows(X_, w, template.nan_policy, max(ks))  # once for all candidates
     for k, ct in candidates:
         est = GaussianMixture(n_components=k, covariance_type=ct, **params)
-        est._check_params()
         est.n_features_in_ = inp.n_features
         if hasattr(template, "feature_names_in_"):
             est.feature_names_in_ = template.feature_names_in_
         rs = shared_rs if shared_rs is not None else check_random_state(seed)
-        inits = [
-            (lambda reseed, e=est, r=rs: e._initialize(inp0, w0, r, None, None, None, reseed=reseed,
-                                                       sample_cache=cache))
-            for _ in range(est.n_init)
-        ]
-        cfg = EMConfig(covariance_type=ct, tol=est.tol, reg_covar=est.reg_covar, max_iter=est.max_iter,
-                       split_every=est.split_every)
+        make = est._start_factory(X_, w, inp, (None, None, None), rs, sample_cache=cache, rows=rows)
         ests.append(est)
-        groups.append((inits, cfg))
-        hooks.append((lambda c=ct: make_reseed_hook(c, inp.n_samples)) if est.on_collapse == "reseed" else None)
-
-    X_ = inp.data
-    blocks = X_.to_delayed(optimize_graph=False).ravel()
-    wblocks = w.to_delayed(optimize_graph=False).ravel() if w is not None else None
-    token = X_.name + ("" if w is None else w.name) + nan_policy
-    split_every = template.split_every
-    results = run_restarts(groups, blocks, wblocks, X_.dtype, token, split_every, hooks, kernel, prepare)
-    for est, (best, _), (_, ct) in zip(ests, results, candidates):
-        est._set_parameters(complete_params(best.params, ct))
-        est.converged_ = bool(best.converged)
-        est.n_iter_ = best.n_iter
-        est.lower_bound_ = best.lower_bound
-        est.lower_bounds_ = list(best.lower_bounds)
-        est.history_ = list(best.history)
-    logliks = final_logliks([r[0].params for r in results], [ct for _, ct in candidates], blocks, wblocks,
-                            X_.dtype, token + "-final", split_every, kernel, prepare)
+        plan.append(Candidate(est._config(), [make] * est.n_init, reseed=est.on_collapse == "reseed",
+                              label=f"K={k} {ct}"))
+    engine = Engine(
+        data,
+        plan,
+        checkpoint=ckpt,
+        resume=resume,
+        random_state=shared_rs,
+        verbose=template.verbose,
+        verbose_interval=template.verbose_interval,
+        progress=show_progress(template.verbose),
+        callback=callback,
+        desc=f"select_model, {len(candidates)} candidates",
+    )
+    results = engine.run()
+    for est, (best, _) in zip(ests, results):
+        est._set_fitted(best.params, best.converged, best.n_iter, best.lower_bound, best.lower_bounds, best.history)
+    # one last pass: every candidate's log-likelihood at its fitted parameters
+    logliks = log_likelihoods(data, [est._fitted_params() for est in ests], [ct for _, ct in candidates])
     n = inp.n_samples if w is None else float(w.sum().compute())
-    if nan_policy == "omit":
-        n = inp0.n_samples if w is None else float(w0.sum().compute())
+    if template.nan_policy == "omit":
+        n0, w0 = rows[2], rows[1]
+        n = n0 if w is None else float(w0.sum().compute())
     table = []
     for est, (k, ct), ll in zip(ests, candidates, logliks):
         npar = n_parameters(ct, k, inp.n_features)
@@ -209,8 +215,6 @@ def select_model(
         warn_not_converged()
     logger.info("select_model: %d candidates, best %s", len(table), candidates[best])
     return ModelSelection(ests[best], best, criterion, table, ests)
-
-
 
 
 # --------------------------------------------------------------------------
@@ -241,7 +245,6 @@ def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: in
     from sklearn.exceptions import ConvergenceWarning
 
     from daskgmm._gaussian_mixture import GaussianMixture
-    from daskgmm._multi import final_logliks
 
     rows = []
     rng = np.random.RandomState(seed)
@@ -308,9 +311,7 @@ def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: in
         picked = snaps[::step]
         if picked[-1] is not snaps[-1]:
             picked.append(snaps[-1])
-        blocks = X2.to_delayed(optimize_graph=False).ravel()
-        ll = final_logliks([p for _, _, p in picked], ["full"] * len(picked), blocks, None, X2.dtype,
-                           X2.name + name, 16)
+        ll = log_likelihoods(DataPlan(X2), [p for _, _, p in picked], ["full"] * len(picked))
         traces[name] = [(t, c, v / incr_n) for (t, c, _), v in zip(picked, ll)]
     target = traces["full"][-1][2]
     t_full = traces["full"][-1][0]

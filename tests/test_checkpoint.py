@@ -74,7 +74,7 @@ def test_driver_killed_mid_fit_resumes_to_the_uninterrupted_result(local_cluster
             assert time.monotonic() < deadline, "no checkpoint of iteration 3 appeared"
             if ckpt.exists():
                 meta, _ = read_checkpoint(ckpt)  # always complete: written atomically
-                n_iter = meta["state"]["n_iter"] if meta["state"] else n_iter
+                n_iter = meta["states"][0]["n_iter"]
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -82,7 +82,7 @@ def test_driver_killed_mid_fit_resumes_to_the_uninterrupted_result(local_cluster
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # killed before the end: no model
     meta, _ = read_checkpoint(ckpt)
-    assert 3 <= meta["state"]["n_iter"] < 12 and not meta["finished"]
+    assert 3 <= meta["states"][0]["n_iter"] < 12 and not meta["finished"]
 
     r = subprocess.run(DASKGMM_FIT + args + ["--resume", "--json"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -129,18 +129,16 @@ def threads(request):
 def test_resume_after_interruption_equals_uninterrupted(X, ref_restarts, tmp_path, stop_at):
     params, ref = RESTARTS, ref_restarts
     ckpt = tmp_path / "c.npz"
-    seen = {"start": -1}
 
     def stop(state, record):
-        if record["iteration"] == 1:
-            seen["start"] += 1
-        if (seen["start"], record["iteration"]) == stop_at:
+        if (state.start, record["iteration"]) == stop_at:
             raise Interrupt
 
     with pytest.raises(Interrupt):
         GaussianMixture(checkpoint=ckpt, **params).fit(X, callback=stop)
     meta, _ = read_checkpoint(ckpt)
-    assert meta["start"] == stop_at[0] and meta["state"]["n_iter"] == stop_at[1]
+    # the starts share each pass: the checkpoint holds every start at that pass
+    assert [s["n_iter"] for s in meta["states"]] == [stop_at[1]] * params["n_init"]
     resumed = GaussianMixture(checkpoint=ckpt, **params).fit(X, resume=True)
     _same(resumed, ref)
     assert [r["lower_bound"] for r in resumed.history_] == ref.lower_bounds_
@@ -265,3 +263,100 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(X, tmp_path, monke
     monkeypatch.undo()
     assert ckpt.read_bytes() == before
     assert os.listdir(tmp_path) == ["c.npz"]
+
+
+# ---------------------------------------------------------------------------
+# every path of the one engine resumes to the uninterrupted result
+# ---------------------------------------------------------------------------
+def _interrupted_then_resumed(fit, ckpt, stop_at_pass):
+    """Run ``fit(callback, resume)`` once, interrupted in pass ``stop_at_pass``, then resume it."""
+
+    def stop(state, record):
+        if record["iteration"] == stop_at_pass:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(stop, False)
+    meta, _ = read_checkpoint(ckpt)
+    assert not meta["finished"] and max(s["n_iter"] for s in meta["states"]) == stop_at_pass
+    return fit(None, True)
+
+
+def _holes(X, seed=0, fraction=0.1):
+    rng = np.random.RandomState(seed)
+    X = X.copy()
+    X[rng.rand(*X.shape) < fraction] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    return X
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param(dict(n_init=3, init_params="random_from_data"), id="n_init=3"),
+        pytest.param(dict(nan_policy="marginalize"), id="marginalize"),
+        pytest.param(dict(nan_policy="omit", n_init=2), id="omit"),
+        pytest.param(dict(incremental=2), id="incremental"),
+    ],
+)
+def test_every_path_resumes_to_the_uninterrupted_result(X, tmp_path, params):
+    data = _holes(X) if "nan_policy" in params else X
+    data = da.from_array(data, chunks=500)
+    kw = dict(n_components=3, max_iter=8, tol=0.0, random_state=3, **params)
+    ref = GaussianMixture(**kw).fit(data)
+    ckpt = tmp_path / "c.npz"
+
+    def fit(callback, resume):
+        return GaussianMixture(checkpoint=ckpt, **kw).fit(data, callback=callback, resume=resume)
+
+    resumed = _interrupted_then_resumed(fit, ckpt, 3)
+    _same(resumed, ref)
+    assert [h["lower_bound"] for h in resumed.history_] == [h["lower_bound"] for h in ref.history_]
+
+
+def test_reseed_resumes_to_the_uninterrupted_result(tmp_path):
+    from tests.test_collapse import saturated_image
+
+    X = saturated_image()
+    kw = dict(n_components=5, reg_covar=0.0, random_state=0, on_collapse="reseed", chunk_size=1000, tol=0.0,
+              max_iter=10)
+    ref = GaussianMixture(**kw).fit(X)
+    events = [e for h in ref.history_ for e in h.get("reseeded", [])]
+    assert events and events[0]["at"] == "initialisation"  # the reseed state must survive the checkpoint
+    ckpt = tmp_path / "c.npz"
+
+    def fit(callback, resume):
+        return GaussianMixture(checkpoint=ckpt, **kw).fit(X, callback=callback, resume=resume)
+
+    # interrupted in the first pass: the initialisation's re-seed events are still to be reported
+    resumed = _interrupted_then_resumed(fit, ckpt, 1)
+    _same(resumed, ref)
+    assert resumed.history_[0].get("reseeded") == ref.history_[0].get("reseeded")
+
+
+def test_select_model_resumes_to_the_uninterrupted_result(X, tmp_path):
+    kw = dict(n_components=[1, 2, 3], covariance_types=["full", "diag"], random_state=0, max_iter=6, tol=0.0,
+              n_init=2)
+    ref = daskgmm.select_model(X, **kw)
+    ckpt = tmp_path / "sweep.npz"
+
+    def fit(callback, resume):
+        return daskgmm.select_model(X, checkpoint=ckpt, resume=resume, callback=callback, **kw)
+
+    resumed = _interrupted_then_resumed(fit, ckpt, 4)
+    assert resumed.table == ref.table
+    for a, b in zip(resumed.estimators, ref.estimators):
+        _same(a, b)
+    # another sweep is refused with what differs
+    with pytest.raises(CheckpointError, match=r"other settings: .*candidates=\[\[1, .full.\], \[2, .full.\], \[3"):
+        daskgmm.select_model(X, checkpoint=ckpt, resume=True, **dict(kw, n_components=[1, 2]))
+
+
+def test_a_checkpoint_of_the_old_format_is_refused_with_a_remedy(X, tmp_path):
+    ckpt = tmp_path / "c.npz"
+    GaussianMixture(2, random_state=0, max_iter=2, checkpoint=ckpt).fit(X)
+    meta, arrays = read_checkpoint(ckpt)
+    meta["format_version"] = 1
+    np.savez(ckpt, metadata=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    with pytest.raises(CheckpointError, match="checkpoint format 1, which this daskgmm cannot continue: fit without"):
+        GaussianMixture(2, random_state=0, max_iter=2, checkpoint=ckpt).fit(X, resume=True)

@@ -106,8 +106,3 @@ def test_bad_on_collapse():
 
 def test_collapse_message_is_scikit_learns():
     assert COLLAPSE_MESSAGE.startswith("Fitting the mixture model failed")
-
-
-def test_checkpoint_is_refused_with_reseed(tmp_path):
-    with pytest.raises(ValueError, match="checkpoint cannot be combined with on_collapse='reseed'"):
-        GaussianMixture(2, on_collapse="reseed", checkpoint=tmp_path / "c.npz").fit(np.zeros((4, 2)))

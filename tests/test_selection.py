@@ -75,22 +75,22 @@ def test_one_pass_per_iteration_for_all_candidates(data, monkeypatch):
         calls.append(1)
         return real(*args, **kwargs)
 
-    import daskgmm._multi as multi
+    import daskgmm._graph as graph
 
-    monkeypatch.setattr(multi.dask, "compute", counting)
+    monkeypatch.setattr(graph.dask, "compute", counting)
     res = select_model(X, n_components=[2, 3, 4], random_state=0, max_iter=15, tol=1e-3, init_params="random_from_data")
     slowest = max(r["n_iter"] for r in res.table)
-    # EM passes + one final log-likelihood pass, all through _multi
+    # EM passes + one final log-likelihood pass, all through the engine's statistics_pass
     assert len(calls) == slowest + 1
 
 
 @pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
 def test_n_init_costs_one_pass_per_iteration(data, monkeypatch):
-    import daskgmm._multi as multi
+    import daskgmm._graph as graph
 
     calls = []
     real = dask.compute
-    monkeypatch.setattr(multi.dask, "compute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(graph.dask, "compute", lambda *a, **k: calls.append(1) or real(*a, **k))
     gm = GaussianMixture(3, n_init=4, max_iter=6, tol=0.0, init_params="random_from_data", random_state=0)
     gm.fit(da.from_array(data, chunks=300))
     assert gm.n_iter_ == 6 and len(calls) == 6  # not 4 x 6

@@ -1,0 +1,52 @@
+"""Copy fitted parameters between daskgmm and :class:`sklearn.mixture.GaussianMixture`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --------------------------------------------------------------------------
+_FITTED = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
+           "converged_", "n_iter_", "lower_bound_", "n_features_in_")
+
+
+def to_sklearn(est):
+    """A fitted :class:`sklearn.mixture.GaussianMixture` with ``est``'s parameters and attributes."""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(est)
+    names = SkGaussianMixture().get_params().keys()
+    params = {k: v for k, v in est.get_params().items() if k in names}
+    sk = SkGaussianMixture(**params)
+    for name in _FITTED:
+        value = getattr(est, name)
+        setattr(sk, name, np.array(value, copy=True) if isinstance(value, np.ndarray) else value)
+    sk.lower_bounds_ = list(getattr(est, "lower_bounds_", []))
+    if hasattr(est, "feature_names_in_"):
+        sk.feature_names_in_ = np.array(est.feature_names_in_, copy=True)
+    return sk
+
+
+def from_sklearn(cls, model, **params):
+    """A fitted ``cls`` (daskgmm) from a fitted scikit-learn ``GaussianMixture``."""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+    from sklearn.utils.validation import check_is_fitted
+
+    if not isinstance(model, SkGaussianMixture):
+        raise TypeError(
+            f"from_sklearn expects a fitted sklearn.mixture.GaussianMixture, got {type(model).__name__}."
+        )
+    check_is_fitted(model)
+    names = cls().get_params().keys()
+    kwargs = {k: v for k, v in model.get_params().items() if k in names}
+    kwargs.update(params)
+    est = cls(**kwargs)
+    for name in _FITTED:
+        value = getattr(model, name)
+        setattr(est, name, np.array(value, dtype=np.float64, copy=True)
+                if isinstance(value, np.ndarray) and value.dtype.kind == "f" else value)
+    est.lower_bounds_ = list(getattr(model, "lower_bounds_", []))
+    est.history_ = []
+    if hasattr(model, "feature_names_in_"):
+        est.feature_names_in_ = np.array(model.feature_names_in_, copy=True)
+    return est
