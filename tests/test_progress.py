@@ -92,3 +92,43 @@ def test_iterations_are_logged_on_the_daskgmm_logger(X, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "daskgmm" and r.getMessage().startswith("iteration")]
     assert len(lines) == 2
     assert lines[1].startswith(f"iteration 2: lower bound {gm.lower_bound_:.6f}") and "bytes read" in lines[1]
+
+
+def _sklearn_verbose_lines(out: str) -> list[str]:
+    # the lines without the timings, which differ between runs
+    return [line.split("\t")[0].split(" time lapse")[0] for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_verbose_prints_every_start_as_scikit_learn_does(X, capsys, tmp_path, checkpoint):
+    """The starts share each pass, yet the lines come per start, in start order, as in scikit-learn;
+    with or without a checkpoint (issue 12: n_init=3 printed nothing)."""
+    from sklearn.mixture import GaussianMixture as SkGMM
+
+    kw = dict(n_components=3, n_init=3, random_state=0, verbose=2, verbose_interval=1, max_iter=5, tol=0.0)
+    SkGMM(**kw).fit(X)
+    expected = _sklearn_verbose_lines(capsys.readouterr().out)
+    assert sum(line.startswith("Initialization ") for line in expected) == 6  # begin and end of 3 starts
+    extra = {"checkpoint": tmp_path / "c.npz"} if checkpoint else {}
+    GaussianMixture(**kw, **extra).fit(X)
+    assert _sklearn_verbose_lines(capsys.readouterr().out) == expected
+
+
+def test_one_bar_for_all_starts(X, monkeypatch):
+    """n_init starts share passes: one bar with a step per pass, not a bar per start (issue 12:
+    daskgmm fit --n-init 3 opened 7 bars)."""
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    GaussianMixture(3, n_init=3, random_state=0, verbose=1, max_iter=4, tol=0).fit(X)
+    bar = term.getvalue()
+    assert bar.count("GMM, 3 starts") >= 1 and "GMM start" not in bar
+    assert "4/4" in bar and "live starts=3" in bar
+
+
+def test_progress_config_draws_the_bar_without_verbose_lines(X, capsys, monkeypatch):
+    """daskgmm fit sets dask's config key ``daskgmm.progress`` on a terminal: a bar, no stdout lines."""
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    with dask.config.set({"daskgmm.progress": True}):
+        GaussianMixture(3, n_init=2, random_state=0, max_iter=3, tol=0).fit(X)
+    assert "3/3" in term.getvalue() and capsys.readouterr().out == ""

@@ -99,3 +99,22 @@ def test_incremental_em_reaches_full_em_fixed_point():
 def test_incremental_parameter_is_checked():
     with pytest.raises(ValueError, match="'incremental' parameter of GaussianMixture must be None"):
         GaussianMixture(2, incremental=0).fit(np.zeros((4, 2)))
+
+
+def test_partial_fit_after_fit_starts_from_the_fitted_parameters(stream):
+    """partial_fit, then fit, then partial_fit: the last batch blends into statistics rebuilt from
+    the fit, not into the statistics from before it (issue 12: the means jumped by about 2)."""
+    X, weights, means, covs = stream
+    gm = GaussianMixture(3, random_state=0)
+    shifted = X[:1000] + 5.0  # a stream that the later fit no longer describes
+    gm.partial_fit(shifted)
+    gm.partial_fit(shifted[500:])
+    gm.fit(X[:2000])
+    fitted = gm.means_.copy()
+    gm.partial_fit(X[2000:2500])
+    assert gm.history_[-1]["step_size"] == pytest.approx(step_size(1))
+    # the reference: a fresh model fitted the same way, then one partial_fit
+    ref = GaussianMixture(3, random_state=0).fit(X[:2000])
+    ref.partial_fit(X[2000:2500])
+    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-12, atol=1e-12)
+    assert np.abs(gm.means_ - fitted).max() < 0.3
