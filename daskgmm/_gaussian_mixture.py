@@ -31,10 +31,11 @@ from daskgmm._gaussian import (
     precisions_from_cholesky,
 )
 from daskgmm._graph import shared
-from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, InitSpec, complete_rows, initial_params
+from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, InitSpec, start_factory
 from daskgmm._input import (
     Input,
     check_means,
+    check_n_samples,
     check_precisions,
     check_sample_weight,
     check_weights,
@@ -217,13 +218,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             check_precisions(self.precisions_init, ct, k, n_features) if self.precisions_init is not None else None,
         )
 
-    def _check_n_samples(self, n_samples: int) -> None:
-        if n_samples < self.n_components:
-            raise ValueError(
-                "Expected n_samples >= n_components "
-                f"but got n_components = {self.n_components}, n_samples = {n_samples}"
-            )
-
     def _config(self) -> EMConfig:
         return EMConfig(self.covariance_type, self.tol, self.reg_covar, self.max_iter)
 
@@ -267,7 +261,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _fit(self, inp: Input, sample_weight=None, callback=None, resume: bool = False) -> None:
         """Hand the engine a plan for this data, then set the fitted attributes."""
-        self._check_n_samples(inp.n_samples)
+        check_n_samples(inp.n_samples, self.n_components)
         w = check_sample_weight(sample_weight, inp)
         given = self._given(inp.n_features)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
@@ -281,7 +275,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         data = DataPlan(X, w, self.nan_policy, bytes_per_pass, inp.n_samples, self.split_every)
         random_state = check_random_state(self.random_state)
         if do_init:
-            inits = [self._start_factory(X, w, inp, given, random_state)] * self.n_init
+            inits = [start_factory(self._init_spec(), X, w, inp, given, random_state, self.nan_policy)] * self.n_init
         else:
             fitted = EMState(params=self._fitted_params(), lower_bound=self.lower_bound_)
             inits = [lambda reseed: fitted]
@@ -305,27 +299,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             warn_not_converged()
         self._set_fitted(best.params, best.converged, best.n_iter, best.lower_bound, best.lower_bounds,
                          best.history)
-
-    def _start_factory(self, X, w, inp: Input, given: tuple, random_state, sample_cache=None, rows=None):
-        """The initialisation of one start (called once per start, in order).
-
-        ``rows`` is ``(X, sample_weight, n)`` of the rows initialisation sees, when
-        already known (:func:`~daskgmm._init.complete_rows`).
-        """
-        if rows is None:
-            if any(g is None for g in given):
-                rows = complete_rows(X, w, self.nan_policy, self.n_components)
-            else:
-                rows = (X, w, inp.n_samples)
-        X0, w0, n0 = rows
-        spec = self._init_spec()
-
-        def make(reseed):
-            return initial_params(X0, spec, random_state, n_samples=n0, in_memory=inp.kind == "numpy",
-                                  sample_weight=w0, given=given, reseed=reseed, sample_cache=sample_cache)
-
-        make.rows = rows
-        return make
 
     def _fitted_params(self) -> Params:
         return Params(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
@@ -523,9 +496,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         data = DataPlan(inp.data, w, self.nan_policy, 0, inp.n_samples, self.split_every)
         t0 = time.perf_counter()
         if not fitted:
-            self._check_n_samples(inp.n_samples)
+            check_n_samples(inp.n_samples, self.n_components)
             given = self._given(inp.n_features)
-            make = self._start_factory(inp.data, w, inp, given, check_random_state(self.random_state))
+            rs = check_random_state(self.random_state)
+            make = start_factory(self._init_spec(), inp.data, w, inp, given, rs, self.nan_policy)
             params = complete_params(make(None), self.covariance_type)
             stream, n_iter, history, lower_bounds = None, 0, [], []
         else:

@@ -291,3 +291,26 @@ def complete_rows(X: da.Array, sample_weight: da.Array | None, nan_policy: str, 
             "and precisions_init, or impute some rows first."
         )
     return Xi, wi, n
+
+
+def start_factory(spec: InitSpec, X: da.Array, sample_weight, inp, given: tuple, random_state,
+                  nan_policy: str = "raise", sample_cache: dict | None = None, rows=None):
+    """The initialisation of one start, as the engine calls it: ``make(reseed) -> Params``.
+
+    One factory serves every start of a candidate (called once per start, in order,
+    so the random draws are scikit-learn's). ``rows`` is ``(X, sample_weight, n)`` of
+    the rows initialisation sees when already known (:func:`complete_rows`);
+    otherwise they are found once here.
+    """
+    if rows is None:
+        if any(g is None for g in given):
+            rows = complete_rows(X, sample_weight, nan_policy, spec.n_components)
+        else:
+            rows = (X, sample_weight, inp.n_samples)
+    X0, w0, n0 = rows
+
+    def make(reseed):
+        return initial_params(X0, spec, random_state, n_samples=n0, in_memory=inp.kind == "numpy",
+                              sample_weight=w0, given=given, reseed=reseed, sample_cache=sample_cache)
+
+    return make

@@ -360,3 +360,12 @@ def check_sample_weight(sample_weight, inp: Input) -> da.Array | None:
         raise ValueError(f"sample_weight.shape == {w.shape}, expected {(n,)}!")
     _check_weight_values(bool(np.all(np.isfinite(w))), float(w.min()) if w.size else 0.0, float(w.sum()))
     return da.from_array(w, chunks=(inp.data.chunks[0],))
+
+
+def check_n_samples(n_samples: int, n_components: int) -> None:
+    """scikit-learn's error when there are fewer rows than components."""
+    if n_samples < n_components:
+        raise ValueError(
+            "Expected n_samples >= n_components "
+            f"but got n_components = {n_components}, n_samples = {n_samples}"
+        )

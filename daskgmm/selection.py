@@ -22,8 +22,8 @@ from sklearn.utils import check_random_state
 from daskgmm._engine import Candidate, DataPlan, Engine, log_likelihoods, warn_not_converged
 from daskgmm._gaussian import n_parameters
 from daskgmm._gaussian_mixture import GaussianMixture
-from daskgmm._init import complete_rows
-from daskgmm._input import check_sample_weight
+from daskgmm._init import complete_rows, start_factory
+from daskgmm._input import check_n_samples, check_sample_weight
 from daskgmm._params import COVARIANCE_TYPES, CRITERIA
 from daskgmm._placement import active_client, plan_data
 from daskgmm._progress import show_progress
@@ -147,7 +147,7 @@ def select_model(
     template = GaussianMixture(n_components=max(ks), **params)
     template._check_params()
     inp = template._validate(X, reset=True)
-    template._check_n_samples(inp.n_samples)
+    check_n_samples(inp.n_samples, max(ks))
     w = check_sample_weight(sample_weight, inp)
     settings = dict(fit_settings(template, w), candidates=[[k, ct] for k, ct in candidates])
     ckpt = open_checkpoint(checkpoint, settings, inp, resume)
@@ -168,7 +168,7 @@ def select_model(
         if hasattr(template, "feature_names_in_"):
             est.feature_names_in_ = template.feature_names_in_
         rs = shared_rs if shared_rs is not None else check_random_state(seed)
-        make = est._start_factory(X_, w, inp, (None, None, None), rs, sample_cache=cache, rows=rows)
+        make = start_factory(est._init_spec(), X_, w, inp, (None, None, None), rs, est.nan_policy, cache, rows)
         ests.append(est)
         plan.append(Candidate(est._config(), [make] * est.n_init, reseed=est.on_collapse == "reseed",
                               label=f"K={k} {ct}"))
