@@ -29,13 +29,11 @@ exactly: ``sum r (x-m)(x-m)^T = S - u d^T - d u^T + nk d d^T`` with ``d = m - c`
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 from scipy import linalg
 
-CovarianceType = Literal["full", "tied", "diag", "spherical"]
-COVARIANCE_TYPES: tuple[str, ...] = ("full", "tied", "diag", "spherical")
+from daskgmm._typing import COVARIANCE_TYPES as COVARIANCE_TYPES  # re-exported
 
 LOG_2PI = math.log(2.0 * math.pi)
 
