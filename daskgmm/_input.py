@@ -36,7 +36,8 @@ class Input:
         return self.data.dtype
 
 
-def _float_dtype(dtype: np.dtype) -> np.dtype:
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """float32 stays float32; every other numeric dtype computes in float64."""
     return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
 
 
@@ -50,7 +51,7 @@ def check_dtype(dtype: np.dtype, what: str = "X") -> np.dtype:
             f"{what} has dtype {dtype}, which is not numeric: GaussianMixture needs numbers. "
             f"Convert it first, for example with X.astype('float64')."
         )
-    return _float_dtype(dtype)
+    return compute_dtype(dtype)
 
 
 def check_shape(shape: tuple, what: str = "X") -> None:

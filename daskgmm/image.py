@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import math
+import operator
 import os
 import shutil
 import sys
@@ -46,13 +47,14 @@ import dask
 import dask.array as da
 import numpy as np
 
-from daskgmm._gaussian import EStepParams, design_t, log_resp_and_norm_t, weighted_log_prob_t
+from daskgmm._gaussian import EStepParams
 from daskgmm._graph import shared
-from daskgmm._kernels import _blocks, check_finite_block, in_task
+from daskgmm._input import compute_dtype
+from daskgmm._kernels import predict_block, predict_output_spec, valid_pixels_block
+from daskgmm._typing import OUTPUTS, Output
 
 logger = logging.getLogger("daskgmm")
 
-OUTPUTS = ("labels", "probabilities", "log_density", "confidence")
 COMPLETE_ATTR = "daskgmm_complete"
 ORDER_RULE = (
     "components sorted by their mean in the first band, ties broken by the next bands "
@@ -199,109 +201,6 @@ def as_image(image, feature_axis: int | str | None = -1) -> Image:
 
 
 # --------------------------------------------------------------------------
-# per-block kernels (they run on the workers)
-# --------------------------------------------------------------------------
-def invalid_mask(pixels: np.ndarray, nodata=None) -> np.ndarray:
-    """Rows of ``pixels`` (n, bands) that are nodata: NaN in any band, or ``== nodata`` in any band."""
-    bad = np.zeros(pixels.shape[0], dtype=bool)
-    if pixels.dtype.kind == "f":
-        bad |= np.isnan(pixels).any(axis=1)
-    if nodata is not None:
-        if isinstance(nodata, float) and math.isnan(nodata):
-            return bad
-        if pixels.dtype.kind == "f":
-            nodata = np.asarray(nodata).astype(pixels.dtype)  # e.g. 0.1 as stored in float32
-        bad |= (pixels == nodata).any(axis=1)
-    return bad
-
-
-def valid_pixels_block(block: np.ndarray, nodata, fraction, seed, index: int, dtype) -> np.ndarray:
-    """The valid pixels of one spatial block as (n, bands) rows of ``dtype``.
-
-    With ``fraction``, each valid pixel is kept with that probability, drawn from a
-    generator seeded by ``(seed, index)``: the same pixels whatever ran the task.
-    """
-    pixels = np.asarray(block).reshape(-1, block.shape[-1])
-    keep = ~invalid_mask(pixels, nodata)
-    if fraction is not None:
-        rng = np.random.default_rng([int(seed), int(index)])
-        keep &= rng.random(pixels.shape[0]) < fraction
-    return np.ascontiguousarray(pixels[keep], dtype=dtype)
-
-
-def label_dtype(n_components: int) -> np.dtype:
-    return np.dtype(np.int16) if n_components <= np.iinfo(np.int16).max else np.dtype(np.int32)
-
-
-@in_task
-def segment_pixels(block: np.ndarray, p: EStepParams, outputs: tuple, nodata=None) -> dict:
-    """All requested outputs for one block of shape (*spatial, bands), from one E-step.
-
-    Returns a dict ``{name: array}``: ``labels`` (*spatial) int16/int32 with -1 for nodata;
-    ``probabilities`` (*spatial, K) float32; ``log_density`` and ``confidence`` (*spatial)
-    float32, NaN for nodata. Works through the valid pixels in cache-sized row blocks with
-    the estimator's E-step kernel (one BLAS thread per task).
-    """
-    block = np.asarray(block)
-    spatial = block.shape[:-1]
-    d = block.shape[-1]
-    k = p.n_components
-    pixels = block.reshape(-1, d)
-    n = pixels.shape[0]
-    out: dict[str, np.ndarray] = {}
-    if "labels" in outputs:
-        out["labels"] = np.full(n, -1, dtype=label_dtype(k))
-    if "probabilities" in outputs:
-        out["probabilities"] = np.full((n, k), np.nan, dtype=np.float32)
-    for name in ("log_density", "confidence"):
-        if name in outputs:
-            out[name] = np.full(n, np.nan, dtype=np.float32)
-    need_resp = any(o in outputs for o in ("probabilities", "log_density", "confidence"))
-    valid = ~invalid_mask(pixels, nodata)
-    if valid.all():
-        where, xv = slice(None), pixels
-    else:
-        where = np.flatnonzero(valid)
-        xv = pixels[where]
-    parts: dict[str, np.ndarray] = {name: a[where] if not valid.all() else a for name, a in out.items()}
-    for start, stop, F, center in _blocks(len(xv), p):
-        xb = xv[start:stop]
-        with np.errstate(invalid="ignore", over="ignore"):  # inf rows: reported below
-            xt = design_t(xb, p, F, center)
-            wlp = weighted_log_prob_t(F, xt, p)  # (K, rows)
-        if "labels" in parts:
-            if not np.all(np.isfinite(wlp.max(axis=0))):
-                check_finite_block(xb, "image")
-            parts["labels"][start:stop] = wlp.argmax(axis=0)
-        if not need_resp:
-            continue
-        resp, log_norm = log_resp_and_norm_t(wlp)
-        if not np.all(np.isfinite(log_norm)):
-            check_finite_block(xb, "image")
-        if "probabilities" in parts:
-            parts["probabilities"][start:stop] = resp.T
-        if "log_density" in parts:
-            parts["log_density"][start:stop] = log_norm
-        if "confidence" in parts:
-            parts["confidence"][start:stop] = resp.max(axis=0)
-    if not valid.all():
-        for name, a in parts.items():
-            out[name][where] = a
-    return {
-        name: a.reshape(spatial + ((k,) if name == "probabilities" else ())) for name, a in out.items()
-    }
-
-
-def _pick(parts: dict, name: str) -> np.ndarray:
-    return parts[name]
-
-
-def _apply_kernel(x: np.ndarray, p: EStepParams, what: str, nodata) -> np.ndarray:
-    """One output for an array of shape (..., bands) (used by the xarray accessor)."""
-    return segment_pixels(x, p, (what,), nodata)[what]
-
-
-# --------------------------------------------------------------------------
 # fitting
 # --------------------------------------------------------------------------
 def _int_seed(random_state) -> int:
@@ -337,7 +236,7 @@ def pixel_table(img: Image, nodata=None, sample: float | None = None, seed: int 
     """
     data = img.data
     bands = img.n_bands
-    dtype = np.float32 if data.dtype == np.float32 else np.float64
+    dtype = compute_dtype(data.dtype)
     blocks = data.to_delayed(optimize_graph=False).ravel()
     needs_filter = sample is not None or nodata is not None or data.dtype.kind == "f"
     token = dask.base.tokenize(data.name, nodata, sample, seed)
@@ -440,11 +339,18 @@ def fit_image(
 # --------------------------------------------------------------------------
 # prediction
 # --------------------------------------------------------------------------
-def _model_params(model, dtype) -> EStepParams:
+def model_params(model, image_dtype) -> EStepParams:
+    """The prediction kernel's parameters of a fitted model for pixels of ``image_dtype``."""
+    dtype = compute_dtype(image_dtype)
     return EStepParams(model.weights_, model.means_, model.precisions_cholesky_, model.covariance_type, dtype)
 
 
-def _check_model(model, n_bands: int) -> None:
+def nodata_rule(nodata):
+    """The prediction kernel's ``nodata`` for images: NaN pixels are always nodata."""
+    return math.nan if nodata is None else nodata
+
+
+def check_model(model, n_bands: int) -> None:
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
@@ -485,7 +391,7 @@ class Segmentation:
     def n_components(self) -> int:
         return int(self.model.n_components)
 
-    def outputs(self, names: Sequence[str] = ("labels",), wrap: bool = True) -> dict:
+    def outputs(self, names: Sequence[Output] = ("labels",), wrap: bool = True) -> dict:
         """The requested outputs as a dict ``{name: lazy array}`` sharing one task per block."""
         names = tuple(names)
         unknown = [n for n in names if n not in OUTPUTS]
@@ -493,7 +399,7 @@ class Segmentation:
             raise ValueError(f"Unknown output(s) {unknown}; choose among {list(OUTPUTS)}.")
         data = self.image.data
         k = self.n_components
-        params = _model_params(self.model, np.float32 if data.dtype == np.float32 else np.float64)
+        params = model_params(self.model, data.dtype)
         token = dask.base.tokenize(
             data.name, self.model.weights_, self.model.means_, self.model.precisions_cholesky_, names, self.nodata
         )
@@ -501,11 +407,13 @@ class Segmentation:
         spatial = data.chunks[:-1]
         nsp = len(spatial)
         core = da.map_blocks(
-            segment_pixels,
+            predict_block,
             data,
             p,
             names,
-            self.nodata,
+            nodata_rule(self.nodata),
+            compact=True,
+            input_name="image",
             drop_axis=nsp,
             chunks=spatial,
             dtype=object,
@@ -514,17 +422,14 @@ class Segmentation:
         )
         out = {}
         for name in names:
-            if name == "probabilities":
-                chunks, dtype, new_axis = spatial + ((k,),), np.float32, [nsp]
-            else:
-                chunks, dtype, new_axis = spatial, (label_dtype(k) if name == "labels" else np.float32), None
+            chunks, dtype = predict_output_spec(spatial, name, k, params.dtype, compact=True)
             arr = da.map_blocks(
-                _pick,
+                operator.getitem,
                 core,
                 name,
                 chunks=chunks,
                 dtype=dtype,
-                new_axis=new_axis,
+                new_axis=[nsp] if name == "probabilities" else None,
                 meta=np.empty((0,) * len(chunks), dtype=dtype),
                 name=f"gmm-segment-{name}-{token}",
             )
@@ -590,7 +495,7 @@ def predict_image(model, image, *, feature_axis: int | str | None = -1, nodata=N
     Returns a :class:`Segmentation` (``labels, model = predict_image(...)`` works too).
     """
     img = image if isinstance(image, Image) else as_image(image, feature_axis)
-    _check_model(model, img.n_bands)
+    check_model(model, img.n_bands)
     return Segmentation(model=model, image=img, nodata=nodata)
 
 
