@@ -20,11 +20,10 @@ Rules
   components as a last axis, ``log_density`` float32 (log of the mixture density: low values
   are anomalies), ``confidence`` float32 (the largest probability).
 
-Writing (:meth:`Segmentation.to_zarr`, ``daskgmm segment``) goes to a hidden temporary Zarr
-group next to the destination, stamps the attribute ``daskgmm_complete`` last, and renames
-the group into place; :func:`open_segmentation` refuses a store without that stamp. Zarr chunks
-are the dask chunks of the outputs (the image's spatial chunks), so each task writes whole
-Zarr chunks and no two tasks ever write the same chunk.
+Writing (:meth:`Segmentation.to_zarr`, ``daskgmm segment``) goes through the one safe Zarr
+writer, :func:`daskgmm.io.write_zarr`: a hidden temporary group, the attribute
+``daskgmm_complete`` stamped last, a rename into place; :func:`open_segmentation` refuses a
+store without that stamp. Zarr chunks are the image's spatial chunks.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,15 +45,16 @@ import dask
 import dask.array as da
 import numpy as np
 
+from daskgmm import io
 from daskgmm._gaussian import EStepParams
 from daskgmm._graph import shared
 from daskgmm._input import compute_dtype
 from daskgmm._kernels import predict_block, predict_output_spec, valid_pixels_block
 from daskgmm._typing import OUTPUTS, Output
+from daskgmm.io import COMPLETE_ATTR as COMPLETE_ATTR  # re-exported
 
 logger = logging.getLogger("daskgmm")
 
-COMPLETE_ATTR = "daskgmm_complete"
 ORDER_RULE = (
     "components sorted by their mean in the first band, ties broken by the next bands "
     "(numpy.lexsort of the means); label -1 marks nodata"
@@ -482,7 +481,7 @@ class Segmentation:
     ) -> str:
         """Write ``labels`` (and the asked-for outputs) to a new Zarr group at ``path``, safely.
 
-        See :func:`write_zarr`.
+        See :func:`write_zarr` and :func:`daskgmm.io.write_zarr`. Returns the path written.
         """
         names = ["labels"]
         names += [n for n, on in (("probabilities", probabilities), ("log_density", log_density), ("confidence", confidence)) if on]
@@ -546,148 +545,44 @@ def segment(
     return Segmentation(model=model, image=img, nodata=nodata)
 
 
-# --------------------------------------------------------------------------
-# Zarr output: temporary group, completion stamp, rename
-# --------------------------------------------------------------------------
-def _regular_chunks(chunks: tuple) -> tuple:
-    """Zarr chunk shape for dask ``chunks``, or raise if they are not regular."""
-    shape = []
-    for cs in chunks:
-        first = cs[0]
-        if any(c != first for c in cs[:-1]) or cs[-1] > first:
-            return ()
-        shape.append(int(first))
-    return tuple(shape)
+def write_zarr(seg: Segmentation, path, names: Sequence[Output] = ("labels",), *, overwrite: bool = False,
+               attrs: dict | None = None) -> str:
+    """Write the outputs ``names`` of ``seg`` to a new Zarr group at ``path``, safely.
 
-
-def model_json(model) -> dict:
-    """The fitted model as JSON-able data (parameters and arrays; no pickle)."""
-    from daskgmm.io import model_to_dict
-
-    arrays, meta = model_to_dict(model)
-    meta["arrays"] = {k: np.asarray(v).tolist() for k, v in arrays.items()}
-    return meta
-
-
-def model_from_json(meta: dict):
-    """Inverse of :func:`model_json`."""
-    from daskgmm.io import model_from_dict
-
-    return model_from_dict(meta["arrays"], meta)
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    return value
-
-
-def write_zarr(seg: Segmentation, path, names: Sequence[str] = ("labels",), *, overwrite: bool = False, attrs: dict | None = None) -> str:
-    """Write the outputs ``names`` of ``seg`` to a Zarr group at ``path`` without ever leaving
-    a store that looks complete after a failure.
-
-    The group is written under a hidden temporary name in the same directory
-    (``.NAME.partial-<id>``), the attribute ``daskgmm_complete`` is set last, and the group
-    is renamed to ``path``. A failure removes the temporary group; a killed process leaves
-    only the hidden temporary name, which :func:`open_segmentation` refuses. With
-    ``overwrite``, an existing ``path`` is replaced only once the new store is complete.
-
-    Arrays are chunked exactly like the image's spatial chunks (probabilities add one
-    chunk holding all K components), so each dask task writes whole Zarr chunks.
-
-    Returns the path written.
+    The store holds the outputs (chunked like the image's spatial chunks; probabilities add
+    one chunk holding all K components), the model as JSON, the nodata rule and the component
+    order; see :func:`daskgmm.io.write_zarr` for how a failure never leaves a store that
+    looks complete. Returns the path written.
     """
-    import zarr
-
-    from daskgmm import __version__
-
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite).")
-    if seg.image.source and os.path.abspath(seg.image.source).rstrip(os.sep) == path.rstrip(os.sep):
-        raise ValueError("The output path is the input image itself; choose another output path.")
-    parent, base = os.path.split(path.rstrip(os.sep))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
-    arrays = seg.outputs(names, wrap=False)
-    try:
-        group = zarr.open_group(tmp, mode="w")
-        sources, targets = [], []
-        for name, arr in arrays.items():
-            chunks = _regular_chunks(arr.chunks)
-            if not chunks:
-                # irregular dask chunks cannot map one-to-one onto Zarr chunks: make them regular
-                regular = tuple(max(cs) for cs in arr.chunks)
-                arr = arr.rechunk(regular)
-                chunks = regular
-                logger.info("output %s rechunked to regular chunks %s for Zarr", name, regular)
-            fill = -1 if name == "labels" else np.nan
-            dims = seg.image.spatial_dims + (("component",) if name == "probabilities" else ())
-            target = group.create_array(
-                name,
-                shape=arr.shape,
-                chunks=chunks,
-                dtype=arr.dtype,
-                fill_value=fill,
-                dimension_names=list(dims),
-            )
-            sources.append(arr)
-            targets.append(target)
-        t0 = time.perf_counter()
-        da.store(sources, targets, lock=False, compute=True)
-        logger.info("wrote %s in %.1fs", names, time.perf_counter() - t0)
-        meta = {
-            "daskgmm_version": __version__,
-            "n_components": seg.n_components,
-            "nodata": _jsonable(seg.nodata),
-            "label_nodata": -1,
-            "outputs": list(names),
-            "component_order": ORDER_RULE,
-            "spatial_dims": list(seg.image.spatial_dims),
-            "source": seg.image.source,
-            "model": model_json(seg.model),
-        }
-        if attrs:
-            meta.update(attrs)
-        group.attrs.update(meta)
-        group.attrs[COMPLETE_ATTR] = True  # last: the store is complete from here on
-        trash = None
-        if os.path.exists(path):
-            trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
-            os.rename(path, trash)
-        os.rename(tmp, path)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    meta = {
+        "n_components": seg.n_components,
+        "nodata": seg.nodata,
+        "label_nodata": -1,
+        "component_order": ORDER_RULE,
+        "spatial_dims": list(seg.image.spatial_dims),
+    }
+    meta.update(attrs or {})
+    dims = {name: seg.image.spatial_dims + (("component",) if name == "probabilities" else ()) for name in names}
+    return io.write_zarr(
+        path,
+        seg.outputs(names, wrap=False),
+        dims=dims,
+        model=seg.model,
+        attrs=meta,
+        source=seg.image.source,
+        overwrite=overwrite,
+    )
 
 
 def open_segmentation(path) -> dict:
-    """Open a store written by :func:`write_zarr` / ``daskgmm segment``.
+    """Open a store written by :meth:`Segmentation.to_zarr` / ``daskgmm segment``.
 
     Returns ``{"labels": dask array, ... (the outputs written), "model": GaussianMixture,
     "attrs": dict}``. Refuses a store that lacks the completion stamp (an interrupted write).
     """
-    import zarr
+    from daskgmm._gaussian_mixture import GaussianMixture
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No segmentation at {path!r}.")
-    group = zarr.open_group(path, mode="r")
-    attrs = dict(group.attrs)
-    if not attrs.get(COMPLETE_ATTR):
-        raise ValueError(
-            f"{path!r} is not a complete daskgmm segmentation (no '{COMPLETE_ATTR}' stamp): its "
-            "write was interrupted or it was not written by daskgmm. Run the segmentation again."
-        )
-    out: dict[str, Any] = {name: da.from_zarr(group[name]) for name in attrs.get("outputs", ["labels"])}
-    out["model"] = model_from_json(attrs["model"])
-    out["attrs"] = attrs
-    return out
+    return io.open_segmentation(path, GaussianMixture)
 
 
 # --------------------------------------------------------------------------
