@@ -38,7 +38,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -48,7 +48,7 @@ import numpy as np
 from daskgmm import io
 from daskgmm._gaussian import EStepParams
 from daskgmm._graph import shared
-from daskgmm._input import compute_dtype
+from daskgmm._input import Image, as_image, compute_dtype
 from daskgmm._kernels import predict_block, predict_output_spec, valid_pixels_block
 from daskgmm._typing import OUTPUTS, Output
 from daskgmm.io import COMPLETE_ATTR as COMPLETE_ATTR  # re-exported
@@ -59,144 +59,6 @@ ORDER_RULE = (
     "components sorted by their mean in the first band, ties broken by the next bands "
     "(numpy.lexsort of the means); label -1 marks nodata"
 )
-#: bytes of one spatial chunk when daskgmm chunks an in-memory image
-_IMAGE_CHUNK_BYTES = 64 * 2**20
-
-
-# --------------------------------------------------------------------------
-# input: any image → dask array with the features last, one chunk along them
-# --------------------------------------------------------------------------
-@dataclass
-class Image:
-    """A normalised image: ``data`` is (*spatial, n_bands) with the bands in one chunk."""
-
-    data: da.Array
-    kind: str  # numpy | dask | zarr | xarray
-    spatial_dims: tuple = ()
-    coords: dict = field(default_factory=dict)
-    attrs: dict = field(default_factory=dict)
-    name: str | None = None
-    source: str | None = None
-    single_band: bool = False
-
-    @property
-    def n_bands(self) -> int:
-        return int(self.data.shape[-1])
-
-    @property
-    def spatial_shape(self) -> tuple:
-        return tuple(int(s) for s in self.data.shape[:-1])
-
-    @property
-    def spatial_chunks(self) -> tuple:
-        return self.data.chunks[:-1]
-
-
-def _axis_index(feature_axis, ndim: int, dims: Sequence[str] | None = None) -> int:
-    if isinstance(feature_axis, str):
-        if dims is None:
-            raise TypeError(
-                f"feature_axis={feature_axis!r} is a dimension name, which only an xarray "
-                "DataArray or a Zarr array with dimension names has; pass an integer axis."
-            )
-        if feature_axis not in dims:
-            raise ValueError(f"feature_axis={feature_axis!r} is not a dimension of the image (dims: {tuple(dims)}).")
-        return list(dims).index(feature_axis)
-    if isinstance(feature_axis, bool) or not isinstance(feature_axis, (int, np.integer)):
-        raise TypeError(f"feature_axis must be an int, a dimension name or None; got {feature_axis!r}.")
-    if not -ndim <= feature_axis < ndim:
-        raise ValueError(f"feature_axis={feature_axis} is out of range for an image with {ndim} dimensions.")
-    return int(feature_axis) % ndim
-
-
-def as_image(image, feature_axis: int | str | None = -1) -> Image:
-    """Normalise ``image`` (numpy, dask, Zarr array or path, xarray) to :class:`Image`.
-
-    ``feature_axis=None`` means a single-band image: every axis is spatial.
-    """
-    import xarray as xr
-    import zarr
-
-    from daskgmm._input import _open_zarr_path, check_dtype
-
-    source = None
-    kind = "dask"
-    dims = None
-    coords: dict = {}
-    attrs: dict = {}
-    name = None
-    if isinstance(image, (str, os.PathLike)):
-        source = os.fspath(image)
-        image = _open_zarr_path(image)
-    if isinstance(image, zarr.Array):
-        arr = da.from_zarr(image)
-        kind = "zarr"
-        names = getattr(image.metadata, "dimension_names", None)
-        if names and all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
-            dims = tuple(names)
-    elif isinstance(image, xr.DataArray):
-        kind = "xarray"
-        dims = image.dims
-        attrs = dict(image.attrs)
-        name = image.name
-        arr = image.data if isinstance(image.data, da.Array) else None
-        raw = image
-    elif isinstance(image, da.Array):
-        arr = image
-    else:
-        arr = None
-        raw = np.asarray(image)
-        kind = "numpy"
-        if raw.dtype == object:
-            raise ValueError("The image must be a numeric array; got an array of Python objects.")
-
-    ndim = (arr if arr is not None else raw).ndim
-    single = feature_axis is None
-    if single:
-        if ndim < 1:
-            raise ValueError("The image must have at least one spatial dimension.")
-        fa = None
-    else:
-        if ndim < 2:
-            raise ValueError(
-                f"The image has {ndim} dimension(s); it needs at least one spatial axis and the "
-                "feature (band) axis. For a single-band image pass feature_axis=None."
-            )
-        fa = _axis_index(feature_axis, ndim, dims if kind in ("xarray", "zarr") else None)
-    dtype = (arr if arr is not None else raw).dtype
-    check_dtype(dtype, "image")
-
-    if dims is not None:  # xarray, or Zarr with dimension names
-        spatial_dims = tuple(d for i, d in enumerate(dims) if i != fa)
-        if kind == "xarray":
-            coords = {k: c for k, c in raw.coords.items() if set(c.dims) <= set(spatial_dims)}
-    else:
-        n_spatial = ndim - (0 if single else 1)
-        spatial_dims = ("y", "x") if n_spatial == 2 else tuple(f"dim_{i}" for i in range(n_spatial))
-
-    if arr is None:  # in memory: chunk spatially, about _IMAGE_CHUNK_BYTES per block
-        values = np.asarray(raw.data if kind == "xarray" else raw)
-        if single:
-            values = values[..., None]
-        else:
-            values = np.moveaxis(values, fa, -1)
-        bands = values.shape[-1]
-        chunks = dask.array.core.normalize_chunks(
-            ("auto",) * (values.ndim - 1) + (bands,), values.shape, limit=_IMAGE_CHUNK_BYTES, dtype=values.dtype
-        )
-        arr = da.from_array(values, chunks=chunks)
-    else:
-        arr = arr[..., None] if single else da.moveaxis(arr, fa, -1)
-    if len(arr.chunks[-1]) != 1:
-        logger.debug("bringing the band axis to one chunk")
-        arr = arr.rechunk({arr.ndim - 1: -1})
-    if any(math.isnan(c) for cs in arr.chunks for c in cs):
-        raise ValueError(
-            "The image has unknown chunk sizes; call image.compute_chunk_sizes() first."
-        )
-    if arr.shape[-1] < 1 or any(s == 0 for s in arr.shape[:-1]):
-        raise ValueError(f"The image is empty (shape {arr.shape} with the bands last).")
-    return Image(arr, kind, spatial_dims, coords, attrs, name, source, single)
 
 
 # --------------------------------------------------------------------------
