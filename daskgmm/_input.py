@@ -236,6 +236,15 @@ def to_dask(
     )
 
 
+def as_array(X):
+    """numpy, dask, Zarr (array or path), xarray or array-like -> a numpy or dask array, uncomputed."""
+    u = _unwrap(X)
+    if u.kind == "xarray":
+        data = u.obj.data
+        return data if isinstance(data, da.Array) else np.asarray(data)
+    return u.obj if u.kind in ("zarr", "dask") else np.asarray(u.obj)
+
+
 # --------------------------------------------------------------------------
 # images: any array with a feature (band) axis -> (*spatial, bands), bands in one chunk
 # --------------------------------------------------------------------------
