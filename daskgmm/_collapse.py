@@ -15,8 +15,6 @@ from scipy import linalg
 
 logger = logging.getLogger("daskgmm")
 
-ON_COLLAPSE: tuple[str, ...] = ("raise", "reseed")
-
 #: re-seeds of one component allowed per start before giving up with a clear error
 MAX_RESEEDS_PER_COMPONENT = 5
 

@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from scipy import linalg
 
-CovarianceType = Literal["full", "tied", "diag", "spherical"]
-COVARIANCE_TYPES: tuple[str, ...] = ("full", "tied", "diag", "spherical")
+from daskgmm._typing import COVARIANCE_TYPES as COVARIANCE_TYPES  # re-exported
 
 LOG_2PI = math.log(2.0 * math.pi)
 

@@ -41,10 +41,11 @@ from daskgmm._input import (
     check_weights,
     to_dask,
 )
-from daskgmm._kernels import predict_block, predict_output_spec
+from daskgmm._kernels import predict_output, predict_output_spec
 from daskgmm._params import PARAMS, check_params
 from daskgmm._placement import active_client, plan_data
 from daskgmm._progress import show_progress
+from daskgmm._typing import Output
 from daskgmm.checkpoint import fit_settings, open_checkpoint
 
 logger = logging.getLogger("daskgmm")
@@ -337,29 +338,41 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _estep_params(self, dtype) -> EStepParams:
         return EStepParams(self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type, dtype)
 
-    def _predict_input(self, inp: Input, what: str):
-        X = inp.data
-        if getattr(self, "nan_policy", "raise") != "raise":
-            from daskgmm._missing import predict_missing
+    def _predict_input(self, inp: Input, what: Output):
+        """Lazy ``what`` for every row: one :func:`~daskgmm._kernels.predict_output` task per chunk.
 
-            return self._wrap(predict_missing(self, X, what), inp, what)
-        p = shared(self._estep_params(X.dtype), name=f"gmm-predict-params-{dask.base.tokenize(self.means_, self.precisions_cholesky_, self.weights_)}")
-        k = self.n_components
-        chunks, dtype = predict_output_spec(X.chunks[0], what, k, X.dtype)
+        ``nan_policy="omit"`` is the kernel's NaN nodata rule (label -1, NaN scores);
+        ``"marginalize"`` hands it the marginal parameters of :mod:`daskgmm._missing`.
+        """
+        X = inp.data
+        policy = getattr(self, "nan_policy", "raise")
+        if policy == "marginalize":
+            from daskgmm._missing import marginal_params
+
+            params = marginal_params(
+                self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self.covariance_type
+            )
+        else:
+            params = self._estep_params(X.dtype)
+        nodata = np.nan if policy == "omit" else None
+        token = dask.base.tokenize(self.weights_, self.means_, self.precisions_cholesky_, X.dtype, policy)
+        p = shared(params, name=f"gmm-predict-params-{token}")
+        chunks, dtype = predict_output_spec((X.chunks[0],), what, self.n_components, X.dtype)
         out = da.map_blocks(
-            predict_block,
+            predict_output,
             X,
             p,
             what,
+            nodata,
             chunks=chunks,
-            drop_axis=1 if what != "proba" else None,
+            drop_axis=None if what == "probabilities" else 1,
             dtype=dtype,
-            name=f"gmm-predict-{what}-" + dask.base.tokenize(X.name, self.means_, self.precisions_cholesky_, self.weights_, what),
+            name=f"gmm-predict-{what}-{dask.base.tokenize(X.name, token, what)}",
             meta=np.empty((0,) * len(chunks), dtype=dtype),
         )
         return self._wrap(out, inp, what)
 
-    def _wrap(self, out: da.Array, inp: Input, what: str):
+    def _wrap(self, out: da.Array, inp: Input, what: Output):
         if inp.kind == "numpy":
             return out.compute()
         if inp.kind == "xarray":
@@ -369,24 +382,26 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             coords: dict[str, Any] = dict(inp.sample_coords)
             if out.ndim == 2:
                 coords["component"] = np.arange(self.n_components)
-            name = {"labels": "label", "proba": "probability", "score": "log_density"}[what]
-            return xr.DataArray(out, dims=dims, coords=coords, name=name)
+            return xr.DataArray(out, dims=dims, coords=coords, name=what)
         return out
 
     def predict(self, X):
-        """Most probable component per row: shape (n_samples,), int64."""
+        """Most probable component per row: shape (n_samples,), int64 (a DataArray ``labels`` for xarray)."""
         check_is_fitted(self)
         return self._predict_input(self._validate(X, reset=False), "labels")
 
     def predict_proba(self, X):
-        """Posterior probability of each component per row: shape (n_samples, n_components)."""
+        """Posterior probability of each component per row: shape (n_samples, n_components).
+
+        For xarray input, a DataArray ``probabilities`` with a ``component`` dimension.
+        """
         check_is_fitted(self)
-        return self._predict_input(self._validate(X, reset=False), "proba")
+        return self._predict_input(self._validate(X, reset=False), "probabilities")
 
     def score_samples(self, X):
-        """Log of the mixture density at each row: shape (n_samples,), float64."""
+        """Log of the mixture density at each row: shape (n_samples,), float64 (``log_density`` for xarray)."""
         check_is_fitted(self)
-        return self._predict_input(self._validate(X, reset=False), "score")
+        return self._predict_input(self._validate(X, reset=False), "log_density")
 
     def score(self, X, y=None):
         """Mean log-likelihood per row (a float; computed for lazy input)."""
@@ -395,7 +410,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return float(self._mean_score(inp))
 
     def _mean_score(self, inp: Input) -> float:
-        s = self._predict_input(inp, "score")
+        s = self._predict_input(inp, "log_density")
         data = s.data if inp.kind == "xarray" else s
         if getattr(self, "nan_policy", "raise") == "omit":  # rows with NaN have no score: left out
             return float(np.asarray(da.nanmean(data) if isinstance(data, da.Array) else np.nanmean(data)))

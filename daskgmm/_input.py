@@ -1,22 +1,35 @@
-"""Parameter checks and input coercion at the boundary.
+"""The one input funnel: parameter checks and input coercion at the boundary.
 
-Every input becomes one 2-D dask array of float32/float64 with the feature axis
-in a single chunk. Metadata checks (ndim, dtype, sizes) are eager; value checks
-(NaN, inf) ride along the first pass over the data (see :mod:`daskgmm._kernels`).
+numpy, dask, Zarr (arrays and paths) and xarray are unwrapped in one place
+(:func:`_unwrap`), then shaped for their use:
+
+* :func:`to_dask`: rows for the estimator, one 2-D dask array of float32/float64 with the
+  feature axis in a single chunk;
+* :func:`as_image`: pixels for segmentation, (*spatial, bands) with the bands in one chunk,
+  the input dtype kept (the prediction kernel computes in float).
+
+Metadata checks (ndim, dtype, sizes) are eager; value checks (NaN, inf) ride along the
+first pass over the data (see :mod:`daskgmm._kernels`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
+logger = logging.getLogger("daskgmm")
+
 #: default size of one chunk when daskgmm chunks an in-memory array (bytes)
 DEFAULT_CHUNK_BYTES = 32 * 2**20
+#: bytes of one spatial chunk when daskgmm chunks an in-memory image
+IMAGE_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -36,7 +49,8 @@ class Input:
         return self.data.dtype
 
 
-def _float_dtype(dtype: np.dtype) -> np.dtype:
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """float32 stays float32; every other numeric dtype computes in float64."""
     return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
 
 
@@ -50,7 +64,7 @@ def check_dtype(dtype: np.dtype, what: str = "X") -> np.dtype:
             f"{what} has dtype {dtype}, which is not numeric: GaussianMixture needs numbers. "
             f"Convert it first, for example with X.astype('float64')."
         )
-    return _float_dtype(dtype)
+    return compute_dtype(dtype)
 
 
 def check_shape(shape: tuple, what: str = "X") -> None:
@@ -122,6 +136,40 @@ def _is_zarr_array(X) -> bool:
     return isinstance(X, zarr.Array)
 
 
+@dataclass
+class _Unwrapped:
+    """An input before shaping: a dask array (dask, Zarr), a DataArray, or anything in memory."""
+
+    obj: Any
+    kind: str  # "numpy" | "dask" | "zarr" | "xarray"
+    source: str | None = None  # the path given, when a path was given
+    dims: tuple | None = None  # dimension names (xarray; Zarr arrays that have them)
+    store: str | None = None  # the store of a Zarr array
+
+
+def _unwrap(X) -> _Unwrapped:
+    """Paths -> Zarr arrays -> dask arrays (with their dimension names); the rest as given."""
+    source = None
+    if isinstance(X, (str, os.PathLike)):
+        source = os.fspath(X)
+        X = _open_zarr_path(X)
+    if _is_zarr_array(X):
+        names = getattr(X.metadata, "dimension_names", None)
+        dims = None
+        if names and all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
+            dims = tuple(names)
+        try:
+            store = str(X.store_path)
+        except Exception:  # pragma: no cover
+            store = None
+        return _Unwrapped(da.from_zarr(X), "zarr", source, dims, store)
+    if _is_xarray(X):
+        return _Unwrapped(X, "xarray", source, tuple(X.dims))
+    if isinstance(X, da.Array):
+        return _Unwrapped(X, "dask", source)
+    return _Unwrapped(X, "numpy", source)
+
+
 def to_dask(
     X,
     *,
@@ -135,24 +183,16 @@ def to_dask(
     ``estimator`` and ``reset`` are passed to scikit-learn's ``validate_data`` for
     in-memory input, which records/checks ``n_features_in_`` and feature names.
     """
-    source = None
+    u = _unwrap(X)
+    kind = u.kind
+    source = u.source
     sample_dim = None
     sample_coords: dict[str, Any] = {}
-    if isinstance(X, (str, os.PathLike)):
-        source = os.fspath(X)
-        X = _open_zarr_path(X)
-
-    if _is_zarr_array(X):
-        check_shape(X.shape)
-        check_dtype(X.dtype)
-        arr = da.from_zarr(X)
-        kind = "zarr"
-        if source is None:
-            try:
-                source = str(X.store_path)
-            except Exception:  # pragma: no cover
-                source = None
-    elif _is_xarray(X):
+    if kind == "zarr":
+        arr = u.obj
+        source = source or u.store
+    elif kind == "xarray":
+        X = u.obj
         if X.ndim != 2:
             check_shape(X.shape)
         sample_dim = X.dims[0]
@@ -161,14 +201,11 @@ def to_dask(
         }
         data = X.data
         arr = data if isinstance(data, da.Array) else _chunk_in_memory(np.asarray(data), chunk_rows)
-        kind = "xarray"
-    elif isinstance(X, da.Array):
-        arr = X
-        kind = "dask"
+    elif kind == "dask":
+        arr = u.obj
     else:
-        Xn = _validate_in_memory(X, estimator, reset, min_samples)
+        Xn = _validate_in_memory(u.obj, estimator, reset, min_samples)
         arr = _chunk_in_memory(Xn, chunk_rows)
-        kind = "numpy"
 
     check_shape(arr.shape)
     dtype = check_dtype(arr.dtype)
@@ -197,6 +234,129 @@ def to_dask(
         sample_coords=sample_coords,
         source=source,
     )
+
+
+def as_array(X):
+    """numpy, dask, Zarr (array or path), xarray or array-like -> a numpy or dask array, uncomputed."""
+    u = _unwrap(X)
+    if u.kind == "xarray":
+        data = u.obj.data
+        return data if isinstance(data, da.Array) else np.asarray(data)
+    return u.obj if u.kind in ("zarr", "dask") else np.asarray(u.obj)
+
+
+# --------------------------------------------------------------------------
+# images: any array with a feature (band) axis -> (*spatial, bands), bands in one chunk
+# --------------------------------------------------------------------------
+@dataclass
+class Image:
+    """A normalised image: ``data`` is (*spatial, n_bands) with the bands in one chunk."""
+
+    data: da.Array
+    kind: str  # numpy | dask | zarr | xarray
+    spatial_dims: tuple = ()
+    coords: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+    name: str | None = None
+    source: str | None = None
+    single_band: bool = False
+
+    @property
+    def n_bands(self) -> int:
+        return int(self.data.shape[-1])
+
+    @property
+    def spatial_shape(self) -> tuple:
+        return tuple(int(s) for s in self.data.shape[:-1])
+
+    @property
+    def spatial_chunks(self) -> tuple:
+        return self.data.chunks[:-1]
+
+
+def _axis_index(feature_axis, ndim: int, dims: Sequence[str] | None = None) -> int:
+    if isinstance(feature_axis, str):
+        if dims is None:
+            raise TypeError(
+                f"feature_axis={feature_axis!r} is a dimension name, which only an xarray "
+                "DataArray or a Zarr array with dimension names has; pass an integer axis."
+            )
+        if feature_axis not in dims:
+            raise ValueError(f"feature_axis={feature_axis!r} is not a dimension of the image (dims: {tuple(dims)}).")
+        return list(dims).index(feature_axis)
+    if isinstance(feature_axis, bool) or not isinstance(feature_axis, (int, np.integer)):
+        raise TypeError(f"feature_axis must be an int, a dimension name or None; got {feature_axis!r}.")
+    if not -ndim <= feature_axis < ndim:
+        raise ValueError(f"feature_axis={feature_axis} is out of range for an image with {ndim} dimensions.")
+    return int(feature_axis) % ndim
+
+
+def as_image(image, feature_axis: int | str | None = -1) -> Image:
+    """Normalise ``image`` (numpy, dask, Zarr array or path, xarray) to :class:`Image`.
+
+    ``feature_axis=None`` means a single-band image: every axis is spatial.
+    """
+    u = _unwrap(image)
+    kind, dims = u.kind, u.dims
+    coords: dict = {}
+    attrs: dict = {}
+    name = None
+    if kind == "xarray":
+        raw = u.obj
+        attrs = dict(raw.attrs)
+        name = raw.name
+        arr = raw.data if isinstance(raw.data, da.Array) else None
+    elif kind in ("zarr", "dask"):
+        arr = u.obj
+    else:
+        arr = None
+        raw = np.asarray(u.obj)
+        if raw.dtype == object:
+            raise ValueError("The image must be a numeric array; got an array of Python objects.")
+
+    ndim = (arr if arr is not None else raw).ndim
+    single = feature_axis is None
+    if single:
+        if ndim < 1:
+            raise ValueError("The image must have at least one spatial dimension.")
+        fa = None
+    else:
+        if ndim < 2:
+            raise ValueError(
+                f"The image has {ndim} dimension(s); it needs at least one spatial axis and the "
+                "feature (band) axis. For a single-band image pass feature_axis=None."
+            )
+        fa = _axis_index(feature_axis, ndim, dims)
+    check_dtype((arr if arr is not None else raw).dtype, "image")
+
+    if dims is not None:  # xarray, or Zarr with dimension names
+        spatial_dims = tuple(d for i, d in enumerate(dims) if i != fa)
+        if kind == "xarray":
+            coords = {k: c for k, c in raw.coords.items() if set(c.dims) <= set(spatial_dims)}
+    else:
+        n_spatial = ndim - (0 if single else 1)
+        spatial_dims = ("y", "x") if n_spatial == 2 else tuple(f"dim_{i}" for i in range(n_spatial))
+
+    if arr is None:  # in memory: chunk spatially, about IMAGE_CHUNK_BYTES per block
+        values = np.asarray(raw.data if kind == "xarray" else raw)
+        values = values[..., None] if single else np.moveaxis(values, fa, -1)
+        bands = values.shape[-1]
+        chunks = da.core.normalize_chunks(
+            ("auto",) * (values.ndim - 1) + (bands,), values.shape, limit=IMAGE_CHUNK_BYTES, dtype=values.dtype
+        )
+        arr = da.from_array(values, chunks=chunks)
+    else:
+        arr = arr[..., None] if single else da.moveaxis(arr, fa, -1)
+    if len(arr.chunks[-1]) != 1:
+        logger.debug("bringing the band axis to one chunk")
+        arr = arr.rechunk({arr.ndim - 1: -1})
+    if any(math.isnan(c) for cs in arr.chunks for c in cs):
+        raise ValueError(
+            "The image has unknown chunk sizes; call image.compute_chunk_sizes() first."
+        )
+    if arr.shape[-1] < 1 or any(s == 0 for s in arr.shape[:-1]):
+        raise ValueError(f"The image is empty (shape {arr.shape} with the bands last).")
+    return Image(arr, kind, spatial_dims, coords, attrs, name, u.source, single)
 
 
 def _validate_in_memory(X, estimator, reset: bool, min_samples: int) -> np.ndarray:

@@ -24,10 +24,12 @@ from daskgmm._gaussian import (
     EStepParams,
     design_rows,
     design_t,
+    log_resp_and_norm,
     log_resp_and_norm_t,
     moments_to_stats,
     weighted_log_prob_t,
 )
+from daskgmm._typing import Output
 
 # --------------------------------------------------------------------------
 # One BLAS thread per task
@@ -328,43 +330,163 @@ def combine_lists(parts: Sequence[list]) -> list:
     return [combine([part[i] for part in parts]) for i in range(len(parts[0]))]
 
 
+# --------------------------------------------------------------------------
+# Prediction: ONE kernel for the estimator, segmentation and the xarray accessor
+# --------------------------------------------------------------------------
+def label_dtype(n_components: int) -> np.dtype:
+    """Smallest label dtype of images: int16, int32 beyond 32767 components."""
+    return np.dtype(np.int16) if n_components <= np.iinfo(np.int16).max else np.dtype(np.int32)
+
+
+def output_dtype(name: Output, n_components: int, dtype, compact: bool = False) -> np.dtype:
+    """dtype of the output ``name`` computed in ``dtype`` (float32 or float64).
+
+    Estimator (``compact=False``): ``labels`` int64, ``log_density`` float64, ``probabilities``
+    and ``confidence`` in ``dtype``. Images (``compact=True``): ``labels`` int16 (int32 for
+    K > 32767), every float output float32.
+    """
+    if name == "labels":
+        return label_dtype(n_components) if compact else np.dtype(np.int64)
+    if compact:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64) if name == "log_density" else np.dtype(dtype)
+
+
+def predict_output_spec(
+    lead_chunks: tuple, name: Output, n_components: int, dtype, compact: bool = False
+) -> tuple[tuple, np.dtype]:
+    """Chunks and dtype of the output ``name`` for input chunked ``lead_chunks`` (+ the features).
+
+    ``lead_chunks`` are the chunks of every axis but the feature axis (rows, or the spatial
+    axes of an image); ``probabilities`` adds one chunk of the ``n_components``.
+    """
+    extra = ((n_components,),) if name == "probabilities" else ()
+    return tuple(lead_chunks) + extra, output_dtype(name, n_components, dtype, compact)
+
+
+def invalid_mask(rows: np.ndarray, nodata=None) -> np.ndarray:
+    """Rows of ``rows`` (n, features) that are nodata: NaN in any feature, or ``== nodata`` in any."""
+    bad = np.zeros(rows.shape[0], dtype=bool)
+    if rows.dtype.kind == "f":
+        bad |= np.isnan(rows).any(axis=1)
+    if nodata is not None:
+        if isinstance(nodata, float) and math.isnan(nodata):
+            return bad
+        if rows.dtype.kind == "f":
+            nodata = np.asarray(nodata).astype(rows.dtype)  # e.g. 0.1 as stored in float32
+        bad |= (rows == nodata).any(axis=1)
+    return bad
+
+
+def valid_pixels_block(block: np.ndarray, nodata, fraction, seed, index: int, dtype) -> np.ndarray:
+    """The valid pixels of one spatial block of an image as (n, bands) rows of ``dtype``.
+
+    With ``fraction``, each valid pixel is kept with that probability, drawn from a
+    generator seeded by ``(seed, index)``: the same pixels whatever ran the task.
+    """
+    pixels = np.asarray(block).reshape(-1, block.shape[-1])
+    keep = ~invalid_mask(pixels, nodata)
+    if fraction is not None:
+        rng = np.random.default_rng([int(seed), int(index)])
+        keep &= rng.random(pixels.shape[0]) < fraction
+    return np.ascontiguousarray(pixels[keep], dtype=dtype)
+
+
+def _write(parts: dict, rows: slice, wlp_t: np.ndarray, xb: np.ndarray, resp_and_norm, input_name) -> None:
+    """Fill ``parts[name][rows]`` from the weighted log-probabilities ``wlp_t`` (K, rows).
+
+    A non-finite result means a NaN or infinite row: :func:`check_finite_block` names it
+    (skipped when ``input_name`` is None: rows whose NaN are integrated out).
+    """
+    check = input_name is not None
+    if "labels" in parts:
+        if check and not np.all(np.isfinite(wlp_t.max(axis=0))):
+            check_finite_block(xb, input_name)
+        parts["labels"][rows] = wlp_t.argmax(axis=0)
+    if not any(name in parts for name in ("probabilities", "log_density", "confidence")):
+        return
+    resp_t, log_norm = resp_and_norm(wlp_t)
+    if check and not np.all(np.isfinite(log_norm)):
+        check_finite_block(xb, input_name)
+    if "probabilities" in parts:
+        parts["probabilities"][rows] = resp_t.T
+    if "log_density" in parts:
+        parts["log_density"][rows] = log_norm
+    if "confidence" in parts:
+        parts["confidence"][rows] = resp_t.max(axis=0)
+
+
+def _marginal_resp_and_norm(wlp_t: np.ndarray):
+    resp, log_norm = log_resp_and_norm(wlp_t.T)
+    return resp.T, log_norm
+
+
 @in_task
-def predict_block(X: np.ndarray, p: EStepParams, what: str) -> np.ndarray:
-    """Per-chunk prediction: ``labels`` (int64), ``proba`` (n, K) or ``score`` (log density)."""
+def predict_block(
+    X: np.ndarray,
+    p,
+    outputs: Sequence[Output],
+    nodata=None,
+    compact: bool = False,
+    input_name: str = "X",
+) -> dict[str, np.ndarray]:
+    """The per-row outputs ``outputs`` of one block, from one E-step (the prediction kernel).
+
+    Parameters
+    ----------
+    X : ndarray of shape (..., n_features)
+        Rows (``(n, D)``) or pixels (``(*spatial, bands)``).
+    p : EStepParams, or MarginalParams
+        The fitted mixture. :class:`~daskgmm._missing.MarginalParams` (``nan_policy="marginalize"``)
+        integrates missing features out, row by row; any object with ``n_components`` and
+        ``weighted_log_prob(rows) -> (n, K)`` works the same way.
+    outputs : sequence of {"labels", "probabilities", "log_density", "confidence"}
+    nodata : scalar or None
+        None: every row is predicted, and a NaN or infinite row raises scikit-learn's error.
+        A scalar (NaN included): rows with a NaN feature, or a feature equal to ``nodata``, are
+        invalid, never computed, and get label -1 and NaN in the float outputs.
+    compact : bool
+        Output dtypes of images instead of the estimator's (see :func:`output_dtype`).
+    input_name : str
+        Name of the input in error messages.
+
+    Returns
+    -------
+    dict ``{name: ndarray of shape X.shape[:-1]}`` (``probabilities``: ``X.shape[:-1] + (K,)``).
+    """
     X = np.asarray(X)
-    n, d = X.shape
-    if what == "labels":
-        out = np.empty(n, dtype=np.int64)
-    elif what == "proba":
-        out = np.empty((n, p.n_components), dtype=p.dtype)
+    lead = X.shape[:-1]
+    rows = X.reshape(-1, X.shape[-1])
+    n = rows.shape[0]
+    k = p.n_components
+    estep = isinstance(p, EStepParams)
+    dtype = p.dtype if estep else (np.float32 if rows.dtype == np.float32 else np.float64)
+    out = {}
+    for name in outputs:
+        shape = (n, k) if name == "probabilities" else (n,)
+        out[name] = np.full(shape, -1 if name == "labels" else np.nan, output_dtype(name, k, dtype, compact))
+    valid = None if nodata is None else ~invalid_mask(rows, nodata)
+    if valid is None or valid.all():
+        xv, parts = rows, out
     else:
-        out = np.empty(n, dtype=np.float64)
-    if n == 0:
-        return out
-    for start, stop, F, center in _blocks(n, p):
-        xb = X[start:stop]
-        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported below
-            xt = design_t(xb, p, F, center)
-            wlp = weighted_log_prob_t(F, xt, p)
-        if what == "labels":
-            if not np.all(np.isfinite(wlp.max(axis=0))):
-                check_finite_block(xb)
-            out[start:stop] = wlp.argmax(axis=0)
-            continue
-        resp, log_norm = log_resp_and_norm_t(wlp)
-        if not np.all(np.isfinite(log_norm)):
-            check_finite_block(xb)
-        if what == "proba":
-            out[start:stop] = resp.T
+        xv = rows[valid]
+        parts = {name: a[valid] for name, a in out.items()}
+    if len(xv):
+        if estep:
+            for start, stop, F, center in _blocks(len(xv), p):
+                xb = xv[start:stop]
+                with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported in _write
+                    xt = design_t(xb, p, F, center)
+                    wlp_t = weighted_log_prob_t(F, xt, p)
+                _write(parts, slice(start, stop), wlp_t, xb, log_resp_and_norm_t, input_name)
         else:
-            out[start:stop] = log_norm
-    return out
+            _write(parts, slice(None), p.weighted_log_prob(xv).T, xv, _marginal_resp_and_norm, None)
+    if parts is not out:
+        for name, a in parts.items():
+            out[name][valid] = a
+    return {name: a.reshape(lead + a.shape[1:]) for name, a in out.items()}
 
 
-def predict_output_spec(row_chunks: tuple, what: str, n_components: int, dtype) -> tuple[tuple, np.dtype]:
-    """Chunks and dtype of :func:`predict_block`'s output for input rows chunked ``row_chunks``."""
-    if what == "proba":
-        return (row_chunks, (n_components,)), np.dtype(dtype)
-    if what == "labels":
-        return (row_chunks,), np.dtype(np.int64)
-    return (row_chunks,), np.dtype(np.float64)
+def predict_output(X: np.ndarray, p, name: Output, nodata=None, compact: bool = False, input_name: str = "X"):
+    """One output of :func:`predict_block` (one task per chunk in ``map_blocks`` / ``apply_ufunc``)."""
+    return predict_block(X, p, (name,), nodata, compact, input_name)[name]

@@ -18,7 +18,10 @@
 
 Both kernels return the statistics in the format of :mod:`daskgmm._kernels`, so
 the driver's M-step is unchanged. Statistics are moments about each component's
-current mean (``stat_centers``), for every covariance type.
+current mean (``stat_centers``), for every covariance type. Prediction goes through
+the one prediction kernel, :func:`daskgmm._kernels.predict_block`: ``"omit"`` is its
+NaN nodata rule, ``"marginalize"`` hands it :class:`MarginalParams`, whose
+:meth:`~MarginalParams.weighted_log_prob` integrates the missing features out.
 """
 
 from __future__ import annotations
@@ -35,9 +38,8 @@ from daskgmm._gaussian import (
     log_resp_and_norm,
     precisions_from_cholesky,
 )
-from daskgmm._kernels import check_finite_block, chunk_stats, empty_stats, predict_block
-
-NAN_POLICIES: tuple[str, ...] = ("raise", "omit", "marginalize")
+from daskgmm._kernels import check_finite_block, chunk_stats, empty_stats
+from daskgmm._typing import NAN_POLICIES as NAN_POLICIES  # re-exported
 
 
 # --------------------------------------------------------------------------
@@ -59,16 +61,6 @@ def omit_multi_stats(X: np.ndarray, ps, sample_weight: np.ndarray | None = None)
     return [chunk_stats(X, p, w) for p in ps]
 
 
-def omit_predict_block(X: np.ndarray, p, what: str) -> np.ndarray:
-    """``predict_block`` with label -1 and NaN probabilities/scores for rows holding NaN."""
-    X = np.asarray(X)
-    bad = np.isnan(X).any(axis=1)
-    out = predict_block(np.where(bad[:, None], 0, X).astype(X.dtype, copy=False) if bad.any() else X, p, what)
-    if bad.any():
-        out[bad] = -1 if what == "labels" else np.nan
-    return out
-
-
 # --------------------------------------------------------------------------
 # nan_policy="marginalize"
 # --------------------------------------------------------------------------
@@ -85,6 +77,10 @@ class MarginalParams:
     @property
     def n_components(self) -> int:
         return self.means.shape[0]
+
+    def weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
+        """Marginal weighted log-densities (n, K) of the rows of ``X`` (the prediction kernel's hook)."""
+        return marginal_block(X, self)[1]
 
 
 def full_covariances(covariances, prec_chol, covariance_type: str, n_components: int, n_features: int):
@@ -231,58 +227,11 @@ def marginal_multi_stats(X: np.ndarray, mps, sample_weight: np.ndarray | None = 
     return [marginal_stats(X, mp, sample_weight) for mp in mps]
 
 
-def marginal_predict_block(X: np.ndarray, mp: MarginalParams, what: str) -> np.ndarray:
-    """Labels, probabilities or log-densities with missing features integrated out."""
-    _, wlp, _ = marginal_block(np.asarray(X), mp)
-    if what == "labels":
-        return wlp.argmax(axis=1).astype(np.int64)
-    resp, log_norm = log_resp_and_norm(wlp)
-    return resp if what == "proba" else log_norm
-
-
-def predict_missing(est, X, what: str):
-    """Lazy labels / probabilities / log-densities under ``est.nan_policy`` (omit or marginalize)."""
-    import dask.array as da
-    from dask.base import tokenize
-
-    from daskgmm._graph import shared
-    from daskgmm._kernels import predict_output_spec
-
-    k = est.n_components
-    chunks, dtype = predict_output_spec(X.chunks[0], what, k, X.dtype)
-    token = tokenize(X.name, est.weights_, est.means_, est.precisions_cholesky_, est.nan_policy, what)
-    if est.nan_policy == "omit":
-        func, p = omit_predict_block, est._estep_params(X.dtype)
-    else:
-        func = _marginal_predict_cast
-        p = marginal_params(est.weights_, est.means_, est.covariances_, est.precisions_cholesky_,
-                            est.covariance_type)
-    return da.map_blocks(
-        func,
-        X,
-        shared(p, name=f"gmm-predict-params-{token}"),
-        what,
-        chunks=chunks,
-        drop_axis=1 if what != "proba" else None,
-        dtype=dtype,
-        name=f"gmm-predict-{what}-{token}",
-        meta=np.empty((0,) * len(chunks), dtype=dtype),
-    )
-
-
-def _marginal_predict_cast(X, mp, what):
-    out = marginal_predict_block(X, mp, what)
-    return out.astype(np.asarray(X).dtype) if what == "proba" else out
-
-
 __all__ = [
-    "predict_missing",
     "NAN_POLICIES",
     "MarginalParams",
     "marginal_params",
     "marginal_stats",
     "marginal_multi_stats",
-    "marginal_predict_block",
     "omit_multi_stats",
-    "omit_predict_block",
 ]

@@ -11,22 +11,24 @@ from __future__ import annotations
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 
-CovarianceType = Literal["full", "tied", "diag", "spherical"]
-InitParams = Literal["kmeans", "k-means++", "random", "random_from_data"]
-NanPolicy = Literal["raise", "omit", "marginalize"]
-OnCollapse = Literal["raise", "reseed"]
-Persist = Literal["auto", True, False]
-Criterion = Literal["bic", "aic"]
-
-COVARIANCE_TYPES: tuple[str, ...] = get_args(CovarianceType)
-INIT_PARAMS: tuple[str, ...] = get_args(InitParams)
-NAN_POLICIES: tuple[str, ...] = get_args(NanPolicy)
-ON_COLLAPSE: tuple[str, ...] = get_args(OnCollapse)
-CRITERIA: tuple[str, ...] = get_args(Criterion)
+from daskgmm._typing import (
+    COVARIANCE_TYPES,
+    CRITERIA,
+    INIT_PARAMS,
+    NAN_POLICIES,
+    ON_COLLAPSE,
+    PERSIST,
+    CovarianceType,
+    Criterion,
+    InitParams,
+    NanPolicy,
+    OnCollapse,
+    Persist,
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ PARAMS: dict[str, Param] = {
         _p("init_sample_size", "int", 100_000, "most rows k-means initialisation sees", low=1),
         _p("split_every", "int", 16, "fan-in of the tree reduction", low=2),
         _p("persist", "choice", "auto", "hold the data in memory across iterations (auto/True/False)",
-           choices=("auto", True, False)),
+           choices=PERSIST),
         _p("checkpoint", "path", None, "file the EM state is saved to after every pass", none=True),
         _p("on_collapse", "choice", "raise", "what to do when a component dies", choices=ON_COLLAPSE),
         _p("nan_policy", "choice", "raise", "rows with NaN: refuse, leave out, or marginalise",

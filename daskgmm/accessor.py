@@ -7,10 +7,11 @@ Importing :mod:`daskgmm` registers it::
     model = da.gmm.fit(6, feature_dim="band", nodata=0, sample=0.01, random_state=0)
     labels = da.gmm.predict(model, feature_dim="band", nodata=0)             # (y, x), lazy
 
-Prediction is :func:`xarray.apply_ufunc` with ``dask="parallelized"`` over the kernel of
-:mod:`daskgmm.image`: outputs keep every other dimension, its coordinates, chunks and the
-attributes. A feature dimension split over several chunks is brought to one chunk for you
-(``.chunk({feature_dim: -1})``); the other dimensions are never rechunked.
+Prediction is :func:`xarray.apply_ufunc` with ``dask="parallelized"`` over the one
+prediction kernel (:func:`daskgmm._kernels.predict_block`, as for :mod:`daskgmm.image`):
+outputs keep every other dimension, its coordinates, chunks and the attributes. A feature
+dimension split over several chunks is brought to one chunk for you (``.chunk({feature_dim: -1})``);
+the other dimensions are never rechunked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 import xarray as xr
 
 from daskgmm import image as _image
+from daskgmm._kernels import output_dtype, predict_output
+from daskgmm._typing import Output
 
 
 @xr.register_dataarray_accessor("gmm")
@@ -63,28 +66,30 @@ class GMMAccessor:
             **gmm_params,
         )
 
-    def _apply(self, model, what: str, feature_dim: str, nodata) -> xr.DataArray:
+    def _apply(self, model, what: Output, feature_dim: str, nodata) -> xr.DataArray:
         obj = self._prepared(feature_dim)
-        _image._check_model(model, obj.sizes[feature_dim])
-        dtype = np.float32 if obj.dtype == np.float32 else np.float64
-        params = _image._model_params(model, dtype)
+        _image.check_model(model, obj.sizes[feature_dim])
+        params = _image.model_params(model, obj.dtype)
         k = int(model.n_components)
-        if what == "probabilities":
-            out_dims, out_dtype = [["component"]], np.float32
-        else:
-            out_dims, out_dtype = [[]], (_image.label_dtype(k) if what == "labels" else np.float32)
+        probabilities = what == "probabilities"
         out = xr.apply_ufunc(
-            _image._apply_kernel,
+            predict_output,
             obj,
-            kwargs={"p": params, "what": what, "nodata": nodata},
+            kwargs={
+                "p": params,
+                "name": what,
+                "nodata": _image.nodata_rule(nodata),
+                "compact": True,
+                "input_name": "image",
+            },
             input_core_dims=[[feature_dim]],
-            output_core_dims=out_dims,
+            output_core_dims=[["component"] if probabilities else []],
             dask="parallelized",
-            output_dtypes=[out_dtype],
-            dask_gufunc_kwargs={"output_sizes": {"component": k}} if what == "probabilities" else None,
+            output_dtypes=[output_dtype(what, k, params.dtype, compact=True)],
+            dask_gufunc_kwargs={"output_sizes": {"component": k}} if probabilities else None,
             keep_attrs=True,
         )
-        if what == "probabilities":
+        if probabilities:
             out = out.assign_coords(component=np.arange(k))
         if what == "labels":
             out.attrs["nodata"] = -1

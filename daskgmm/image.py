@@ -20,11 +20,10 @@ Rules
   components as a last axis, ``log_density`` float32 (log of the mixture density: low values
   are anomalies), ``confidence`` float32 (the largest probability).
 
-Writing (:meth:`Segmentation.to_zarr`, ``daskgmm segment``) goes to a hidden temporary Zarr
-group next to the destination, stamps the attribute ``daskgmm_complete`` last, and renames
-the group into place; :func:`open_segmentation` refuses a store without that stamp. Zarr chunks
-are the dask chunks of the outputs (the image's spatial chunks), so each task writes whole
-Zarr chunks and no two tasks ever write the same chunk.
+Writing (:meth:`Segmentation.to_zarr`, ``daskgmm segment``) goes through the one safe Zarr
+writer, :func:`daskgmm.io.write_zarr`: a hidden temporary group, the attribute
+``daskgmm_complete`` stamped last, a rename into place; :func:`open_segmentation` refuses a
+store without that stamp. Zarr chunks are the image's spatial chunks.
 """
 
 from __future__ import annotations
@@ -33,272 +32,33 @@ import argparse
 import json
 import logging
 import math
+import operator
 import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 
-from daskgmm._gaussian import EStepParams, design_t, log_resp_and_norm_t, weighted_log_prob_t
+from daskgmm import io
+from daskgmm._gaussian import EStepParams
 from daskgmm._graph import shared
-from daskgmm._kernels import _blocks, check_finite_block, in_task
+from daskgmm._input import Image, as_image, compute_dtype
+from daskgmm._kernels import predict_block, predict_output_spec, valid_pixels_block
+from daskgmm._typing import OUTPUTS, Output
+from daskgmm.io import COMPLETE_ATTR as COMPLETE_ATTR  # re-exported
 
 logger = logging.getLogger("daskgmm")
 
-OUTPUTS = ("labels", "probabilities", "log_density", "confidence")
-COMPLETE_ATTR = "daskgmm_complete"
 ORDER_RULE = (
     "components sorted by their mean in the first band, ties broken by the next bands "
     "(numpy.lexsort of the means); label -1 marks nodata"
 )
-#: bytes of one spatial chunk when daskgmm chunks an in-memory image
-_IMAGE_CHUNK_BYTES = 64 * 2**20
-
-
-# --------------------------------------------------------------------------
-# input: any image → dask array with the features last, one chunk along them
-# --------------------------------------------------------------------------
-@dataclass
-class Image:
-    """A normalised image: ``data`` is (*spatial, n_bands) with the bands in one chunk."""
-
-    data: da.Array
-    kind: str  # numpy | dask | zarr | xarray
-    spatial_dims: tuple = ()
-    coords: dict = field(default_factory=dict)
-    attrs: dict = field(default_factory=dict)
-    name: str | None = None
-    source: str | None = None
-    single_band: bool = False
-
-    @property
-    def n_bands(self) -> int:
-        return int(self.data.shape[-1])
-
-    @property
-    def spatial_shape(self) -> tuple:
-        return tuple(int(s) for s in self.data.shape[:-1])
-
-    @property
-    def spatial_chunks(self) -> tuple:
-        return self.data.chunks[:-1]
-
-
-def _axis_index(feature_axis, ndim: int, dims: Sequence[str] | None = None) -> int:
-    if isinstance(feature_axis, str):
-        if dims is None:
-            raise TypeError(
-                f"feature_axis={feature_axis!r} is a dimension name, which only an xarray "
-                "DataArray or a Zarr array with dimension names has; pass an integer axis."
-            )
-        if feature_axis not in dims:
-            raise ValueError(f"feature_axis={feature_axis!r} is not a dimension of the image (dims: {tuple(dims)}).")
-        return list(dims).index(feature_axis)
-    if isinstance(feature_axis, bool) or not isinstance(feature_axis, (int, np.integer)):
-        raise TypeError(f"feature_axis must be an int, a dimension name or None; got {feature_axis!r}.")
-    if not -ndim <= feature_axis < ndim:
-        raise ValueError(f"feature_axis={feature_axis} is out of range for an image with {ndim} dimensions.")
-    return int(feature_axis) % ndim
-
-
-def as_image(image, feature_axis: int | str | None = -1) -> Image:
-    """Normalise ``image`` (numpy, dask, Zarr array or path, xarray) to :class:`Image`.
-
-    ``feature_axis=None`` means a single-band image: every axis is spatial.
-    """
-    import xarray as xr
-    import zarr
-
-    from daskgmm._input import _open_zarr_path, check_dtype
-
-    source = None
-    kind = "dask"
-    dims = None
-    coords: dict = {}
-    attrs: dict = {}
-    name = None
-    if isinstance(image, (str, os.PathLike)):
-        source = os.fspath(image)
-        image = _open_zarr_path(image)
-    if isinstance(image, zarr.Array):
-        arr = da.from_zarr(image)
-        kind = "zarr"
-        names = getattr(image.metadata, "dimension_names", None)
-        if names and all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
-            dims = tuple(names)
-    elif isinstance(image, xr.DataArray):
-        kind = "xarray"
-        dims = image.dims
-        attrs = dict(image.attrs)
-        name = image.name
-        arr = image.data if isinstance(image.data, da.Array) else None
-        raw = image
-    elif isinstance(image, da.Array):
-        arr = image
-    else:
-        arr = None
-        raw = np.asarray(image)
-        kind = "numpy"
-        if raw.dtype == object:
-            raise ValueError("The image must be a numeric array; got an array of Python objects.")
-
-    ndim = (arr if arr is not None else raw).ndim
-    single = feature_axis is None
-    if single:
-        if ndim < 1:
-            raise ValueError("The image must have at least one spatial dimension.")
-        fa = None
-    else:
-        if ndim < 2:
-            raise ValueError(
-                f"The image has {ndim} dimension(s); it needs at least one spatial axis and the "
-                "feature (band) axis. For a single-band image pass feature_axis=None."
-            )
-        fa = _axis_index(feature_axis, ndim, dims if kind in ("xarray", "zarr") else None)
-    dtype = (arr if arr is not None else raw).dtype
-    check_dtype(dtype, "image")
-
-    if dims is not None:  # xarray, or Zarr with dimension names
-        spatial_dims = tuple(d for i, d in enumerate(dims) if i != fa)
-        if kind == "xarray":
-            coords = {k: c for k, c in raw.coords.items() if set(c.dims) <= set(spatial_dims)}
-    else:
-        n_spatial = ndim - (0 if single else 1)
-        spatial_dims = ("y", "x") if n_spatial == 2 else tuple(f"dim_{i}" for i in range(n_spatial))
-
-    if arr is None:  # in memory: chunk spatially, about _IMAGE_CHUNK_BYTES per block
-        values = np.asarray(raw.data if kind == "xarray" else raw)
-        if single:
-            values = values[..., None]
-        else:
-            values = np.moveaxis(values, fa, -1)
-        bands = values.shape[-1]
-        chunks = dask.array.core.normalize_chunks(
-            ("auto",) * (values.ndim - 1) + (bands,), values.shape, limit=_IMAGE_CHUNK_BYTES, dtype=values.dtype
-        )
-        arr = da.from_array(values, chunks=chunks)
-    else:
-        arr = arr[..., None] if single else da.moveaxis(arr, fa, -1)
-    if len(arr.chunks[-1]) != 1:
-        logger.debug("bringing the band axis to one chunk")
-        arr = arr.rechunk({arr.ndim - 1: -1})
-    if any(math.isnan(c) for cs in arr.chunks for c in cs):
-        raise ValueError(
-            "The image has unknown chunk sizes; call image.compute_chunk_sizes() first."
-        )
-    if arr.shape[-1] < 1 or any(s == 0 for s in arr.shape[:-1]):
-        raise ValueError(f"The image is empty (shape {arr.shape} with the bands last).")
-    return Image(arr, kind, spatial_dims, coords, attrs, name, source, single)
-
-
-# --------------------------------------------------------------------------
-# per-block kernels (they run on the workers)
-# --------------------------------------------------------------------------
-def invalid_mask(pixels: np.ndarray, nodata=None) -> np.ndarray:
-    """Rows of ``pixels`` (n, bands) that are nodata: NaN in any band, or ``== nodata`` in any band."""
-    bad = np.zeros(pixels.shape[0], dtype=bool)
-    if pixels.dtype.kind == "f":
-        bad |= np.isnan(pixels).any(axis=1)
-    if nodata is not None:
-        if isinstance(nodata, float) and math.isnan(nodata):
-            return bad
-        if pixels.dtype.kind == "f":
-            nodata = np.asarray(nodata).astype(pixels.dtype)  # e.g. 0.1 as stored in float32
-        bad |= (pixels == nodata).any(axis=1)
-    return bad
-
-
-def valid_pixels_block(block: np.ndarray, nodata, fraction, seed, index: int, dtype) -> np.ndarray:
-    """The valid pixels of one spatial block as (n, bands) rows of ``dtype``.
-
-    With ``fraction``, each valid pixel is kept with that probability, drawn from a
-    generator seeded by ``(seed, index)``: the same pixels whatever ran the task.
-    """
-    pixels = np.asarray(block).reshape(-1, block.shape[-1])
-    keep = ~invalid_mask(pixels, nodata)
-    if fraction is not None:
-        rng = np.random.default_rng([int(seed), int(index)])
-        keep &= rng.random(pixels.shape[0]) < fraction
-    return np.ascontiguousarray(pixels[keep], dtype=dtype)
-
-
-def label_dtype(n_components: int) -> np.dtype:
-    return np.dtype(np.int16) if n_components <= np.iinfo(np.int16).max else np.dtype(np.int32)
-
-
-@in_task
-def segment_pixels(block: np.ndarray, p: EStepParams, outputs: tuple, nodata=None) -> dict:
-    """All requested outputs for one block of shape (*spatial, bands), from one E-step.
-
-    Returns a dict ``{name: array}``: ``labels`` (*spatial) int16/int32 with -1 for nodata;
-    ``probabilities`` (*spatial, K) float32; ``log_density`` and ``confidence`` (*spatial)
-    float32, NaN for nodata. Works through the valid pixels in cache-sized row blocks with
-    the estimator's E-step kernel (one BLAS thread per task).
-    """
-    block = np.asarray(block)
-    spatial = block.shape[:-1]
-    d = block.shape[-1]
-    k = p.n_components
-    pixels = block.reshape(-1, d)
-    n = pixels.shape[0]
-    out: dict[str, np.ndarray] = {}
-    if "labels" in outputs:
-        out["labels"] = np.full(n, -1, dtype=label_dtype(k))
-    if "probabilities" in outputs:
-        out["probabilities"] = np.full((n, k), np.nan, dtype=np.float32)
-    for name in ("log_density", "confidence"):
-        if name in outputs:
-            out[name] = np.full(n, np.nan, dtype=np.float32)
-    need_resp = any(o in outputs for o in ("probabilities", "log_density", "confidence"))
-    valid = ~invalid_mask(pixels, nodata)
-    if valid.all():
-        where, xv = slice(None), pixels
-    else:
-        where = np.flatnonzero(valid)
-        xv = pixels[where]
-    parts: dict[str, np.ndarray] = {name: a[where] if not valid.all() else a for name, a in out.items()}
-    for start, stop, F, center in _blocks(len(xv), p):
-        xb = xv[start:stop]
-        with np.errstate(invalid="ignore", over="ignore"):  # inf rows: reported below
-            xt = design_t(xb, p, F, center)
-            wlp = weighted_log_prob_t(F, xt, p)  # (K, rows)
-        if "labels" in parts:
-            if not np.all(np.isfinite(wlp.max(axis=0))):
-                check_finite_block(xb, "image")
-            parts["labels"][start:stop] = wlp.argmax(axis=0)
-        if not need_resp:
-            continue
-        resp, log_norm = log_resp_and_norm_t(wlp)
-        if not np.all(np.isfinite(log_norm)):
-            check_finite_block(xb, "image")
-        if "probabilities" in parts:
-            parts["probabilities"][start:stop] = resp.T
-        if "log_density" in parts:
-            parts["log_density"][start:stop] = log_norm
-        if "confidence" in parts:
-            parts["confidence"][start:stop] = resp.max(axis=0)
-    if not valid.all():
-        for name, a in parts.items():
-            out[name][where] = a
-    return {
-        name: a.reshape(spatial + ((k,) if name == "probabilities" else ())) for name, a in out.items()
-    }
-
-
-def _pick(parts: dict, name: str) -> np.ndarray:
-    return parts[name]
-
-
-def _apply_kernel(x: np.ndarray, p: EStepParams, what: str, nodata) -> np.ndarray:
-    """One output for an array of shape (..., bands) (used by the xarray accessor)."""
-    return segment_pixels(x, p, (what,), nodata)[what]
 
 
 # --------------------------------------------------------------------------
@@ -337,7 +97,7 @@ def pixel_table(img: Image, nodata=None, sample: float | None = None, seed: int 
     """
     data = img.data
     bands = img.n_bands
-    dtype = np.float32 if data.dtype == np.float32 else np.float64
+    dtype = compute_dtype(data.dtype)
     blocks = data.to_delayed(optimize_graph=False).ravel()
     needs_filter = sample is not None or nodata is not None or data.dtype.kind == "f"
     token = dask.base.tokenize(data.name, nodata, sample, seed)
@@ -440,11 +200,18 @@ def fit_image(
 # --------------------------------------------------------------------------
 # prediction
 # --------------------------------------------------------------------------
-def _model_params(model, dtype) -> EStepParams:
+def model_params(model, image_dtype) -> EStepParams:
+    """The prediction kernel's parameters of a fitted model for pixels of ``image_dtype``."""
+    dtype = compute_dtype(image_dtype)
     return EStepParams(model.weights_, model.means_, model.precisions_cholesky_, model.covariance_type, dtype)
 
 
-def _check_model(model, n_bands: int) -> None:
+def nodata_rule(nodata):
+    """The prediction kernel's ``nodata`` for images: NaN pixels are always nodata."""
+    return math.nan if nodata is None else nodata
+
+
+def check_model(model, n_bands: int) -> None:
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
@@ -485,7 +252,7 @@ class Segmentation:
     def n_components(self) -> int:
         return int(self.model.n_components)
 
-    def outputs(self, names: Sequence[str] = ("labels",), wrap: bool = True) -> dict:
+    def outputs(self, names: Sequence[Output] = ("labels",), wrap: bool = True) -> dict:
         """The requested outputs as a dict ``{name: lazy array}`` sharing one task per block."""
         names = tuple(names)
         unknown = [n for n in names if n not in OUTPUTS]
@@ -493,7 +260,7 @@ class Segmentation:
             raise ValueError(f"Unknown output(s) {unknown}; choose among {list(OUTPUTS)}.")
         data = self.image.data
         k = self.n_components
-        params = _model_params(self.model, np.float32 if data.dtype == np.float32 else np.float64)
+        params = model_params(self.model, data.dtype)
         token = dask.base.tokenize(
             data.name, self.model.weights_, self.model.means_, self.model.precisions_cholesky_, names, self.nodata
         )
@@ -501,11 +268,13 @@ class Segmentation:
         spatial = data.chunks[:-1]
         nsp = len(spatial)
         core = da.map_blocks(
-            segment_pixels,
+            predict_block,
             data,
             p,
             names,
-            self.nodata,
+            nodata_rule(self.nodata),
+            compact=True,
+            input_name="image",
             drop_axis=nsp,
             chunks=spatial,
             dtype=object,
@@ -514,17 +283,14 @@ class Segmentation:
         )
         out = {}
         for name in names:
-            if name == "probabilities":
-                chunks, dtype, new_axis = spatial + ((k,),), np.float32, [nsp]
-            else:
-                chunks, dtype, new_axis = spatial, (label_dtype(k) if name == "labels" else np.float32), None
+            chunks, dtype = predict_output_spec(spatial, name, k, params.dtype, compact=True)
             arr = da.map_blocks(
-                _pick,
+                operator.getitem,
                 core,
                 name,
                 chunks=chunks,
                 dtype=dtype,
-                new_axis=new_axis,
+                new_axis=[nsp] if name == "probabilities" else None,
                 meta=np.empty((0,) * len(chunks), dtype=dtype),
                 name=f"gmm-segment-{name}-{token}",
             )
@@ -577,7 +343,7 @@ class Segmentation:
     ) -> str:
         """Write ``labels`` (and the asked-for outputs) to a new Zarr group at ``path``, safely.
 
-        See :func:`write_zarr`.
+        See :func:`write_zarr` and :func:`daskgmm.io.write_zarr`. Returns the path written.
         """
         names = ["labels"]
         names += [n for n, on in (("probabilities", probabilities), ("log_density", log_density), ("confidence", confidence)) if on]
@@ -590,7 +356,7 @@ def predict_image(model, image, *, feature_axis: int | str | None = -1, nodata=N
     Returns a :class:`Segmentation` (``labels, model = predict_image(...)`` works too).
     """
     img = image if isinstance(image, Image) else as_image(image, feature_axis)
-    _check_model(model, img.n_bands)
+    check_model(model, img.n_bands)
     return Segmentation(model=model, image=img, nodata=nodata)
 
 
@@ -641,148 +407,44 @@ def segment(
     return Segmentation(model=model, image=img, nodata=nodata)
 
 
-# --------------------------------------------------------------------------
-# Zarr output: temporary group, completion stamp, rename
-# --------------------------------------------------------------------------
-def _regular_chunks(chunks: tuple) -> tuple:
-    """Zarr chunk shape for dask ``chunks``, or raise if they are not regular."""
-    shape = []
-    for cs in chunks:
-        first = cs[0]
-        if any(c != first for c in cs[:-1]) or cs[-1] > first:
-            return ()
-        shape.append(int(first))
-    return tuple(shape)
+def write_zarr(seg: Segmentation, path, names: Sequence[Output] = ("labels",), *, overwrite: bool = False,
+               attrs: dict | None = None) -> str:
+    """Write the outputs ``names`` of ``seg`` to a new Zarr group at ``path``, safely.
 
-
-def model_json(model) -> dict:
-    """The fitted model as JSON-able data (parameters and arrays; no pickle)."""
-    from daskgmm.io import model_to_dict
-
-    arrays, meta = model_to_dict(model)
-    meta["arrays"] = {k: np.asarray(v).tolist() for k, v in arrays.items()}
-    return meta
-
-
-def model_from_json(meta: dict):
-    """Inverse of :func:`model_json`."""
-    from daskgmm.io import model_from_dict
-
-    return model_from_dict(meta["arrays"], meta)
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    return value
-
-
-def write_zarr(seg: Segmentation, path, names: Sequence[str] = ("labels",), *, overwrite: bool = False, attrs: dict | None = None) -> str:
-    """Write the outputs ``names`` of ``seg`` to a Zarr group at ``path`` without ever leaving
-    a store that looks complete after a failure.
-
-    The group is written under a hidden temporary name in the same directory
-    (``.NAME.partial-<id>``), the attribute ``daskgmm_complete`` is set last, and the group
-    is renamed to ``path``. A failure removes the temporary group; a killed process leaves
-    only the hidden temporary name, which :func:`open_segmentation` refuses. With
-    ``overwrite``, an existing ``path`` is replaced only once the new store is complete.
-
-    Arrays are chunked exactly like the image's spatial chunks (probabilities add one
-    chunk holding all K components), so each dask task writes whole Zarr chunks.
-
-    Returns the path written.
+    The store holds the outputs (chunked like the image's spatial chunks; probabilities add
+    one chunk holding all K components), the model as JSON, the nodata rule and the component
+    order; see :func:`daskgmm.io.write_zarr` for how a failure never leaves a store that
+    looks complete. Returns the path written.
     """
-    import zarr
-
-    from daskgmm import __version__
-
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite).")
-    if seg.image.source and os.path.abspath(seg.image.source).rstrip(os.sep) == path.rstrip(os.sep):
-        raise ValueError("The output path is the input image itself; choose another output path.")
-    parent, base = os.path.split(path.rstrip(os.sep))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
-    arrays = seg.outputs(names, wrap=False)
-    try:
-        group = zarr.open_group(tmp, mode="w")
-        sources, targets = [], []
-        for name, arr in arrays.items():
-            chunks = _regular_chunks(arr.chunks)
-            if not chunks:
-                # irregular dask chunks cannot map one-to-one onto Zarr chunks: make them regular
-                regular = tuple(max(cs) for cs in arr.chunks)
-                arr = arr.rechunk(regular)
-                chunks = regular
-                logger.info("output %s rechunked to regular chunks %s for Zarr", name, regular)
-            fill = -1 if name == "labels" else np.nan
-            dims = seg.image.spatial_dims + (("component",) if name == "probabilities" else ())
-            target = group.create_array(
-                name,
-                shape=arr.shape,
-                chunks=chunks,
-                dtype=arr.dtype,
-                fill_value=fill,
-                dimension_names=list(dims),
-            )
-            sources.append(arr)
-            targets.append(target)
-        t0 = time.perf_counter()
-        da.store(sources, targets, lock=False, compute=True)
-        logger.info("wrote %s in %.1fs", names, time.perf_counter() - t0)
-        meta = {
-            "daskgmm_version": __version__,
-            "n_components": seg.n_components,
-            "nodata": _jsonable(seg.nodata),
-            "label_nodata": -1,
-            "outputs": list(names),
-            "component_order": ORDER_RULE,
-            "spatial_dims": list(seg.image.spatial_dims),
-            "source": seg.image.source,
-            "model": model_json(seg.model),
-        }
-        if attrs:
-            meta.update(attrs)
-        group.attrs.update(meta)
-        group.attrs[COMPLETE_ATTR] = True  # last: the store is complete from here on
-        trash = None
-        if os.path.exists(path):
-            trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
-            os.rename(path, trash)
-        os.rename(tmp, path)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    meta = {
+        "n_components": seg.n_components,
+        "nodata": seg.nodata,
+        "label_nodata": -1,
+        "component_order": ORDER_RULE,
+        "spatial_dims": list(seg.image.spatial_dims),
+    }
+    meta.update(attrs or {})
+    dims = {name: seg.image.spatial_dims + (("component",) if name == "probabilities" else ()) for name in names}
+    return io.write_zarr(
+        path,
+        seg.outputs(names, wrap=False),
+        dims=dims,
+        model=seg.model,
+        attrs=meta,
+        source=seg.image.source,
+        overwrite=overwrite,
+    )
 
 
 def open_segmentation(path) -> dict:
-    """Open a store written by :func:`write_zarr` / ``daskgmm segment``.
+    """Open a store written by :meth:`Segmentation.to_zarr` / ``daskgmm segment``.
 
     Returns ``{"labels": dask array, ... (the outputs written), "model": GaussianMixture,
     "attrs": dict}``. Refuses a store that lacks the completion stamp (an interrupted write).
     """
-    import zarr
+    from daskgmm._gaussian_mixture import GaussianMixture
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No segmentation at {path!r}.")
-    group = zarr.open_group(path, mode="r")
-    attrs = dict(group.attrs)
-    if not attrs.get(COMPLETE_ATTR):
-        raise ValueError(
-            f"{path!r} is not a complete daskgmm segmentation (no '{COMPLETE_ATTR}' stamp): its "
-            "write was interrupted or it was not written by daskgmm. Run the segmentation again."
-        )
-    out: dict[str, Any] = {name: da.from_zarr(group[name]) for name in attrs.get("outputs", ["labels"])}
-    out["model"] = model_from_json(attrs["model"])
-    out["attrs"] = attrs
-    return out
+    return io.open_segmentation(path, GaussianMixture)
 
 
 # --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Model files without pickle, and small Zarr helpers.
+"""Files: model files without pickle, and the one safe Zarr writer.
 
 A model file is one ``.npz`` archive of plain numeric arrays plus a ``metadata``
 entry holding UTF-8 JSON bytes (estimator parameters, format version, the
@@ -6,16 +6,33 @@ daskgmm version that wrote it). It is read with ``numpy.load(allow_pickle=False)
 so loading a file can never execute code. Files are written to a temporary name
 in the same directory and renamed into place, so a crash never leaves a
 half-written model under the final name.
+
+Zarr outputs (:func:`write_zarr`, used by segmentation and ``daskgmm segment``) go to a
+hidden temporary group next to the destination, get the attribute ``daskgmm_complete``
+last, and are renamed into place; :func:`open_segmentation` refuses a store without that
+stamp. Zarr chunks are the dask chunks of the arrays, so each task writes whole Zarr chunks
+and no two tasks ever write the same chunk.
+
+This module never imports the estimator: functions that build a model take its class.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
+import math
 import os
+import shutil
 import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger("daskgmm")
 
 FORMAT_NAME = "daskgmm-model"
 FORMAT_VERSION = 1
@@ -89,14 +106,13 @@ def model_to_dict(model) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def model_from_dict(arrays: dict, meta: dict):
-    """A fitted :class:`~daskgmm.GaussianMixture` from (arrays, metadata): the inverse of
-    :func:`model_to_dict` (arrays may be numpy arrays or nested lists)."""
+def model_from_dict(arrays: dict, meta: dict, model_class: type):
+    """A fitted ``model_class`` (:class:`~daskgmm.GaussianMixture`) from (arrays, metadata):
+    the inverse of :func:`model_to_dict` (arrays may be numpy arrays or nested lists)."""
     from daskgmm._gaussian import precisions_from_cholesky
-    from daskgmm._gaussian_mixture import GaussianMixture
 
     params = {k: _from_json_param(v) for k, v in meta["params"].items()}
-    model = GaussianMixture(**params)
+    model = model_class(**params)
     for name in _ARRAYS:
         setattr(model, name, np.asarray(arrays[name], dtype=np.float64))
     model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
@@ -118,8 +134,8 @@ def save_model(model, path) -> None:
     atomic_write_bytes(path, lambda f: np.savez(f, **payload))
 
 
-def load(path):
-    """Load a model written by :meth:`GaussianMixture.save` (never unpickles).
+def read_model(path) -> tuple[dict, dict]:
+    """The (arrays, metadata) of a model file written by :func:`save_model` (never unpickles).
 
     Raises
     ------
@@ -129,7 +145,6 @@ def load(path):
         If the file is not a daskgmm model, or was written in a newer model format
         than this daskgmm reads.
     """
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No model file at {path!r}. Check the path given to save().")
@@ -148,7 +163,7 @@ def load(path):
         raise ValueError(f"{path!r} is not a daskgmm model file ({type(e).__name__}: {e}).") from e
     if "metadata" not in data:
         raise ValueError(f"{path!r} is not a daskgmm model file: it has no 'metadata' entry.")
-    meta = json.loads(bytes(data["metadata"]).decode("utf-8"))
+    meta = json.loads(bytes(data.pop("metadata")).decode("utf-8"))
     if meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path!r} is not a daskgmm model file (format {meta.get('format')!r}).")
     if int(meta.get("format_version", -1)) > FORMAT_VERSION:
@@ -157,6 +172,173 @@ def load(path):
             f"{meta['format_version']}; this daskgmm ({_version()}) reads formats up to "
             f"{FORMAT_VERSION}. Upgrade daskgmm to load it."
         )
-    model = model_from_dict(data, meta)
+    return data, meta
+
+
+def load(path):
+    """Load a model written by :meth:`GaussianMixture.save` (never unpickles); see :func:`read_model`."""
+    # the one import of the estimator here, until load moves to the public layer (issue 12)
+    from daskgmm._gaussian_mixture import GaussianMixture
+
+    arrays, meta = read_model(path)
+    model = model_from_dict(arrays, meta, GaussianMixture)
     model.saved_with_version_ = meta.get("daskgmm_version")
     return model
+
+
+# --------------------------------------------------------------------------
+# Zarr output: temporary group, completion stamp, rename
+# --------------------------------------------------------------------------
+COMPLETE_ATTR = "daskgmm_complete"
+
+
+def model_json(model) -> dict:
+    """The fitted model as JSON-able data (parameters and arrays; no pickle)."""
+    arrays, meta = model_to_dict(model)
+    meta["arrays"] = {k: np.asarray(v).tolist() for k, v in arrays.items()}
+    return meta
+
+
+def model_from_json(meta: dict, model_class: type):
+    """Inverse of :func:`model_json`: a fitted ``model_class``."""
+    return model_from_dict(meta["arrays"], meta, model_class)
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return value
+
+
+def _regular_chunks(chunks: tuple) -> tuple:
+    """Zarr chunk shape for dask ``chunks``, or ``()`` if they are not regular."""
+    shape = []
+    for cs in chunks:
+        first = cs[0]
+        if any(c != first for c in cs[:-1]) or cs[-1] > first:
+            return ()
+        shape.append(int(first))
+    return tuple(shape)
+
+
+def write_zarr(
+    path,
+    arrays: Mapping[str, Any],
+    *,
+    dims: Mapping[str, Sequence[str]],
+    model=None,
+    attrs: Mapping[str, Any] | None = None,
+    source: str | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write lazy ``arrays`` to a new Zarr group at ``path`` without ever leaving a store that
+    looks complete after a failure.
+
+    The group is written under a hidden temporary name in the same directory
+    (``.NAME.partial-<id>``), the attribute ``daskgmm_complete`` is set last, and the group
+    is renamed to ``path``. A failure removes the temporary group; a killed process leaves
+    only the hidden temporary name, which :func:`open_segmentation` refuses. With
+    ``overwrite``, an existing ``path`` is replaced only once the new store is complete.
+
+    Parameters
+    ----------
+    path : str or path-like
+    arrays : mapping of name to dask array
+        Written with their dask chunks as Zarr chunks (irregular chunks are made regular
+        first), so each task writes whole Zarr chunks. Integer arrays get fill value -1,
+        float arrays NaN.
+    dims : mapping of name to dimension names
+    model : fitted GaussianMixture, optional
+        Stored as JSON in the attribute ``model`` (read back by :func:`open_segmentation`).
+    attrs : mapping, optional
+        More group attributes (NaN and numpy scalars are made JSON-able).
+    source : str, optional
+        Path of the input: refused as ``path``, and stored in the attribute ``source``.
+    overwrite : bool, default=False
+
+    Returns
+    -------
+    str
+        The absolute path written.
+    """
+    import dask.array as da
+    import zarr
+
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite).")
+    if source and os.path.abspath(source).rstrip(os.sep) == path.rstrip(os.sep):
+        raise ValueError("The output path is the input image itself; choose another output path.")
+    parent, base = os.path.split(path.rstrip(os.sep))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
+    try:
+        group = zarr.open_group(tmp, mode="w")
+        sources, targets = [], []
+        for name, arr in arrays.items():
+            chunks = _regular_chunks(arr.chunks)
+            if not chunks:
+                # irregular dask chunks cannot map one-to-one onto Zarr chunks: make them regular
+                regular = tuple(max(cs) for cs in arr.chunks)
+                arr = arr.rechunk(regular)
+                chunks = regular
+                logger.info("output %s rechunked to regular chunks %s for Zarr", name, regular)
+            target = group.create_array(
+                name,
+                shape=arr.shape,
+                chunks=chunks,
+                dtype=arr.dtype,
+                fill_value=-1 if arr.dtype.kind in "iu" else np.nan,
+                dimension_names=list(dims[name]),
+            )
+            sources.append(arr)
+            targets.append(target)
+        t0 = time.perf_counter()
+        da.store(sources, targets, lock=False, compute=True)
+        logger.info("wrote %s in %.1fs", list(arrays), time.perf_counter() - t0)
+        meta = {"daskgmm_version": _version(), "outputs": list(arrays), "source": source}
+        if model is not None:
+            meta["model"] = model_json(model)
+        meta.update({key: _jsonable(value) for key, value in (attrs or {}).items()})
+        group.attrs.update(meta)
+        group.attrs[COMPLETE_ATTR] = True  # last: the store is complete from here on
+        trash = None
+        if os.path.exists(path):
+            trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
+            os.rename(path, trash)
+        os.rename(tmp, path)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def open_segmentation(path, model_class: type | None = None) -> dict:
+    """Open a store written by :func:`write_zarr` (segmentation, ``daskgmm segment``).
+
+    Returns ``{"labels": dask array, ... (the arrays written), "model": model_class instance
+    (when the store holds a model and ``model_class`` is given), "attrs": dict}``. Refuses a
+    store that lacks the completion stamp (an interrupted write).
+    """
+    import dask.array as da
+    import zarr
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No segmentation at {path!r}.")
+    group = zarr.open_group(path, mode="r")
+    attrs = dict(group.attrs)
+    if not attrs.get(COMPLETE_ATTR):
+        raise ValueError(
+            f"{path!r} is not a complete daskgmm segmentation (no '{COMPLETE_ATTR}' stamp): its "
+            "write was interrupted or it was not written by daskgmm. Run the segmentation again."
+        )
+    out: dict[str, Any] = {name: da.from_zarr(group[name]) for name in attrs.get("outputs", ["labels"])}
+    if model_class is not None and "model" in attrs:
+        out["model"] = model_from_json(attrs["model"], model_class)
+    out["attrs"] = attrs
+    return out

@@ -443,7 +443,7 @@ def plot_label_map(
     Parameters
     ----------
     labels : array-like of shape (height, width)
-        Integer labels (numpy, dask or xarray; computed here). Pixels equal to
+        Integer labels (numpy, dask, Zarr or xarray; computed here). Pixels equal to
         ``nodata`` (or negative) are drawn in ``nodata_color``.
     ax : matplotlib Axes, default=None
     n_components : int, default=None
@@ -466,8 +466,9 @@ def plot_label_map(
     from matplotlib.colors import to_rgba
     from matplotlib.patches import Patch
 
-    data = getattr(labels, "data", labels) if not isinstance(labels, np.ndarray) else labels
-    arr = np.asarray(data.compute() if hasattr(data, "compute") else data)
+    from daskgmm._input import as_array
+
+    arr = np.asarray(as_array(labels))  # computes dask input
     if arr.ndim != 2:
         raise ValueError(
             f"labels must be a 2-D map (height, width); got shape {arr.shape}. "
@@ -512,14 +513,6 @@ def plot_label_map(
 # --------------------------------------------------------------------------
 # per-class band histograms
 # --------------------------------------------------------------------------
-def _to_array(a):
-    """numpy, dask or xarray -> numpy or dask (no compute)."""
-    if isinstance(a, np.ndarray):
-        return a
-    data = getattr(a, "data", a)
-    return data if hasattr(data, "compute") else np.asarray(data)
-
-
 def plot_band_histograms(
     image,
     labels,
@@ -536,7 +529,7 @@ def plot_band_histograms(
     Parameters
     ----------
     image : array-like of shape (*spatial, n_bands) or (n_pixels, n_bands)
-        Band values, bands last (numpy, dask or xarray).
+        Band values, bands last (numpy, dask, Zarr or xarray).
     labels : array-like of shape (*spatial,) or (n_pixels,)
         Class per pixel; negative labels (nodata) are left out.
     axes : sequence of matplotlib Axes, default=None
@@ -555,7 +548,9 @@ def plot_band_histograms(
     axes : list of matplotlib Axes
         ``axes[b]`` holds one step histogram per class present (label ``"class k"``).
     """
-    img, lab = _to_array(image), _to_array(labels)
+    from daskgmm._input import as_array
+
+    img, lab = as_array(image), as_array(labels)
     if tuple(img.shape[:-1]) != tuple(lab.shape):
         raise ValueError(
             f"image has spatial shape {tuple(img.shape[:-1])} but labels have shape {tuple(lab.shape)}: "

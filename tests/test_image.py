@@ -21,6 +21,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 import daskgmm
 from daskgmm import cli
 from daskgmm import image as im
+from daskgmm._kernels import label_dtype
 from tests.conftest import make_mixture
 
 skdata = pytest.importorskip("skimage.data")
@@ -180,7 +181,7 @@ def test_band_first_layout_and_label_dtype():
     labels, model = daskgmm.segment(cube, 3, feature_axis=0, random_state=0)
     assert labels.shape == (40, 50)
     np.testing.assert_array_equal(labels.compute().ravel(), model.predict(X))
-    assert im.label_dtype(3) == np.int16 and im.label_dtype(40000) == np.int32
+    assert label_dtype(3) == np.int16 and label_dtype(40000) == np.int32
 
 
 # --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from daskgmm._kernels import (
     block_rows,
     chunk_stats,
     predict_block,
+    predict_output,
     single_threaded_blas,
 )
 from tests.conftest import make_mixture
@@ -107,9 +108,11 @@ def test_predictions_equal_scipy(covariance_type):
     X, weights, means, cov_full, prec_chol = _case(covariance_type, n=5000, seed=2)
     p = EStepParams(weights, means, prec_chol, covariance_type, np.float64)
     wlp, resp, log_norm = _reference(X, weights, means, cov_full)
-    np.testing.assert_allclose(predict_block(X, p, "score"), log_norm, rtol=1e-11)
-    np.testing.assert_allclose(predict_block(X, p, "proba"), resp, atol=1e-11)
-    np.testing.assert_array_equal(predict_block(X, p, "labels"), wlp.argmax(axis=1))
+    got = predict_block(X, p, ("labels", "probabilities", "log_density", "confidence"))
+    np.testing.assert_allclose(got["log_density"], log_norm, rtol=1e-11)
+    np.testing.assert_allclose(got["probabilities"], resp, atol=1e-11)
+    np.testing.assert_array_equal(got["labels"], wlp.argmax(axis=1))
+    np.testing.assert_allclose(got["confidence"], resp.max(axis=1), atol=1e-11)
     Xc = X - p.center
     np.testing.assert_allclose(weighted_log_prob(Xc, p), wlp, rtol=1e-11)
     r, ln = log_resp_and_norm(weighted_log_prob(Xc, p))
@@ -121,7 +124,7 @@ def test_empty_chunk_gives_zero_statistics():
     X, weights, means, _, prec_chol = _case("full", n=50)
     stats = chunk_stats(X[:0], EStepParams(weights, means, prec_chol, "full", np.float64))
     assert stats["n"] == 0 and stats["loglik"] == 0 and not stats["s2"].any()
-    assert predict_block(X[:0], EStepParams(weights, means, prec_chol, "full", np.float64), "labels").shape == (0,)
+    assert predict_output(X[:0], EStepParams(weights, means, prec_chol, "full", np.float64), "labels").shape == (0,)
 
 
 def _blas_threads():
@@ -156,10 +159,10 @@ def test_blas_uses_one_thread_inside_tasks_and_is_restored():
 def test_map_reduce_keeps_container_arguments_literal():
     X, weights, means, _, prec_chol = _case("diag", n=600)
     p = EStepParams(weights, means, prec_chol, "diag", np.float64)
-    graph = map_reduce(predict_block, [(X[:300], p, "labels"), (X[300:], p, "labels")], "kt-labels", 2,
+    graph = map_reduce(predict_output, [(X[:300], p, "labels"), (X[300:], p, "labels")], "kt-labels", 2,
                        combine_func=np.concatenate)
     (labels,) = dask.compute(graph, scheduler="sync")
-    np.testing.assert_array_equal(labels, predict_block(X, p, "labels"))
+    np.testing.assert_array_equal(labels, predict_output(X, p, "labels"))
     with pytest.raises(ValueError, match="The data has no chunks: nothing to fit."):
         map_reduce(chunk_stats, [], "kt-empty")
 

@@ -199,10 +199,11 @@ def test_other_inputs_give_the_same_fit(kind, tmp_path):
     labels = ours.predict(Xo)
     if kind.startswith("xarray"):
         assert isinstance(labels, xr.DataArray)
-        assert labels.dims == ("sample",)
+        assert labels.dims == ("sample",) and labels.name == "labels"
         np.testing.assert_array_equal(labels["sample"].values, np.arange(X.shape[0]) * 10)
         proba = ours.predict_proba(Xo)
         assert proba.dims == ("sample", "component") and proba.shape == (X.shape[0], k)
+        assert proba.name == "probabilities" and ours.score_samples(Xo).name == "log_density"
         labels = labels.values
     elif kind.startswith("zarr"):
         assert isinstance(labels, da.Array) and labels.chunks[0] == (128,) * 5 + (60,)
