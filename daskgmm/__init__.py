@@ -3,9 +3,8 @@
 from importlib.metadata import version
 
 from daskgmm import accessor  # noqa: F401  (registers the DataArray.gmm accessor)
-from daskgmm._gaussian_mixture import GaussianMixture
+from daskgmm._gaussian_mixture import GaussianMixture, load
 from daskgmm.image import segment
-from daskgmm.io import load
 from daskgmm.selection import ModelSelection, select_model
 
 __version__ = version("daskgmm")

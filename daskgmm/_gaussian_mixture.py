@@ -47,6 +47,7 @@ from daskgmm._placement import active_client, plan_data
 from daskgmm._progress import show_progress
 from daskgmm._typing import Output
 from daskgmm.checkpoint import fit_settings, open_checkpoint
+from daskgmm.io import model_from_dict, read_model, save_model
 
 logger = logging.getLogger("daskgmm")
 
@@ -558,7 +559,30 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # persistence
     # ------------------------------------------------------------------
     def save(self, path) -> None:
-        """Save the fitted model to ``path`` (a ``.npz`` of arrays + JSON metadata; no pickle)."""
-        from daskgmm.io import save_model
+        """Save the fitted model to ``path`` (a ``.npz`` of arrays + JSON metadata; no pickle).
 
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination file, written atomically (a reader never sees half a file).
+        """
         save_model(self, path)
+
+
+def load(path) -> GaussianMixture:
+    """Load a model written by :meth:`GaussianMixture.save` (never unpickles).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A model file.
+
+    Returns
+    -------
+    GaussianMixture
+        The fitted model; ``saved_with_version_`` is the daskgmm version that wrote it.
+    """
+    arrays, meta = read_model(path)
+    model = model_from_dict(arrays, meta, GaussianMixture)
+    model.saved_with_version_ = meta.get("daskgmm_version")
+    return model

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import numpy as np
 
 from daskgmm._engine import EMState
 from daskgmm._gaussian import Params
-from daskgmm.io import atomic_write_bytes
+from daskgmm.io import read_container, write_container
 
 logger = logging.getLogger("daskgmm")
 
@@ -251,9 +250,7 @@ class Checkpoint:
             "incremental": None if incremental is None else _incremental_to(incremental, arrays),
             "best": None if best is None else _state_to("best", best, arrays),
         }
-        payload = dict(arrays)
-        payload["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-        atomic_write_bytes(self.path, lambda f: np.savez(f, **payload))
+        write_container(self.path, arrays, meta)
         self.n_saved += 1
         logger.debug("checkpoint %s: %d start(s), iterations %s", self.path, len(states), [s.n_iter for s in states])
 
@@ -317,30 +314,12 @@ class Checkpoint:
 
 def read_checkpoint(path) -> tuple[dict, dict]:
     """Read a checkpoint file into (metadata, arrays) without pickle; refuse anything else."""
-    path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:
+    arrays, meta = read_container(path, FORMAT_NAME, FORMAT_VERSION, "checkpoint", CheckpointError,
+                                  " Delete it, or fit without resume to start over.")
+    if meta["format_version"] < FORMAT_VERSION:
         raise CheckpointError(
-            f"{path!r} is not a readable daskgmm checkpoint ({type(e).__name__}: {e}). "
-            "Delete it, or fit without resume to start over."
-        ) from e
-    try:
-        meta = json.loads(bytes(arrays.pop("metadata")).decode("utf-8"))
-    except Exception as e:
-        raise CheckpointError(f"{path!r} is not a daskgmm checkpoint: it has no readable metadata.") from e
-    if meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path!r} is not a daskgmm checkpoint (format {meta.get('format')!r}).")
-    if int(meta.get("format_version", -1)) < FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path!r} was written by daskgmm {meta.get('daskgmm_version')} in checkpoint format "
-            f"{meta.get('format_version')}, which this daskgmm cannot continue: fit without resume to start over."
-        )
-    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path!r} was written by daskgmm {meta.get('daskgmm_version')} in checkpoint format "
-            f"{meta['format_version']}; this daskgmm reads formats up to {FORMAT_VERSION}. Upgrade daskgmm to resume it."
+            f"{os.fspath(path)!r} was written by daskgmm {meta.get('daskgmm_version')} in checkpoint format "
+            f"{meta['format_version']}, which this daskgmm cannot continue: fit without resume to start over."
         )
     return meta, arrays
 

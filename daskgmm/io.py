@@ -81,6 +81,65 @@ def atomic_write_bytes(path: str, write) -> None:
         raise
 
 
+# --------------------------------------------------------------------------
+# ONE file container: model files and checkpoints
+# --------------------------------------------------------------------------
+def write_container(path, arrays: Mapping[str, np.ndarray], meta: dict) -> None:
+    """Write ``arrays`` plus ``meta`` (JSON, as the ``metadata`` entry) as one ``.npz``, atomically."""
+    payload = dict(arrays)
+    payload["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    atomic_write_bytes(path, lambda f: np.savez(f, **payload))
+
+
+def read_container(path, format_name: str, format_version: int, what: str, error: type = ValueError,
+                   remedy: str = "") -> tuple[dict, dict]:
+    """``(arrays, metadata)`` of a container written by :func:`write_container`; never unpickles.
+
+    Refuses, with ``error`` and a message naming ``what`` the file should be (plus
+    ``remedy``): a file that is not an ``.npz`` archive, holds pickled objects, has no
+    readable metadata, is of another format, or of a newer format version than
+    ``format_version`` (older versions are for the caller to judge).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise error(f"{path!r} cannot be read as a daskgmm {what} ({e}).{remedy}") from e
+    if head != b"PK\x03\x04":
+        raise error(f"{path!r} is not a daskgmm {what} (not an .npz archive).{remedy}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise error(
+                f"{path!r} holds pickled objects or is not a numpy archive; daskgmm {what}s "
+                f"never need pickle and are not loaded that way ({e}).{remedy}"
+            ) from e
+        raise error(f"{path!r} is not a readable daskgmm {what} ({e}).{remedy}") from e
+    except Exception as e:
+        raise error(f"{path!r} is not a readable daskgmm {what} ({type(e).__name__}: {e}).{remedy}") from e
+    try:
+        meta = json.loads(bytes(data.pop("metadata")).decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise TypeError(type(meta).__name__)
+    except Exception as e:
+        raise error(f"{path!r} is not a daskgmm {what}: it has no readable 'metadata' entry.{remedy}") from e
+    if meta.get("format") != format_name:
+        raise error(f"{path!r} is not a daskgmm {what} (format {meta.get('format')!r}).{remedy}")
+    version = meta.get("format_version", -1)
+    if not isinstance(version, int):
+        raise error(f"{path!r} is not a daskgmm {what}: its format version {version!r} is not a number.{remedy}")
+    if version > format_version:
+        raise error(
+            f"{path!r} was written by daskgmm {meta.get('daskgmm_version')} in {what.split()[0]} format "
+            f"{version}; this daskgmm ({_version()}) reads formats up to {format_version}. "
+            "Upgrade daskgmm to use it."
+        )
+    return data, meta
+
+
 def model_to_dict(model) -> tuple[dict, dict]:
     """Split a fitted model into (arrays, JSON-able metadata)."""
     from sklearn.utils.validation import check_is_fitted
@@ -129,9 +188,7 @@ def model_from_dict(arrays: dict, meta: dict, model_class: type):
 def save_model(model, path) -> None:
     """Write a fitted :class:`~daskgmm.GaussianMixture` to ``path`` (see module docs)."""
     arrays, meta = model_to_dict(model)
-    payload = dict(arrays)
-    payload["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    atomic_write_bytes(path, lambda f: np.savez(f, **payload))
+    write_container(path, arrays, meta)
 
 
 def read_model(path) -> tuple[dict, dict]:
@@ -148,42 +205,7 @@ def read_model(path) -> tuple[dict, dict]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No model file at {path!r}. Check the path given to save().")
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            raise ValueError(f"{path!r} is not a daskgmm model file (not an .npz archive).")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except ValueError as e:
-        raise ValueError(
-            f"{path!r} holds pickled objects or is not a numpy archive; daskgmm model files "
-            f"never need pickle and are not loaded that way ({e})."
-        ) from e
-    except Exception as e:
-        raise ValueError(f"{path!r} is not a daskgmm model file ({type(e).__name__}: {e}).") from e
-    if "metadata" not in data:
-        raise ValueError(f"{path!r} is not a daskgmm model file: it has no 'metadata' entry.")
-    meta = json.loads(bytes(data.pop("metadata")).decode("utf-8"))
-    if meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path!r} is not a daskgmm model file (format {meta.get('format')!r}).")
-    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path!r} was written by daskgmm {meta.get('daskgmm_version')} in model format "
-            f"{meta['format_version']}; this daskgmm ({_version()}) reads formats up to "
-            f"{FORMAT_VERSION}. Upgrade daskgmm to load it."
-        )
-    return data, meta
-
-
-def load(path):
-    """Load a model written by :meth:`GaussianMixture.save` (never unpickles); see :func:`read_model`."""
-    # the one import of the estimator here, until load moves to the public layer (issue 12)
-    from daskgmm._gaussian_mixture import GaussianMixture
-
-    arrays, meta = read_model(path)
-    model = model_from_dict(arrays, meta, GaussianMixture)
-    model.saved_with_version_ = meta.get("daskgmm_version")
-    return model
+    return read_container(path, FORMAT_NAME, FORMAT_VERSION, "model file")
 
 
 # --------------------------------------------------------------------------
