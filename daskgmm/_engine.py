@@ -43,7 +43,7 @@ from daskgmm._gaussian import (
 from daskgmm._graph import statistics_pass
 from daskgmm._kernels import multi_chunk_stats
 from daskgmm._missing import marginal_multi_stats, marginal_params, omit_multi_stats
-from daskgmm._progress import FitProgress
+from daskgmm._progress import FitProgress, VerboseLines
 from daskgmm._streaming import add, params_from_stats, recenter, scale, stats_from_params, step_size
 
 logger = logging.getLogger("daskgmm")
@@ -212,59 +212,6 @@ def warn_not_converged() -> None:
 
 
 # --------------------------------------------------------------------------
-# scikit-learn's verbose lines, per start in start order, whatever the path
-# --------------------------------------------------------------------------
-class _Console:
-    """Prints ``verbose`` lines as scikit-learn does: each start's lines together, in
-    start order. Starts share passes here, so a later start's lines wait until the
-    earlier starts have finished (the first unfinished start prints live)."""
-
-    def __init__(self, verbose: int, interval: int, prefixes: list[str]):
-        self.verbose, self.interval, self.prefixes = verbose, interval, prefixes
-        self.pending: list[list[str]] = [[] for _ in prefixes]
-        self.done = [False] * len(prefixes)
-        self.began = [0.0] * len(prefixes)
-        self.cursor = 0
-        self.write: Callable[[str], None] = print
-
-    def _emit(self, i: int, line: str) -> None:
-        if i == self.cursor:
-            self.write(line)
-        else:
-            self.pending[i].append(line)
-
-    def begin(self, i: int, start: int) -> None:
-        self.began[i] = time.perf_counter()
-        if self.verbose:
-            self._emit(i, f"{self.prefixes[i]}Initialization {start}")
-
-    def iteration(self, i: int, record: dict) -> None:
-        n_iter = record["iteration"]
-        if self.verbose and n_iter % self.interval == 0:
-            line = f"{self.prefixes[i]}  Iteration {n_iter}"
-            if self.verbose >= 2:
-                line += f"\t time lapse {record['seconds']:.5f}s\t ll change {record['change']:.5f}"
-            self._emit(i, line)
-
-    def end(self, i: int, state: EMState) -> None:
-        if self.done[i]:
-            return
-        if self.verbose:
-            msg = f"{self.prefixes[i]}Initialization {'converged' if state.converged else 'did not converge'}."
-            if self.verbose >= 2:
-                seconds = time.perf_counter() - self.began[i]
-                msg += f" time lapse {seconds:.5f}s\t lower bound {state.lower_bound:.5f}."
-            self._emit(i, msg)
-        self.done[i] = True
-        while self.cursor < len(self.done) and self.done[self.cursor]:
-            self.cursor += 1
-            if self.cursor < len(self.done):
-                for line in self.pending[self.cursor]:
-                    self.write(line)
-                self.pending[self.cursor].clear()
-
-
-# --------------------------------------------------------------------------
 # the engine
 # --------------------------------------------------------------------------
 @dataclass
@@ -332,7 +279,7 @@ class Engine:
         self.cfgs = [c.cfg for c in self.candidates for _ in c.inits]
         self.slots = [(ci, s) for ci, c in enumerate(self.candidates) for s in range(len(c.inits))]
         multi = len(self.candidates) > 1
-        self.console = _Console(
+        self.console = VerboseLines(
             verbose, verbose_interval, [f"[{self.candidates[ci].label}] " if multi else "" for ci, _ in self.slots]
         )
         self.hooks = [
@@ -537,13 +484,20 @@ def stream_from_params(params: Params, covariance_type: str, reg_covar: float) -
     return StreamState(1, stats, centers)
 
 
-def stepwise_update(data: DataPlan, params: Params, cfg: EMConfig, stream: StreamState | None):
+def stepwise_update(data: DataPlan, params: Params, cfg: EMConfig, stream: StreamState | None,
+                    previous: EMState | None = None) -> tuple[EMState, StreamState]:
     """One stepwise-EM update from the batch in ``data`` (see :mod:`daskgmm._streaming`).
 
-    Returns ``(new params, new stream state, batch mean log-likelihood, step size)``.
+    ``previous`` is where the model stands (None for the first batch, which
+    initialised ``params``); after ``fit`` (no ``stream`` yet) the running statistics
+    are rebuilt from ``params``. Returns the new state (its history ends with this
+    batch's record: ``step_size``, ``batch_rows``) and the new running statistics.
     """
+    t0 = time.perf_counter()
     dtype = data.X.dtype
     ct = cfg.covariance_type
+    if stream is None and previous is not None:
+        stream = stream_from_params(params, ct, cfg.reg_covar)
     p = data.prepare(params, ct, dtype)
     token = tokenize(data.token, params.weights, params.means, params.precisions_cholesky, ct, "partial")
     (batch,) = statistics_pass(data.kernel, data.blocks, data.weight_blocks, [p], token, data.split_every)
@@ -558,8 +512,26 @@ def stepwise_update(data: DataPlan, params: Params, cfg: EMConfig, stream: Strea
     else:
         running = recenter(stream.stats, stream.centers, centers_now, ct)
         blended = add(scale(running, 1.0 - eta), scale(batch, eta))
-    new = params_from_stats(blended, centers_now, ct, cfg.reg_covar, dtype)
-    return new, StreamState(t + 1, blended, centers_now), float(batch["loglik"]), eta
+    before = previous if previous is not None else EMState(params=params)
+    lower_bound = float(batch["loglik"])
+    record = {
+        "iteration": before.n_iter + 1,
+        "lower_bound": lower_bound,
+        "change": float(lower_bound - before.lower_bound) if previous is not None else float("inf"),
+        "seconds": time.perf_counter() - t0,
+        "step_size": eta,
+        "batch_rows": int(data.X.shape[0]),
+    }
+    state = EMState(
+        params=params_from_stats(blended, centers_now, ct, cfg.reg_covar, dtype),
+        n_iter=before.n_iter + 1,
+        lower_bound=lower_bound,
+        lower_bounds=[*before.lower_bounds, lower_bound],
+        history=[*before.history, record],
+    )
+    logger.info("partial_fit batch %d: %d rows, step size %.3f, batch mean log-likelihood %.6f",
+                t, record["batch_rows"], eta, lower_bound)
+    return state, StreamState(t + 1, blended, centers_now)
 
 
 __all__ = [

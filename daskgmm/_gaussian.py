@@ -447,3 +447,27 @@ def m_step(stats: dict, centers: np.ndarray, reg_covar: float, covariance_type: 
     d = means - centers
     covariances = COVARIANCE_FROM_STATS[covariance_type](stats["s2"], u, d, nk_raw, nk, reg_covar)
     return nk, means, covariances
+
+
+def sample_mixture(rng: np.random.RandomState, n_samples: int, weights, means, covariances, covariance_type: str):
+    """``n_samples`` draws from the mixture, component by component (scikit-learn's random stream).
+
+    Returns ``(X, y)``: the samples (n_samples, n_features) and their components (int64).
+    """
+    n_features = means.shape[1]
+    n_samples_comp = rng.multinomial(n_samples, weights)
+    if covariance_type == "full":
+        X = np.vstack(
+            [rng.multivariate_normal(mean, cov, int(s)) for mean, cov, s in zip(means, covariances, n_samples_comp)]
+        )
+    elif covariance_type == "tied":
+        X = np.vstack([rng.multivariate_normal(mean, covariances, int(s)) for mean, s in zip(means, n_samples_comp)])
+    else:
+        X = np.vstack(
+            [
+                mean + rng.standard_normal(size=(s, n_features)) * np.sqrt(cov)
+                for mean, cov, s in zip(means, covariances, n_samples_comp)
+            ]
+        )
+    y = np.concatenate([np.full(int(s), j, dtype=np.int64) for j, s in enumerate(n_samples_comp)])
+    return X, y

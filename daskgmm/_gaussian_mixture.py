@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-from typing import Any
 
 import dask
 import dask.array as da
@@ -21,16 +20,10 @@ from daskgmm._engine import (
     Engine,
     complete_params,
     stepwise_update,
-    stream_from_params,
     warn_not_converged,
 )
-from daskgmm._gaussian import (
-    EStepParams,
-    Params,
-    n_parameters,
-    precisions_from_cholesky,
-)
-from daskgmm._graph import shared
+from daskgmm._gaussian import EStepParams, Params, n_parameters, precisions_from_cholesky, sample_mixture
+from daskgmm._graph import predict_rows
 from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, InitSpec, start_factory
 from daskgmm._input import (
     Input,
@@ -40,8 +33,10 @@ from daskgmm._input import (
     check_sample_weight,
     check_weights,
     to_dask,
+    wrap_rows,
 )
-from daskgmm._kernels import predict_output, predict_output_spec
+from daskgmm._interop import InteropMixin
+from daskgmm._missing import marginal_params
 from daskgmm._params import PARAMS, check_params
 from daskgmm._placement import active_client, plan_data
 from daskgmm._progress import show_progress
@@ -52,7 +47,7 @@ from daskgmm.io import model_from_dict, read_model, save_model
 logger = logging.getLogger("daskgmm")
 
 
-class GaussianMixture(DensityMixin, BaseEstimator):
+class GaussianMixture(InteropMixin, DensityMixin, BaseEstimator):
     """Gaussian mixture model fitted by out-of-core, map-reduce EM on Dask.
 
     A drop-in for :class:`sklearn.mixture.GaussianMixture`: same parameters, fitted
@@ -327,6 +322,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         Equal to ``fit(X).predict(X)`` by construction (a final E-step at the fitted
         parameters). numpy in gives numpy out; dask/Zarr/xarray in gives lazy output.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights per row.
+
+        Returns
+        -------
+        labels : ndarray, dask array or DataArray of shape (n_samples,)
+            Component of each row (int64).
         """
         self._check_params()
         inp = self._validate(X, reset=True)
@@ -348,64 +356,78 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         X = inp.data
         policy = getattr(self, "nan_policy", "raise")
         if policy == "marginalize":
-            from daskgmm._missing import marginal_params
-
             params = marginal_params(
                 self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self.covariance_type
             )
         else:
             params = self._estep_params(X.dtype)
-        nodata = np.nan if policy == "omit" else None
         token = dask.base.tokenize(self.weights_, self.means_, self.precisions_cholesky_, X.dtype, policy)
-        p = shared(params, name=f"gmm-predict-params-{token}")
-        chunks, dtype = predict_output_spec((X.chunks[0],), what, self.n_components, X.dtype)
-        out = da.map_blocks(
-            predict_output,
-            X,
-            p,
-            what,
-            nodata,
-            chunks=chunks,
-            drop_axis=None if what == "probabilities" else 1,
-            dtype=dtype,
-            name=f"gmm-predict-{what}-{dask.base.tokenize(X.name, token, what)}",
-            meta=np.empty((0,) * len(chunks), dtype=dtype),
-        )
-        return self._wrap(out, inp, what)
-
-    def _wrap(self, out: da.Array, inp: Input, what: Output):
-        if inp.kind == "numpy":
-            return out.compute()
-        if inp.kind == "xarray":
-            import xarray as xr
-
-            dims = (inp.sample_dim,) if out.ndim == 1 else (inp.sample_dim, "component")
-            coords: dict[str, Any] = dict(inp.sample_coords)
-            if out.ndim == 2:
-                coords["component"] = np.arange(self.n_components)
-            return xr.DataArray(out, dims=dims, coords=coords, name=what)
-        return out
+        out = predict_rows(X, params, what, self.n_components, token, nodata=np.nan if policy == "omit" else None)
+        return wrap_rows(out, inp, what, self.n_components)
 
     def predict(self, X):
-        """Most probable component per row: shape (n_samples,), int64 (a DataArray ``labels`` for xarray)."""
+        """Most probable component of each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        labels : ndarray, dask array or DataArray of shape (n_samples,)
+            int64; numpy for numpy input, lazy for dask/Zarr, a DataArray ``labels`` for xarray.
+        """
         check_is_fitted(self)
         return self._predict_input(self._validate(X, reset=False), "labels")
 
     def predict_proba(self, X):
-        """Posterior probability of each component per row: shape (n_samples, n_components).
+        """Posterior probability of each component for each row.
 
-        For xarray input, a DataArray ``probabilities`` with a ``component`` dimension.
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        probabilities : ndarray, dask array or DataArray of shape (n_samples, n_components)
+            In the input's float dtype; for xarray a DataArray ``probabilities`` with a
+            ``component`` dimension.
         """
         check_is_fitted(self)
         return self._predict_input(self._validate(X, reset=False), "probabilities")
 
     def score_samples(self, X):
-        """Log of the mixture density at each row: shape (n_samples,), float64 (``log_density`` for xarray)."""
+        """Log of the mixture density at each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        log_density : ndarray, dask array or DataArray of shape (n_samples,)
+            float64; a DataArray ``log_density`` for xarray input.
+        """
         check_is_fitted(self)
         return self._predict_input(self._validate(X, reset=False), "log_density")
 
     def score(self, X, y=None):
-        """Mean log-likelihood per row (a float; computed for lazy input)."""
+        """Mean log-likelihood per row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+        y : Ignored
+
+        Returns
+        -------
+        score : float
+            Computed now, also for lazy input.
+        """
         check_is_fitted(self)
         inp = self._validate(X, reset=False)
         return float(self._mean_score(inp))
@@ -421,20 +443,45 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
 
     def bic(self, X) -> float:
-        """Bayesian information criterion on ``X`` (lower is better)."""
+        """Bayesian information criterion on ``X`` (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        bic : float
+        """
         check_is_fitted(self)
         inp = self._validate(X, reset=False)
         n = inp.n_samples
         return -2 * self._mean_score(inp) * n + self._n_parameters() * np.log(n)
 
     def aic(self, X) -> float:
-        """Akaike information criterion on ``X`` (lower is better)."""
+        """Akaike information criterion on ``X`` (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        aic : float
+        """
         check_is_fitted(self)
         inp = self._validate(X, reset=False)
         return -2 * self._mean_score(inp) * inp.n_samples + 2 * self._n_parameters()
 
     def sample(self, n_samples: int = 1):
         """Draw samples from the fitted mixture (scikit-learn's random stream).
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of samples.
 
         Returns
         -------
@@ -447,28 +494,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"Invalid value for 'n_samples': {n_samples} . The sampling requires at least one sample."
             )
-        _, n_features = self.means_.shape
         rng = check_random_state(self.random_state)
-        n_samples_comp = rng.multinomial(n_samples, self.weights_)
-        if self.covariance_type == "full":
-            X = np.vstack(
-                [
-                    rng.multivariate_normal(mean, cov, int(s))
-                    for mean, cov, s in zip(self.means_, self.covariances_, n_samples_comp)
-                ]
-            )
-        elif self.covariance_type == "tied":
-            X = np.vstack(
-                [rng.multivariate_normal(mean, self.covariances_, int(s)) for mean, s in zip(self.means_, n_samples_comp)]
-            )
-        else:
-            X = np.vstack(
-                [
-                    mean + rng.standard_normal(size=(s, n_features)) * np.sqrt(cov)
-                    for mean, cov, s in zip(self.means_, self.covariances_, n_samples_comp)
-                ]
-            )
-        y = np.concatenate([np.full(int(s), j, dtype=np.int64) for j, s in enumerate(n_samples_comp)])
+        X, y = sample_mixture(rng, n_samples, self.weights_, self.means_, self.covariances_, self.covariance_type)
         return X, y
 
     def _html_repr(self) -> str:
@@ -502,58 +529,27 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self : GaussianMixture
             The updated estimator.
         """
-        import time
-
         fitted = hasattr(self, "means_")
         if not fitted:
             self._check_params()
         inp = self._validate(X, reset=not fitted)
         w = check_sample_weight(sample_weight, inp)
         data = DataPlan(inp.data, w, self.nan_policy, 0, inp.n_samples, self.split_every)
-        t0 = time.perf_counter()
-        if not fitted:
-            check_n_samples(inp.n_samples, self.n_components)
-            given = self._given(inp.n_features)
-            rs = check_random_state(self.random_state)
-            make = start_factory(self._init_spec(), inp.data, w, inp, given, rs, self.nan_policy)
-            params = complete_params(make(None), self.covariance_type)
-            stream, n_iter, history, lower_bounds = None, 0, [], []
-        else:
+        if fitted:
             params = complete_params(self._fitted_params(), self.covariance_type)
-            stream = getattr(self, "_stream", None)
-            if stream is None:  # after fit(): statistics rebuilt from the fitted parameters
-                stream = stream_from_params(params, self.covariance_type, self.reg_covar)
-            n_iter, history, lower_bounds = self.n_iter_, list(getattr(self, "history_", [])), self.lower_bounds_
-        new, stream, lower_bound, eta = stepwise_update(data, params, self._config(), stream)
-        record = {
-            "iteration": n_iter + 1,
-            "lower_bound": lower_bound,
-            "change": float(lower_bound - self.lower_bound_) if fitted else float("inf"),
-            "seconds": time.perf_counter() - t0,
-            "step_size": eta,
-            "batch_rows": inp.n_samples,
-        }
-        self._set_fitted(new, False, n_iter + 1, lower_bound, [*lower_bounds, lower_bound], [*history, record],
+            previous = EMState(params, self.n_iter_, self.lower_bound_, list(self.lower_bounds_),
+                               history=list(getattr(self, "history_", [])))
+            stream = getattr(self, "_stream", None)  # None after fit(): rebuilt from the parameters
+        else:
+            check_n_samples(inp.n_samples, self.n_components)
+            rs = check_random_state(self.random_state)
+            make = start_factory(self._init_spec(), inp.data, w, inp, self._given(inp.n_features), rs,
+                                 self.nan_policy)
+            params, previous, stream = complete_params(make(None), self.covariance_type), None, None
+        state, stream = stepwise_update(data, params, self._config(), stream, previous)
+        self._set_fitted(state.params, False, state.n_iter, state.lower_bound, state.lower_bounds, state.history,
                          stream=stream)
-        logger.info("partial_fit batch %d: %d rows, step size %.3f, batch mean log-likelihood %.6f",
-                    stream.t - 1, inp.n_samples, eta, lower_bound)
         return self
-
-    def to_sklearn(self):
-        """A fitted :class:`sklearn.mixture.GaussianMixture` with the same parameters."""
-        from daskgmm._interop import to_sklearn
-
-        return to_sklearn(self)
-
-    @classmethod
-    def from_sklearn(cls, model, **params):
-        """A fitted daskgmm model from a fitted :class:`sklearn.mixture.GaussianMixture`.
-
-        ``params`` override or add constructor parameters (e.g. ``chunk_size``).
-        """
-        from daskgmm._interop import from_sklearn
-
-        return from_sklearn(cls, model, **params)
 
     # ------------------------------------------------------------------
     # persistence

@@ -109,3 +109,31 @@ def statistics_pass(
     f = dask.delayed(_chunk_task, pure=True)
     tasks = [f(kernel, *args(i), dask_key_name=(f"gmm-incr-stats-{token}", i)) for i in chunks]
     return list(dask.compute(*tasks))
+
+
+def predict_rows(X, params, what: str, n_components: int, token: str, nodata=None):
+    """Lazy ``what`` (one of the outputs in :mod:`daskgmm._typing`) for every row of ``X``:
+    one :func:`~daskgmm._kernels.predict_output` task per chunk, the parameters one shared key.
+
+    ``nodata=NaN`` is ``nan_policy="omit"`` (label -1, NaN scores for rows with NaN);
+    marginal parameters (:mod:`daskgmm._missing`) integrate missing features out.
+    """
+    import dask.array as da
+    import numpy as np
+
+    from daskgmm._kernels import predict_output, predict_output_spec
+
+    p = shared(params, name=f"gmm-predict-params-{token}")
+    chunks, dtype = predict_output_spec((X.chunks[0],), what, n_components, X.dtype)
+    return da.map_blocks(
+        predict_output,
+        X,
+        p,
+        what,
+        nodata,
+        chunks=chunks,
+        drop_axis=None if what == "probabilities" else 1,
+        dtype=dtype,
+        name=f"gmm-predict-{what}-{dask.base.tokenize(X.name, token, what)}",
+        meta=np.empty((0,) * len(chunks), dtype=dtype),
+    )

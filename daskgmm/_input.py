@@ -529,3 +529,19 @@ def check_n_samples(n_samples: int, n_components: int) -> None:
             "Expected n_samples >= n_components "
             f"but got n_components = {n_components}, n_samples = {n_samples}"
         )
+
+
+def wrap_rows(out, inp: Input, what: str, n_components: int):
+    """Per-row output shaped like the input: numpy for numpy input (computed), the dask array
+    for dask/Zarr, a DataArray named ``what`` over the sample dimension for xarray."""
+    if inp.kind == "numpy":
+        return out.compute()
+    if inp.kind == "xarray":
+        import xarray as xr
+
+        dims = (inp.sample_dim,) if out.ndim == 1 else (inp.sample_dim, "component")
+        coords: dict[str, Any] = dict(inp.sample_coords)
+        if out.ndim == 2:
+            coords["component"] = np.arange(n_components)
+        return xr.DataArray(out, dims=dims, coords=coords, name=what)
+    return out

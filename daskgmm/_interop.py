@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# --------------------------------------------------------------------------
 _FITTED = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
            "converged_", "n_iter_", "lower_bound_", "n_features_in_")
 
@@ -50,3 +49,35 @@ def from_sklearn(cls, model, **params):
     if hasattr(model, "feature_names_in_"):
         est.feature_names_in_ = np.array(model.feature_names_in_, copy=True)
     return est
+
+
+class InteropMixin:
+    """``to_sklearn`` / ``from_sklearn`` for daskgmm's estimators."""
+
+    def to_sklearn(self):
+        """A fitted :class:`sklearn.mixture.GaussianMixture` with the same parameters.
+
+        Returns
+        -------
+        model : sklearn.mixture.GaussianMixture
+            Fitted, with this model's parameters and fitted attributes.
+        """
+        return to_sklearn(self)
+
+    @classmethod
+    def from_sklearn(cls, model, **params):
+        """A fitted model of this class from a fitted :class:`sklearn.mixture.GaussianMixture`.
+
+        Parameters
+        ----------
+        model : sklearn.mixture.GaussianMixture
+            A fitted scikit-learn model.
+        **params
+            Constructor parameters to override or add (e.g. ``chunk_size``).
+
+        Returns
+        -------
+        estimator
+            Fitted, with ``model``'s parameters.
+        """
+        return from_sklearn(cls, model, **params)

@@ -16,6 +16,8 @@ scikit-learn's plain lines instead, which ``verbose >= 1`` always prints). The
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 
 
 def in_notebook() -> bool:
@@ -127,4 +129,57 @@ class FitProgress:
         self.close()
 
 
-__all__ = ["FitProgress", "in_notebook", "is_interactive", "show_progress"]
+# --------------------------------------------------------------------------
+# scikit-learn's verbose lines, per start in start order, whatever the path
+# --------------------------------------------------------------------------
+class VerboseLines:
+    """Prints ``verbose`` lines as scikit-learn does: each start's lines together, in
+    start order. Starts share passes here, so a later start's lines wait until the
+    earlier starts have finished (the first unfinished start prints live)."""
+
+    def __init__(self, verbose: int, interval: int, prefixes: list[str]):
+        self.verbose, self.interval, self.prefixes = verbose, interval, prefixes
+        self.pending: list[list[str]] = [[] for _ in prefixes]
+        self.done = [False] * len(prefixes)
+        self.began = [0.0] * len(prefixes)
+        self.cursor = 0
+        self.write: Callable[[str], None] = print
+
+    def _emit(self, i: int, line: str) -> None:
+        if i == self.cursor:
+            self.write(line)
+        else:
+            self.pending[i].append(line)
+
+    def begin(self, i: int, start: int) -> None:
+        self.began[i] = time.perf_counter()
+        if self.verbose:
+            self._emit(i, f"{self.prefixes[i]}Initialization {start}")
+
+    def iteration(self, i: int, record: dict) -> None:
+        n_iter = record["iteration"]
+        if self.verbose and n_iter % self.interval == 0:
+            line = f"{self.prefixes[i]}  Iteration {n_iter}"
+            if self.verbose >= 2:
+                line += f"\t time lapse {record['seconds']:.5f}s\t ll change {record['change']:.5f}"
+            self._emit(i, line)
+
+    def end(self, i: int, state) -> None:
+        if self.done[i]:
+            return
+        if self.verbose:
+            msg = f"{self.prefixes[i]}Initialization {'converged' if state.converged else 'did not converge'}."
+            if self.verbose >= 2:
+                seconds = time.perf_counter() - self.began[i]
+                msg += f" time lapse {seconds:.5f}s\t lower bound {state.lower_bound:.5f}."
+            self._emit(i, msg)
+        self.done[i] = True
+        while self.cursor < len(self.done) and self.done[self.cursor]:
+            self.cursor += 1
+            if self.cursor < len(self.done):
+                for line in self.pending[self.cursor]:
+                    self.write(line)
+                self.pending[self.cursor].clear()
+
+
+__all__ = ["FitProgress", "VerboseLines", "in_notebook", "is_interactive", "show_progress"]
