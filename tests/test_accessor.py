@@ -9,6 +9,7 @@ import xarray as xr
 from sklearn.metrics import adjusted_rand_score
 
 import daskgmm
+from daskgmm import datasets
 from daskgmm import image as im
 
 SHAPE = (120, 100)
@@ -19,7 +20,7 @@ def tile(tmp_path_factory):
     """A (band, y, x) DataArray like rioxarray.open_rasterio(..., chunks=...): coordinates on
     every dim, a scalar ``spatial_ref`` coordinate, attributes, bands split over chunks."""
     path = str(tmp_path_factory.mktemp("tile") / "tile.zarr")
-    info = im.make_raster(path, shape=SHAPE, n_bands=4, n_classes=3, chunks=(50, 40), seed=2, cell=24, nodata=0)
+    info = datasets.make_raster(path, shape=SHAPE, n_bands=4, n_classes=3, chunks=(50, 40), seed=2, cell=24, nodata=0)
     data = da.from_zarr(path).transpose(2, 0, 1).rechunk({0: 2})  # band axis in two chunks
     arr = xr.DataArray(
         data,
@@ -34,7 +35,7 @@ def tile(tmp_path_factory):
         name="reflectance",
     )
     values = np.moveaxis(np.asarray(data), 0, -1)
-    return {"arr": arr, "values": values, "truth": im.true_classes(SHAPE, 3, seed=2, cell=24), **info}
+    return {"arr": arr, "values": values, "truth": datasets.true_classes(SHAPE, 3, seed=2, cell=24), **info}
 
 
 def test_fit_predict_keep_dims_coords_attrs_chunks(tile):

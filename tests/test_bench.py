@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from daskgmm import bench
+from daskgmm.benchmarks import kernel as bench
 from daskgmm.cli import main
 
 TINY = dict(shapes=[(3000, 3, 3), (1500, 5, 2)], n_iter=2, chunk_counts=(1, 4), seed=1, gemm_n=128)

@@ -95,3 +95,32 @@ def test_demo_runs_and_recovers_its_means():
     assert "lower bound" in out.stdout and "iteration" in out.stdout
     err = float(out.stdout.strip().splitlines()[-1].split(":")[-1])
     assert err < 0.1
+
+
+def test_building_the_parser_imports_only_the_cli_modules():
+    """``daskgmm --help`` builds every subcommand's parser; the subcommands import the library
+    (numpy, dask, scikit-learn, the benchmarks, the datasets) only when they run."""
+    code = (
+        "import sys, daskgmm; before = set(sys.modules); from daskgmm.cli import build_parser; build_parser(); "
+        "print(sorted(set(sys.modules) - before))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    new = __import__("ast").literal_eval(out.stdout.strip().splitlines()[-1])
+    assert new and all(m == "daskgmm.benchmarks" or m.startswith("daskgmm.cli") for m in new), new
+
+
+def test_segment_states_the_image_order_rule():
+    from daskgmm.cli.segment import ORDER_RULE
+    from daskgmm.image import ORDER_RULE as IMAGE_RULE
+
+    assert ORDER_RULE == IMAGE_RULE
+
+
+def test_library_modules_import_no_application_code():
+    import pathlib
+    import re
+
+    root = pathlib.Path(daskgmm.__file__).parent
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"daskgmm(\.|/)(cli|benchmarks)\b|from daskgmm import (cli|benchmarks)", text), path.name

@@ -416,14 +416,14 @@ def test_slurm_batch_script_runs_a_fit(tmp_path):
     """
     import zarr
 
-    from daskgmm.cli import make_blobs_zarr
+    from daskgmm.datasets import write_blobs_zarr
 
     bash = shutil.which("bash")
     scripts = sysconfig.get_path("scripts")
     if bash is None or not os.path.exists(os.path.join(scripts, "dask")):
         pytest.skip("needs bash and the dask/daskgmm console scripts beside this interpreter")
     subprocess.run([sys.executable, str(DEPLOY / "tls" / "make_certs.py"), str(tmp_path / "tls")], check=True, capture_output=True)
-    true_means = make_blobs_zarr(str(tmp_path / "blobs.zarr"), 20_000, 8, 3, 5_000, 1)
+    true_means = write_blobs_zarr(str(tmp_path / "blobs.zarr"), 20_000, 8, 3, 5_000, 1).means
     assert zarr.open(str(tmp_path / "blobs.zarr"), mode="r").shape == (20_000, 8)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -19,9 +19,10 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import daskgmm
-from daskgmm import cli
+from daskgmm import cli, datasets
 from daskgmm import image as im
 from daskgmm._kernels import label_dtype
+from daskgmm.cli.segment import _open_image
 from tests.conftest import make_mixture
 
 skdata = pytest.importorskip("skimage.data")
@@ -105,8 +106,8 @@ def test_grayscale_photo_single_band():
 def raster(tmp_path_factory):
     """A (300, 260, 4) uint16 Zarr raster, 4 known classes, nodata=0 stripes, chunks 128 x 100."""
     path = str(tmp_path_factory.mktemp("raster") / "raster.zarr")
-    info = im.make_raster(path, shape=(300, 260), n_bands=4, n_classes=4, chunks=(128, 100), seed=5, cell=32, nodata=0)
-    info["truth"] = im.true_classes((300, 260), 4, seed=5, cell=32)
+    info = datasets.make_raster(path, shape=(300, 260), n_bands=4, n_classes=4, chunks=(128, 100), seed=5, cell=32, nodata=0)
+    info["truth"] = datasets.true_classes((300, 260), 4, seed=5, cell=32)
     info["values"] = zarr.open_array(path, mode="r")[:]
     return info
 
@@ -342,7 +343,7 @@ def test_cli_segment(raster, tmp_path, local_cluster, capsys):
     g.create_array("bands", data=values)
     with pytest.raises(SystemExit, match=r"is a Zarr group; choose an array with --array \(one of \['bands'\]\)"):
         cli.main(["segment", group, str(tmp_path / "o2.zarr"), "-k", "4", "--scheduler", address])
-    node, source = im._open_image(group, "bands")
+    node, source = _open_image(group, "bands")
     assert node.shape == values.shape and source == os.path.join(group, "bands")
     with pytest.raises(SystemExit, match=r"no array 'b' in .* \(arrays: \['bands'\]\)"):
         cli.main(["segment", group, str(tmp_path / "o2.zarr"), "-k", "4", "--array", "b"])

@@ -173,7 +173,7 @@ def test_float32_fit_stays_close_for_well_separated_components():
     # to each component's centre amplifies float32 rounding by ~30², so partial sums
     # must go to float64 often (before that, this case was 1.2e-4 off)
     from daskgmm import GaussianMixture
-    from daskgmm.bench import max_rel_diff
+    from daskgmm.benchmarks.kernel import max_rel_diff
 
     rng = np.random.default_rng(0)
     k, d, n = 4, 3, 40_000

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from daskgmm import GaussianMixture
-from daskgmm._ooc_bench import fit_on_cluster, write_mixture_zarr
+from daskgmm.benchmarks.ooc import fit_on_cluster, write_mixture_zarr
 from tests.conftest import make_mixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -106,8 +106,8 @@ def test_streamed_fit_of_a_store_larger_than_worker_memory(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_readme_5gb_case():  # pragma: no cover - minutes; run with -m slow (python -m daskgmm._ooc_bench)
-    from daskgmm._ooc_bench import run
+def test_the_readme_5gb_case():  # pragma: no cover - minutes; run with -m slow (python -m daskgmm.benchmarks.ooc)
+    from daskgmm.benchmarks.ooc import run
 
     out = run(compare_rows=0)
     s = out["streamed"]

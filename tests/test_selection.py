@@ -133,7 +133,7 @@ def test_select_model_refuses_bad_arguments(data):
 
 def test_bench_rows_run_small():
     """The ``daskgmm bench --beyond`` rows on tiny data: the sweep finds the same models and BIC."""
-    from daskgmm.selection import bench_beyond, format_beyond
+    from daskgmm.benchmarks.beyond import bench_beyond, format_beyond
 
     rows = bench_beyond(n=2000, d=2, k_true=2, candidates=2, incr_n=2000, incr_d=2, incr_k=2,
                         incr_chunks=4, incr_refresh=2, max_iter=15)

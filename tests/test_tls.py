@@ -173,7 +173,7 @@ def test_compose_job_fits_through_the_tls_cluster(tls_cluster):
     model = daskgmm.load(dirs["/output"] / "model.npz")
     assert model.n_components == 5
     np.testing.assert_allclose(model.means_, np.round(np.asarray(summary["means"]), 6), atol=1e-6)
-    # make_blobs_zarr(seed=0) draws the 5 true means as uniform(-3, 3) in 8-D: each is recovered
+    # write_blobs_zarr(seed=0) draws the 5 true means as uniform(-3, 3) in 8-D: each is recovered
     true_means = np.random.RandomState(0).uniform(-3, 3, size=(5, 8))
     d = np.linalg.norm(model.means_[:, None, :] - true_means[None], axis=2)
     assert sorted(d.argmin(axis=0)) == list(range(5))  # one fitted component per true one
@@ -279,7 +279,8 @@ def test_cli_connects_with_tls_from_the_dask_configuration(tls_cluster):
     """The notebook / HPC route: no --tls-* options, certificates from deploy/dask/dask.yaml."""
     import dask
 
-    from daskgmm.cli import build_parser, connect
+    from daskgmm.cli import build_parser
+    from daskgmm.cli._cluster import connect
 
     cfg = flatten(yaml.safe_load((tls_cluster["conf"] / "dask.yaml").read_text()))
     args = build_parser().parse_args(["fit", "x.zarr", "-k", "2", "--scheduler", tls_cluster["address"]])

@@ -1,6 +1,6 @@
 """Out-of-core benchmark: fit a Zarr array larger than the whole cluster's memory.
 
-Run it as ``python -m daskgmm._ooc_bench`` (``--help`` for the options). The default
+Run it as ``python -m daskgmm.benchmarks.ooc`` (``--help`` for the options). The default
 is the README's case: 40 million rows x 16 float64 features (5.1 GB) on a local
 cluster of 2 worker processes with a 640 MiB memory limit each (1.25 GiB in all),
 K=8 full covariances, the data streamed from a Zarr store in every iteration; then
@@ -9,9 +9,11 @@ worker) for the per-iteration comparison. It reports seconds per iteration, the
 peak memory of the workers and of this (driver) process, whether any worker was
 paused or restarted by the memory monitor, and how far the fitted means are from
 the generating ones. The Zarr store is written chunk by chunk by the workers into
-a temporary directory (``--dir``) and deleted afterwards.
+a temporary directory (``--dir``) and deleted afterwards: :func:`daskgmm.datasets.write_blobs_zarr`
+with :data:`DATA` (uncompressed, one seed per block's first row, weights drawn).
 
-The functions here also serve ``tests/test_out_of_core.py`` at a small size.
+The functions here also serve ``tests/test_out_of_core.py`` at a small size, and
+:class:`MemoryWatch` the segmentation scale run.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import time
 
 import numpy as np
 
+from daskgmm.datasets import write_blobs_zarr
+
 
 def worker_rss() -> int:
     """Resident memory of the calling process in bytes (run on workers with ``client.run``)."""
@@ -35,59 +39,17 @@ def worker_rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def mixture_means(n_features: int, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The generating weights, means and per-component scales of :func:`mixture_block`."""
-    rng = np.random.RandomState(seed)
-    weights = rng.dirichlet(np.full(n_components, 10.0))
-    means = rng.uniform(-5.0, 5.0, size=(n_components, n_features))
-    scales = rng.uniform(0.5, 1.5, size=n_components)
-    return weights, means, scales
-
-
-def mixture_block(start: int, stop: int, n_features: int, n_components: int, seed: int) -> np.ndarray:
-    """Rows ``start:stop`` of the synthetic mixture (pure: seeded by ``start``)."""
-    weights, means, scales = mixture_means(n_features, n_components, seed)
-    rng = np.random.RandomState([seed, start % (2**32 - 1), start // (2**32 - 1)])
-    n = stop - start
-    labels = rng.choice(n_components, size=n, p=weights)
-    out = rng.standard_normal((n, n_features))
-    out *= scales[labels, None]
-    out += means[labels]
-    return out
-
-
-def _block(block_info=None, n_features=16, n_components=8, seed=0):
-    lo, hi = block_info[None]["array-location"][0]
-    return mixture_block(lo, hi, n_features, n_components, seed)
+#: the options of :func:`daskgmm.datasets.write_blobs_zarr` for this benchmark's data: uncompressed,
+#: every block seeded by its first row, means in [-5, 5], weights ~ Dirichlet(10)
+DATA = {"separation": 5.0, "concentration": 10.0, "seed_by": "row", "compressed": False}
 
 
 def write_mixture_zarr(
     path: str, n_samples: int, n_features: int, n_components: int, chunk_rows: int, seed: int = 0
 ) -> np.ndarray:
-    """Write the synthetic mixture to a new (uncompressed) Zarr array at ``path``, chunk by chunk.
-
-    Runs on the current Dask scheduler; no chunk passes through the driver.
-    Returns the generating means.
-    """
-    import dask.array as da
-    import zarr
-
-    n_full, rest = divmod(n_samples, chunk_rows)
-    rows = (chunk_rows,) * n_full + ((rest,) if rest else ())
-    X = da.map_blocks(
-        _block,
-        chunks=(rows, (n_features,)),
-        dtype=np.float64,
-        n_features=n_features,
-        n_components=n_components,
-        seed=seed,
-        meta=np.empty((0, 0)),
-    )
-    z = zarr.create_array(
-        path, shape=(n_samples, n_features), chunks=(chunk_rows, n_features), dtype="f8", compressors=None
-    )
-    da.store(X, z, lock=False)
-    return mixture_means(n_features, n_components, seed)[1]
+    """Write this benchmark's synthetic mixture to a new Zarr array at ``path``, chunk by chunk
+    (:func:`daskgmm.datasets.write_blobs_zarr` with :data:`DATA`); returns the generating means."""
+    return write_blobs_zarr(path, n_samples, n_features, n_components, chunk_rows, seed, **DATA).means
 
 
 def sample_init(
@@ -333,7 +295,7 @@ def _mib(n: float) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m daskgmm._ooc_bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m daskgmm.benchmarks.ooc", description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=40_000_000)
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--components", type=int, default=8)

@@ -1,4 +1,5 @@
-"""``daskgmm bench``: EM iterations of daskgmm against scikit-learn on the same data, in one process.
+"""The kernel benchmark (``daskgmm bench``): EM iterations of daskgmm against scikit-learn on the
+same data, in one process. The command line is in :mod:`daskgmm.cli.bench`.
 
 What is measured
 ----------------
@@ -30,9 +31,7 @@ What is measured
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -43,11 +42,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from daskgmm.benchmarks import CHUNK_COUNTS, QUICK_SHAPES
+from daskgmm.datasets import make_mixture
+
 logger = logging.getLogger("daskgmm")
 
-QUICK_SHAPES = ((100_000, 16, 16), (400_000, 3, 8), (40_000, 64, 32))
-FULL_SHAPES = ((500_000, 16, 16), (2_000_000, 3, 8), (200_000, 64, 32))
-CHUNK_COUNTS = (1, 10, 100, 1000)
 COLUMNS = (
     ("case", "case"),
     ("n", "N"),
@@ -164,19 +163,13 @@ def make_data(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, dict]:
 
     Returns ``X`` (n, d) and ``start`` with ``weights``, ``means`` and ``covariances``
     (full): the true means moved by half a standard deviation, inflated covariances,
-    uniform weights, so EM has real work to do.
+    uniform weights, so EM has real work to do. ``X`` is
+    :func:`daskgmm.datasets.make_mixture` drawn from ``numpy.random.default_rng(seed)``.
     """
     rng = np.random.default_rng(seed)
-    weights = rng.dirichlet(np.full(k, 5.0))
-    means = rng.uniform(-5.0, 5.0, size=(k, d))
-    A = rng.normal(size=(k, d, d)) * (0.5 / np.sqrt(d))
-    cov = np.einsum("kij,klj->kil", A, A) + 0.2 * np.eye(d)
-    labels = rng.choice(k, size=n, p=weights)
-    X = rng.standard_normal((n, d))
-    chol = np.linalg.cholesky(cov)
-    for j in range(k):
-        idx = np.flatnonzero(labels == j)
-        X[idx] = X[idx] @ chol[j].T + means[j]
+    X, _, _, means, cov = make_mixture(
+        n, d, k, rng, separation=5.0, cov_scale=0.5 / np.sqrt(d), ridge=0.2, matmul=True
+    )
     sd = np.sqrt(np.einsum("kii->ki", cov))
     start = {
         "weights": np.full(k, 1.0 / k),
@@ -467,115 +460,3 @@ def format_report(result: dict, command: str = "daskgmm bench") -> str:
         )
     lines.append(f"- Reproduce: `{command}` ({result['seconds']:.0f} s for this run).")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------
-def _shape(text: str) -> tuple[int, int, int]:
-    try:
-        n, d, k = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N,D,K (three integers), got {text!r}") from None
-    if min(n, d, k) < 1 or n < k:
-        raise argparse.ArgumentTypeError(f"need N >= K >= 1 and D >= 1, got {text!r}")
-    return n, d, k
-
-
-def _counts(text: str) -> tuple[int, ...]:
-    if text.strip() in ("", "none"):
-        return ()
-    try:
-        out = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated chunk counts, got {text!r}") from None
-    if min(out) < 1:
-        raise argparse.ArgumentTypeError(f"chunk counts must be >= 1, got {text!r}")
-    return out
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``daskgmm bench``."""
-    p = subparsers.add_parser(
-        "bench",
-        help="time EM iterations of daskgmm against scikit-learn on the same data",
-        description=(
-            "Time full-covariance EM iterations of daskgmm and scikit-learn on the same generated data "
-            "and starting parameters, in this process, and print a markdown table: seconds per "
-            "iteration, speed-up, GFLOP/s and percent of the float64 GEMM peak measured in the same run, "
-            "peak memory, parameter agreement; plus float32, the other covariance types and the "
-            "per-chunk overhead. --quick (default) takes about a minute, --full a few minutes."
-        ),
-    )
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help=f"small shapes {QUICK_SHAPES} (default)")
-    size.add_argument("--full", action="store_true", help=f"the issue's shapes {FULL_SHAPES}")
-    p.add_argument("--shape", type=_shape, action="append", metavar="N,D,K",
-                   help="a full-covariance case (repeatable; replaces the preset shapes)")
-    p.add_argument("--iters", type=int, default=3, help="EM iterations timed per case (default 3)")
-    p.add_argument("--chunks", type=_counts, default=CHUNK_COUNTS, metavar="C1,C2,...",
-                   help="chunk counts for the overhead rows (default 1,10,100,1000; 'none' to skip)")
-    p.add_argument("--sklearn", choices=("auto", "all", "none"), default="auto",
-                   help="where scikit-learn runs: auto = all shapes but the preset D=64 one "
-                        "(about a minute per scikit-learn iteration there), all, none")
-    p.add_argument("--no-other-types", action="store_true", help="skip the tied/diag/spherical rows")
-    p.add_argument("--no-float32", action="store_true", help="skip the float32 row")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
-    p.add_argument("--gemm-size", type=int, default=2048, metavar="N",
-                   help="size of the float64 N x N matrix product that measures the GEMM peak (default 2048)")
-    p.add_argument("--markdown", action="store_true",
-                   help="print the README-ready report (machine, table, derived figures, command)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    p.add_argument("--beyond", action="store_true",
-                   help="also run the select_model sweep vs separate fits and incremental vs full EM rows "
-                        "(daskgmm.selection.bench_beyond; a few minutes)")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args) -> int:
-    """Entry point of ``daskgmm bench``."""
-    if args.iters < 1:
-        raise SystemExit(f"error: --iters must be >= 1, got {args.iters}")
-    if args.gemm_size < 16:
-        raise SystemExit(f"error: --gemm-size must be >= 16, got {args.gemm_size}")
-    preset = FULL_SHAPES if args.full else QUICK_SHAPES
-    shapes = tuple(args.shape) if args.shape else preset
-    if args.sklearn == "none":
-        sk = []
-    elif args.sklearn == "all" or args.shape:
-        sk = None
-    else:
-        sk = [i for i, s in enumerate(shapes) if s[1] < 64]
-    result = run_benchmark(
-        shapes=shapes,
-        n_iter=args.iters,
-        chunk_counts=args.chunks,
-        sklearn_shapes=sk,
-        other_types=not args.no_other_types,
-        float32=not args.no_float32,
-        seed=args.seed,
-        gemm_n=args.gemm_size,
-        progress=lambda msg: print(f"# {msg}", flush=True),
-    )
-    command = "daskgmm bench" + (" --full" if args.full else "") + " --markdown"
-    if args.markdown:
-        print(format_report(result, command))
-    else:
-        print(format_table(result))
-        oh = result.get("chunk_overhead") or {}
-        print(f"\nfloat64 GEMM peak {result['gemm_peak_gflops']:.0f} GFLOP/s; load {result['machine']['load']}")
-        if oh:
-            print(f"per-chunk cost {1e3 * oh['per_chunk_seconds']:.2f} ms; default chunking loses "
-                  f"{100 * oh['default_overhead_fraction']:.1f}%")
-    if args.beyond:  # select_model sweep vs separate fits; incremental vs full EM (daskgmm/selection.py)
-        from daskgmm.selection import bench_beyond, format_beyond
-
-        result["beyond"] = bench_beyond()
-        print(format_beyond(result["beyond"]))
-    if args.json:
-        from daskgmm.io import atomic_write_bytes
-
-        payload = json.dumps(result, indent=2, default=float).encode()
-        atomic_write_bytes(args.json, lambda f: f.write(payload))
-    return 0

@@ -1,0 +1,7 @@
+"""``python -m daskgmm.cli``: the ``daskgmm`` command."""
+
+import sys
+
+from daskgmm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,119 @@
+"""``daskgmm bench``: the kernel benchmark (:mod:`daskgmm.benchmarks.kernel`) from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from daskgmm.benchmarks import CHUNK_COUNTS, FULL_SHAPES, QUICK_SHAPES
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        n, d, k = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,D,K (three integers), got {text!r}") from None
+    if min(n, d, k) < 1 or n < k:
+        raise argparse.ArgumentTypeError(f"need N >= K >= 1 and D >= 1, got {text!r}")
+    return n, d, k
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    if text.strip() in ("", "none"):
+        return ()
+    try:
+        out = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated chunk counts, got {text!r}") from None
+    if min(out) < 1:
+        raise argparse.ArgumentTypeError(f"chunk counts must be >= 1, got {text!r}")
+    return out
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``daskgmm bench``."""
+    p = subparsers.add_parser(
+        "bench",
+        help="time EM iterations of daskgmm against scikit-learn on the same data",
+        description=(
+            "Time full-covariance EM iterations of daskgmm and scikit-learn on the same generated data "
+            "and starting parameters, in this process, and print a markdown table: seconds per "
+            "iteration, speed-up, GFLOP/s and percent of the float64 GEMM peak measured in the same run, "
+            "peak memory, parameter agreement; plus float32, the other covariance types and the "
+            "per-chunk overhead. --quick (default) takes about a minute, --full a few minutes."
+        ),
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help=f"small shapes {QUICK_SHAPES} (default)")
+    size.add_argument("--full", action="store_true", help=f"the issue's shapes {FULL_SHAPES}")
+    p.add_argument("--shape", type=_shape, action="append", metavar="N,D,K",
+                   help="a full-covariance case (repeatable; replaces the preset shapes)")
+    p.add_argument("--iters", type=int, default=3, help="EM iterations timed per case (default 3)")
+    p.add_argument("--chunks", type=_counts, default=CHUNK_COUNTS, metavar="C1,C2,...",
+                   help="chunk counts for the overhead rows (default 1,10,100,1000; 'none' to skip)")
+    p.add_argument("--sklearn", choices=("auto", "all", "none"), default="auto",
+                   help="where scikit-learn runs: auto = all shapes but the preset D=64 one "
+                        "(about a minute per scikit-learn iteration there), all, none")
+    p.add_argument("--no-other-types", action="store_true", help="skip the tied/diag/spherical rows")
+    p.add_argument("--no-float32", action="store_true", help="skip the float32 row")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument("--gemm-size", type=int, default=2048, metavar="N",
+                   help="size of the float64 N x N matrix product that measures the GEMM peak (default 2048)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the README-ready report (machine, table, derived figures, command)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--beyond", action="store_true",
+                   help="also run the select_model sweep vs separate fits and incremental vs full EM rows "
+                        "(daskgmm.benchmarks.beyond; a few minutes)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """Entry point of ``daskgmm bench``."""
+    from daskgmm.benchmarks.kernel import format_report, format_table, run_benchmark
+
+    if args.iters < 1:
+        raise SystemExit(f"error: --iters must be >= 1, got {args.iters}")
+    if args.gemm_size < 16:
+        raise SystemExit(f"error: --gemm-size must be >= 16, got {args.gemm_size}")
+    preset = FULL_SHAPES if args.full else QUICK_SHAPES
+    shapes = tuple(args.shape) if args.shape else preset
+    if args.sklearn == "none":
+        sk = []
+    elif args.sklearn == "all" or args.shape:
+        sk = None
+    else:
+        sk = [i for i, s in enumerate(shapes) if s[1] < 64]
+    result = run_benchmark(
+        shapes=shapes,
+        n_iter=args.iters,
+        chunk_counts=args.chunks,
+        sklearn_shapes=sk,
+        other_types=not args.no_other_types,
+        float32=not args.no_float32,
+        seed=args.seed,
+        gemm_n=args.gemm_size,
+        progress=lambda msg: print(f"# {msg}", flush=True),
+    )
+    command = "daskgmm bench" + (" --full" if args.full else "") + " --markdown"
+    if args.markdown:
+        print(format_report(result, command))
+    else:
+        print(format_table(result))
+        oh = result.get("chunk_overhead") or {}
+        print(f"\nfloat64 GEMM peak {result['gemm_peak_gflops']:.0f} GFLOP/s; load {result['machine']['load']}")
+        if oh:
+            print(f"per-chunk cost {1e3 * oh['per_chunk_seconds']:.2f} ms; default chunking loses "
+                  f"{100 * oh['default_overhead_fraction']:.1f}%")
+    if args.beyond:  # select_model sweep vs separate fits; incremental vs full EM
+        from daskgmm.benchmarks.beyond import bench_beyond, format_beyond
+
+        result["beyond"] = bench_beyond()
+        print(format_beyond(result["beyond"]))
+    if args.json:
+        from daskgmm.io import atomic_write_bytes
+
+        payload = json.dumps(result, indent=2, default=float).encode()
+        atomic_write_bytes(args.json, lambda f: f.write(payload))
+    return 0

@@ -1,0 +1,163 @@
+"""``daskgmm fit``: fit a Gaussian mixture to a Zarr array or .npy file on a Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+
+from daskgmm.cli._cluster import add_cluster_arguments, connect
+
+
+# --------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------
+def open_data(path: str, array: str | None):
+    """The Zarr array (or group member) itself, so that a checkpoint records its path, or a
+    lazy dask array over a memory-mapped .npy file."""
+    import dask.array as da
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path!r} does not exist")
+    if path.endswith(".npy"):
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        return da.from_array(arr, chunks=("auto", -1))
+    from daskgmm._input import open_zarr_array
+
+    try:
+        return open_zarr_array(path, array)[0]
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+# --------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------
+def add_parser(sub) -> None:
+    """Register ``daskgmm fit``."""
+    p = sub.add_parser("fit", help="fit a Gaussian mixture to a Zarr array or .npy file")
+    p.add_argument("data", help="Zarr array (or group with --array) or .npy file of shape (n_samples, n_features)")
+    p.add_argument("--array", help="array name inside a Zarr group")
+    p.add_argument("--n-components", "-k", type=int, required=True)
+    p.add_argument("--covariance-type", default="full", choices=["full", "tied", "diag", "spherical"])
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--reg-covar", type=float, default=1e-6)
+    p.add_argument("--n-init", type=int, default=1)
+    p.add_argument("--init", default="kmeans", choices=["kmeans", "k-means++", "random", "random_from_data"])
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: unseeded)")
+    p.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: the array's chunks)")
+    p.add_argument("--save-model", metavar="PATH", help="write the fitted model here (.npz, no pickle)")
+    p.add_argument("--json", action="store_true", help="print the fitted summary as JSON")
+    p.add_argument("--checkpoint", metavar="PATH", help="save the EM state here after every iteration (atomic, no pickle)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint PATH (a new fit if it does not exist yet)")
+    p.add_argument(
+        "--persist",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="hold the data in cluster memory across iterations (true), stream it from storage every "
+        "iteration (false), or hold it only when it takes at most half the workers' memory (auto, the default)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
+    add_cluster_arguments(p)
+    p.set_defaults(func=run_fit)
+
+
+def model_kwargs(args) -> dict:
+    return dict(
+        n_components=args.n_components,
+        covariance_type=args.covariance_type,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        reg_covar=args.reg_covar,
+        n_init=args.n_init,
+        init_params=args.init,
+        random_state=args.seed,
+        chunk_size=args.chunk_size,
+        persist={"auto": "auto", "true": True, "false": False}[getattr(args, "persist", "auto")],
+        checkpoint=getattr(args, "checkpoint", None),
+    )
+
+
+def summary(model) -> dict:
+    import numpy as np
+
+    return {
+        "n_components": int(model.n_components),
+        "covariance_type": model.covariance_type,
+        "converged": bool(model.converged_),
+        "n_iter": int(model.n_iter_),
+        "lower_bound": float(model.lower_bound_),
+        "weights": np.round(model.weights_, 6).tolist(),
+        "means": np.round(model.means_, 6).tolist(),
+    }
+
+
+def print_summary(model, out=sys.stdout) -> None:
+    import numpy as np
+
+    print(
+        f"converged: {model.converged_}  iterations: {model.n_iter_}  "
+        f"lower bound: {model.lower_bound_:.6f}",
+        file=out,
+    )
+    with np.printoptions(precision=4, suppress=True, linewidth=120):
+        for k in np.argsort(-model.weights_):
+            print(f"  component {k}: weight {model.weights_[k]:.4f}  mean {model.means_[k]}", file=out)
+
+
+def run_fit(args) -> int:
+    from sklearn.exceptions import ConvergenceWarning
+
+    from daskgmm import GaussianMixture
+    from daskgmm._progress import FitProgress, is_interactive
+    from daskgmm.checkpoint import CheckpointError
+
+    X = open_data(args.data, args.array)
+    if args.resume and not args.checkpoint:
+        raise SystemExit("error: --resume needs --checkpoint PATH (the checkpoint of the fit to continue)")
+    bars: list = []
+
+    def progress(state, record):
+        # one bar per start: a start begins again at iteration 1
+        if not bars or record["iteration"] <= bars[-1].last:
+            if bars:
+                bars[-1].close()
+            bars.append(FitProgress(args.max_iter, True, desc="daskgmm fit", initial=record["iteration"] - 1))
+        bars[-1].update(record)
+
+    show = is_interactive() and not args.no_progress
+    with connect(args) as client:
+        if client.dashboard_link:
+            print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        model = GaussianMixture(verbose=0, **model_kwargs(args))
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                # a command-line user gets a plain message below, not a Python warning
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(X, callback=progress if show else None, resume=args.resume)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from e
+        finally:
+            for bar in bars:
+                bar.close()
+        seconds = time.perf_counter() - t0
+    if not model.converged_ and args.max_iter > 0:
+        print(
+            f"warning: the fit did not converge in {model.n_iter_} iterations "
+            f"(lower bound still changing by more than --tol {args.tol}); "
+            "increase --max-iter or --tol, or try --n-init / another --init",
+            file=sys.stderr,
+        )
+    if args.save_model:
+        model.save(args.save_model)
+    if args.json:
+        print(json.dumps({**summary(model), "seconds": seconds}))
+    else:
+        print_summary(model)
+        print(f"fitted in {seconds:.2f}s" + (f"; model saved to {args.save_model}" if args.save_model else ""))
+    return 0

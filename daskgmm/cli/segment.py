@@ -1,0 +1,153 @@
+"""``daskgmm segment``: segment a multi-band Zarr raster into per-pixel classes, written to a
+Zarr group (:mod:`daskgmm.image` does the work)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from daskgmm.cli._cluster import add_cluster_arguments, connect
+
+#: the component order rule, as :data:`daskgmm.image.ORDER_RULE` states it (kept here so that
+#: building the parser does not import the image module)
+ORDER_RULE = (
+    "components sorted by their mean in the first band, ties broken by the next bands "
+    "(numpy.lexsort of the means); label -1 marks nodata"
+)
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _feature_axis(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text  # a dimension name (Zarr arrays with dimension names)
+
+
+def add_parser(subparsers) -> None:
+    """Register ``daskgmm segment``."""
+    p = subparsers.add_parser(
+        "segment",
+        help="segment a multi-band Zarr raster into per-pixel classes, written to a Zarr group",
+        description="Fit a Gaussian mixture on the valid pixels of IMAGE (or a --sample of them), "
+        "label every pixel, and write OUT, a Zarr group with 'labels' (and the asked-for outputs), "
+        "chunked like IMAGE. " + ORDER_RULE + ".",
+    )
+    p.add_argument("image", help="Zarr array (or group with --array) of shape (*spatial, bands)")
+    p.add_argument("out", help="output Zarr group (refused if it exists, unless --overwrite)")
+    p.add_argument("--n-components", "-k", type=int, required=True)
+    p.add_argument("--array", help="array name inside a Zarr group")
+    p.add_argument("--feature-axis", type=_feature_axis, default=-1, help="axis holding the bands: an integer, a Zarr dimension name, or 'none' for one band (default -1)")
+    p.add_argument("--nodata", type=_number, default=None, help="pixels equal to this in any band are left out and labelled -1")
+    p.add_argument("--sample", type=float, default=None, help="fit on this fraction of the valid pixels (e.g. 0.01)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the pixel sample and the initialisation")
+    p.add_argument("--covariance-type", default="full", choices=["full", "tied", "diag", "spherical"])
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--save-model", metavar="PATH", help="also write the fitted model here (.npz, no pickle)")
+    p.add_argument("--probabilities", action="store_true", help="also write per-pixel probabilities (float32, ..., K)")
+    p.add_argument("--log-density", action="store_true", help="also write the per-pixel log-density (an anomaly map)")
+    p.add_argument("--confidence", action="store_true", help="also write the largest probability per pixel")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (timings, pixels per second)")
+    add_cluster_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _open_image(path: str, array: str | None):
+    from daskgmm._input import open_zarr_array
+
+    try:
+        return open_zarr_array(path, array)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def run(args) -> int:
+    """``daskgmm segment``: fit, then write OUT safely; prints a summary."""
+    import numpy as np
+
+    from daskgmm.image import Segmentation, as_image, fit_image
+
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not args.overwrite:
+        raise SystemExit(f"error: {args.out!r} already exists; pass --overwrite to replace it")
+    if args.sample is not None and not 0.0 < args.sample <= 1.0:
+        raise SystemExit(f"error: --sample {args.sample} must be a fraction in (0, 1], e.g. 0.01")
+    znode, source = _open_image(args.image, args.array)
+    if os.path.abspath(source).rstrip(os.sep) == out.rstrip(os.sep) or os.path.abspath(args.image) == out:
+        raise SystemExit("error: OUT is the input image; choose another output path")
+    try:
+        img = as_image(znode, args.feature_axis)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}") from e
+    img.source = source
+    n_pixels = int(np.prod(img.spatial_shape))
+    with connect(args) as client:
+        if client.dashboard_link:
+            print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            model = fit_image(
+                img,
+                args.n_components,
+                nodata=args.nodata,
+                sample=args.sample,
+                random_state=args.seed,
+                covariance_type=args.covariance_type,
+                max_iter=args.max_iter,
+                tol=args.tol,
+            )
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from e
+        fit_s = time.perf_counter() - t0
+        seg = Segmentation(model=model, image=img, nodata=args.nodata)
+        t1 = time.perf_counter()
+        seg.to_zarr(
+            out,
+            probabilities=args.probabilities,
+            log_density=args.log_density,
+            confidence=args.confidence,
+            overwrite=args.overwrite,
+            attrs={"command": "daskgmm segment", "sample": args.sample, "seed": args.seed},
+        )
+        write_s = time.perf_counter() - t1
+    if args.save_model:
+        model.save(args.save_model)
+    summary = {
+        "n_pixels": n_pixels,
+        "n_pixels_fit": int(model.n_pixels_fit_),
+        "n_bands": img.n_bands,
+        "n_components": int(model.n_components),
+        "converged": bool(model.converged_),
+        "n_iter": int(model.n_iter_),
+        "lower_bound": float(model.lower_bound_),
+        "fit_seconds": fit_s,
+        "predict_write_seconds": write_s,
+        "fit_pixels_per_second": model.n_pixels_fit_ / fit_s if fit_s > 0 else None,
+        "predict_pixels_per_second": n_pixels / write_s if write_s > 0 else None,
+        "out": out,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"fitted {model.n_components} components on {model.n_pixels_fit_:,} pixels in {fit_s:.1f}s "
+            f"(converged: {model.converged_}, {model.n_iter_} iterations); labelled {n_pixels:,} pixels "
+            f"and wrote {out} in {write_s:.1f}s ({n_pixels / max(write_s, 1e-9):,.0f} pixels/s)"
+        )
+    return 0
