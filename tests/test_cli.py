@@ -124,3 +124,41 @@ def test_library_modules_import_no_application_code():
     for path in root.glob("*.py"):
         text = path.read_text()
         assert not re.search(r"daskgmm(\.|/)(cli|benchmarks)\b|from daskgmm import (cli|benchmarks)", text), path.name
+
+
+def test_fit_on_a_terminal_draws_one_bar_for_all_starts(data):
+    """``daskgmm fit --n-init 3`` with standard error on a terminal: one bar that steps once per
+    pass for all three starts (issue 12: the command opened 7 bars)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    d, *_ = data
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    cmd = [sys.executable, "-m", "daskgmm.cli", "fit", str(d / "x.zarr"), "-k", "3", "--n-init", "3", "--seed", "0",
+           "--max-iter", "5", "--tol", "0", "--workers", "1", "--threads-per-worker", "1", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    out, _ = proc.communicate(timeout=180)
+    os.close(master)
+    assert proc.returncode == 0
+    assert json.loads(out.strip().splitlines()[-1])["n_iter"] == 5
+    screen = b"".join(chunks).decode(errors="replace")
+    bar_lines = [line for line in screen.replace("\r", "\n").splitlines() if "GMM, 3 starts" in line]
+    assert bar_lines and all("/5" in line for line in bar_lines)
+    # one bar: it reaches 5/5 once and never starts over at 0/5 after a later start began
+    finals = [line for line in bar_lines if "5/5" in line]
+    assert finals and "GMM start" not in screen
+    starts = [line for line in bar_lines if " 0/5" in line]
+    assert len(starts) <= 1

@@ -9,6 +9,13 @@ import time
 import warnings
 
 from daskgmm.cli._cluster import add_cluster_arguments, connect
+from daskgmm.cli._options import add_model_options
+from daskgmm.cli._options import model_kwargs as _model_kwargs
+
+#: the estimator parameters ``daskgmm fit`` takes as options (types, choices, defaults and help
+#: from :mod:`daskgmm._params`)
+MODEL_OPTIONS = ("n_components", "covariance_type", "max_iter", "tol", "reg_covar", "n_init", "init_params",
+                 "random_state", "chunk_size", "persist", "checkpoint", "on_collapse", "nan_policy", "incremental")
 
 
 # --------------------------------------------------------------------------
@@ -41,45 +48,17 @@ def add_parser(sub) -> None:
     p = sub.add_parser("fit", help="fit a Gaussian mixture to a Zarr array or .npy file")
     p.add_argument("data", help="Zarr array (or group with --array) or .npy file of shape (n_samples, n_features)")
     p.add_argument("--array", help="array name inside a Zarr group")
-    p.add_argument("--n-components", "-k", type=int, required=True)
-    p.add_argument("--covariance-type", default="full", choices=["full", "tied", "diag", "spherical"])
-    p.add_argument("--max-iter", type=int, default=100)
-    p.add_argument("--tol", type=float, default=1e-3)
-    p.add_argument("--reg-covar", type=float, default=1e-6)
-    p.add_argument("--n-init", type=int, default=1)
-    p.add_argument("--init", default="kmeans", choices=["kmeans", "k-means++", "random", "random_from_data"])
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: unseeded)")
-    p.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: the array's chunks)")
+    add_model_options(p, MODEL_OPTIONS)
     p.add_argument("--save-model", metavar="PATH", help="write the fitted model here (.npz, no pickle)")
     p.add_argument("--json", action="store_true", help="print the fitted summary as JSON")
-    p.add_argument("--checkpoint", metavar="PATH", help="save the EM state here after every iteration (atomic, no pickle)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint PATH (a new fit if it does not exist yet)")
-    p.add_argument(
-        "--persist",
-        default="auto",
-        choices=["auto", "true", "false"],
-        help="hold the data in cluster memory across iterations (true), stream it from storage every "
-        "iteration (false), or hold it only when it takes at most half the workers' memory (auto, the default)",
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     add_cluster_arguments(p)
     p.set_defaults(func=run_fit)
 
 
 def model_kwargs(args) -> dict:
-    return dict(
-        n_components=args.n_components,
-        covariance_type=args.covariance_type,
-        max_iter=args.max_iter,
-        tol=args.tol,
-        reg_covar=args.reg_covar,
-        n_init=args.n_init,
-        init_params=args.init,
-        random_state=args.seed,
-        chunk_size=args.chunk_size,
-        persist={"auto": "auto", "true": True, "false": False}[getattr(args, "persist", "auto")],
-        checkpoint=getattr(args, "checkpoint", None),
-    )
+    return _model_kwargs(args, MODEL_OPTIONS)
 
 
 def summary(model) -> dict:
@@ -110,25 +89,16 @@ def print_summary(model, out=sys.stdout) -> None:
 
 
 def run_fit(args) -> int:
+    import dask
     from sklearn.exceptions import ConvergenceWarning
 
     from daskgmm import GaussianMixture
-    from daskgmm._progress import FitProgress, is_interactive
+    from daskgmm._progress import is_interactive
     from daskgmm.checkpoint import CheckpointError
 
     X = open_data(args.data, args.array)
     if args.resume and not args.checkpoint:
         raise SystemExit("error: --resume needs --checkpoint PATH (the checkpoint of the fit to continue)")
-    bars: list = []
-
-    def progress(state, record):
-        # one bar per start: a start begins again at iteration 1
-        if not bars or record["iteration"] <= bars[-1].last:
-            if bars:
-                bars[-1].close()
-            bars.append(FitProgress(args.max_iter, True, desc="daskgmm fit", initial=record["iteration"] - 1))
-        bars[-1].update(record)
-
     show = is_interactive() and not args.no_progress
     with connect(args) as client:
         if client.dashboard_link:
@@ -139,12 +109,11 @@ def run_fit(args) -> int:
             with warnings.catch_warnings():
                 # a command-line user gets a plain message below, not a Python warning
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(X, callback=progress if show else None, resume=args.resume)
+                # the engine draws one bar for the fit (a step per pass, all starts together)
+                with dask.config.set({"daskgmm.progress": show}):
+                    model.fit(X, resume=args.resume)
         except CheckpointError as e:
             raise SystemExit(f"error: {e}") from e
-        finally:
-            for bar in bars:
-                bar.close()
         seconds = time.perf_counter() - t0
     if not model.converged_ and args.max_iter > 0:
         print(

@@ -10,6 +10,10 @@ import sys
 import time
 
 from daskgmm.cli._cluster import add_cluster_arguments, connect
+from daskgmm.cli._options import add_model_options, model_kwargs
+
+#: the estimator parameters ``daskgmm segment`` takes as options (from :mod:`daskgmm._params`)
+MODEL_OPTIONS = ("covariance_type", "max_iter", "tol", "reg_covar", "n_init", "init_params", "on_collapse")
 
 #: the component order rule, as :data:`daskgmm.image.ORDER_RULE` states it (kept here so that
 #: building the parser does not import the image module)
@@ -49,15 +53,13 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("image", help="Zarr array (or group with --array) of shape (*spatial, bands)")
     p.add_argument("out", help="output Zarr group (refused if it exists, unless --overwrite)")
-    p.add_argument("--n-components", "-k", type=int, required=True)
+    add_model_options(p, ("n_components",))
     p.add_argument("--array", help="array name inside a Zarr group")
     p.add_argument("--feature-axis", type=_feature_axis, default=-1, help="axis holding the bands: an integer, a Zarr dimension name, or 'none' for one band (default -1)")
     p.add_argument("--nodata", type=_number, default=None, help="pixels equal to this in any band are left out and labelled -1")
     p.add_argument("--sample", type=float, default=None, help="fit on this fraction of the valid pixels (e.g. 0.01)")
     p.add_argument("--seed", type=int, default=None, help="seed of the pixel sample and the initialisation")
-    p.add_argument("--covariance-type", default="full", choices=["full", "tied", "diag", "spherical"])
-    p.add_argument("--max-iter", type=int, default=100)
-    p.add_argument("--tol", type=float, default=1e-3)
+    add_model_options(p, MODEL_OPTIONS)
     p.add_argument("--save-model", metavar="PATH", help="also write the fitted model here (.npz, no pickle)")
     p.add_argument("--probabilities", action="store_true", help="also write per-pixel probabilities (float32, ..., K)")
     p.add_argument("--log-density", action="store_true", help="also write the per-pixel log-density (an anomaly map)")
@@ -108,9 +110,7 @@ def run(args) -> int:
                 nodata=args.nodata,
                 sample=args.sample,
                 random_state=args.seed,
-                covariance_type=args.covariance_type,
-                max_iter=args.max_iter,
-                tol=args.tol,
+                **model_kwargs(args, MODEL_OPTIONS),
             )
         except ValueError as e:
             raise SystemExit(f"error: {e}") from e

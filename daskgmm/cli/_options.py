@@ -1,0 +1,73 @@
+"""Model options of the commands, from the one parameter table (:mod:`daskgmm._params`).
+
+Each option's type, choices, default and help text come from the table, so
+``daskgmm fit``, ``daskgmm segment`` and :class:`~daskgmm.GaussianMixture` agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from daskgmm._params import PARAMS
+
+#: option name per parameter where it is not ``--`` + the name with dashes
+FLAGS = {"n_components": ("--n-components", "-k"), "init_params": ("--init",), "random_state": ("--seed",)}
+_BOOL_WORDS = {"auto": "auto", "true": True, "false": False}
+
+
+def _positive_int(low: float):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {int(low)}, got {value}")
+        return value
+
+    return parse
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_model_options(p: argparse.ArgumentParser, names, required=("n_components",)) -> None:
+    """Add ``--name`` options for the parameters ``names`` (the table's types, choices, defaults, help)."""
+    for name in names:
+        spec = PARAMS[name]
+        flags = FLAGS.get(name, ("--" + name.replace("_", "-"),))
+        kw: dict = {"dest": name, "help": spec.help}
+        if name in required:
+            kw["required"] = True
+        else:
+            kw["default"] = spec.default
+            if spec.default is not None:
+                kw["help"] += " (default: %(default)s)"
+        if name == "persist":
+            kw.update(choices=list(_BOOL_WORDS), default="auto")
+        elif spec.kind == "choice":
+            kw["choices"] = list(spec.choices)
+        elif spec.kind == "int" or name == "random_state":
+            kw["type"] = _positive_int(spec.low if spec.low is not None else 0)
+            kw["metavar"] = "SEED" if name == "random_state" else "N"
+        elif spec.kind == "float":
+            kw["type"] = _nonnegative_float
+            kw["metavar"] = "X"
+        elif spec.kind == "path":
+            kw["metavar"] = "PATH"
+        p.add_argument(*flags, **kw)
+
+
+def model_kwargs(args, names) -> dict:
+    """The estimator parameters given by the options ``names``."""
+    out = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if "persist" in out:
+        out["persist"] = _BOOL_WORDS[out["persist"]]
+    return out
