@@ -9,7 +9,24 @@ _FITTED = ("weights_", "means_", "covariances_", "precisions_", "precisions_chol
 
 
 def to_sklearn(est):
-    """A fitted :class:`sklearn.mixture.GaussianMixture` with ``est``'s parameters and attributes."""
+    """A fitted :class:`sklearn.mixture.GaussianMixture` with ``est``'s parameters and attributes.
+
+    Parameters
+    ----------
+    est : fitted daskgmm GaussianMixture
+        The constructor parameters scikit-learn shares and the fitted attributes
+        (``weights_``, ``means_``, covariances, precisions, ``n_iter_``...) are copied.
+
+    Returns
+    -------
+    sklearn.mixture.GaussianMixture
+        Fitted; also ``lower_bounds_`` and, when ``est`` has them, ``feature_names_in_``.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        ``est`` is not fitted.
+    """
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
     from sklearn.utils.validation import check_is_fitted
 
@@ -27,7 +44,30 @@ def to_sklearn(est):
 
 
 def from_sklearn(cls, model, **params):
-    """A fitted ``cls`` (daskgmm) from a fitted scikit-learn ``GaussianMixture``."""
+    """A fitted ``cls`` (daskgmm) from a fitted scikit-learn ``GaussianMixture``.
+
+    Parameters
+    ----------
+    cls : type
+        The daskgmm estimator class to build.
+    model : sklearn.mixture.GaussianMixture
+        A fitted scikit-learn model; its parameters that ``cls`` shares are copied, and its
+        fitted attributes (float arrays as float64 copies).
+    **params
+        Constructor parameters of ``cls`` to override or add (e.g. ``chunk_size``).
+
+    Returns
+    -------
+    cls instance
+        Fitted, with an empty ``history_``.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a scikit-learn ``GaussianMixture``.
+    sklearn.exceptions.NotFittedError
+        ``model`` is not fitted.
+    """
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
     from sklearn.utils.validation import check_is_fitted
 

@@ -55,6 +55,33 @@ class GMMAccessor:
         """Fit a :class:`~daskgmm.GaussianMixture` on the valid pixels (see :func:`daskgmm.segment`).
 
         Returns the fitted model, components sorted by their mean along the first feature.
+
+        Parameters
+        ----------
+        n_components : int
+            Number of classes K.
+        feature_dim : str, default="band"
+            Dimension holding the bands/features (brought to one chunk if split).
+        nodata : scalar, optional
+            Pixels equal to ``nodata`` in any band, and pixels with a NaN band, are nodata:
+            never fitted, labelled -1 when predicted.
+        sample : float in (0, 1], optional
+            Fit on this seeded random fraction of the valid pixels; None fits on all.
+        random_state : int, RandomState or None
+            Seeds the pixel sample and the model's initialisation.
+        **gmm_params
+            Any other :class:`~daskgmm.GaussianMixture` parameter.
+
+        Returns
+        -------
+        GaussianMixture
+            Fitted, components sorted by their mean along the first feature.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``feature_dim`` is not a dimension, a bad ``sample`` or ``random_state``, or fewer
+            valid pixels than ``max(2, n_components)``.
         """
         return _image.fit_image(
             self._prepared(feature_dim),
@@ -96,15 +123,83 @@ class GMMAccessor:
         return out.rename(what)
 
     def predict(self, model, *, feature_dim: str = "band", nodata=None) -> xr.DataArray:
-        """Component per pixel (int16, -1 for nodata), without the feature dimension."""
+        """Component per pixel (int16, -1 for nodata), without the feature dimension.
+
+        Parameters
+        ----------
+        model : fitted GaussianMixture
+            Fitted on as many features as ``feature_dim`` has entries.
+        feature_dim : str, default="band"
+            Dimension holding the bands/features; it is absent from the output.
+        nodata : scalar, optional
+            Pixels equal to ``nodata`` in any band, and pixels with a NaN band, are nodata.
+
+        Returns
+        -------
+        xarray.DataArray
+            Named ``labels``, int16 (int32 for K > 32767), -1 for nodata, lazy over dask
+            input; the other dimensions, coordinates and attributes are kept.
+
+        Raises
+        ------
+        ValueError
+            ``feature_dim`` is not a dimension, or the model has another number of features.
+        sklearn.exceptions.NotFittedError
+            ``model`` is not fitted.
+        """
         return self._apply(model, "labels", feature_dim, nodata)
 
     def predict_proba(self, model, *, feature_dim: str = "band", nodata=None) -> xr.DataArray:
-        """Posterior probabilities (float32) with a new last dimension ``component``."""
+        """Posterior probabilities (float32) with a new last dimension ``component``.
+
+        Parameters
+        ----------
+        model : fitted GaussianMixture
+            Fitted on as many features as ``feature_dim`` has entries.
+        feature_dim : str, default="band"
+            Dimension holding the bands/features; it is absent from the output.
+        nodata : scalar, optional
+            Pixels equal to ``nodata`` in any band, and pixels with a NaN band, are nodata.
+
+        Returns
+        -------
+        xarray.DataArray
+            Named ``probabilities``, float32, the other dimensions then ``component``
+            (size K, coordinates 0..K-1); NaN for nodata.
+
+        Raises
+        ------
+        ValueError
+            ``feature_dim`` is not a dimension, or the model has another number of features.
+        sklearn.exceptions.NotFittedError
+            ``model`` is not fitted.
+        """
         return self._apply(model, "probabilities", feature_dim, nodata)
 
     def score_samples(self, model, *, feature_dim: str = "band", nodata=None) -> xr.DataArray:
-        """Log of the mixture density per pixel (float32, NaN for nodata)."""
+        """Log of the mixture density per pixel (float32, NaN for nodata).
+
+        Parameters
+        ----------
+        model : fitted GaussianMixture
+            Fitted on as many features as ``feature_dim`` has entries.
+        feature_dim : str, default="band"
+            Dimension holding the bands/features; it is absent from the output.
+        nodata : scalar, optional
+            Pixels equal to ``nodata`` in any band, and pixels with a NaN band, are nodata.
+
+        Returns
+        -------
+        xarray.DataArray
+            Named ``log_density``, float32, the other dimensions; low values are anomalies.
+
+        Raises
+        ------
+        ValueError
+            ``feature_dim`` is not a dimension, or the model has another number of features.
+        sklearn.exceptions.NotFittedError
+            ``model`` is not fitted.
+        """
         return self._apply(model, "log_density", feature_dim, nodata)
 
     def segment(
@@ -121,6 +216,34 @@ class GMMAccessor:
 
         Returns a :class:`~daskgmm.image.Segmentation` whose outputs are DataArrays
         (``labels, model = da.gmm.segment(...)``; ``.to_zarr(path)`` writes them).
+
+        Parameters
+        ----------
+        n_components : int
+            Number of classes K.
+        feature_dim : str, default="band"
+            Dimension holding the bands/features (brought to one chunk if split).
+        nodata : scalar, optional
+            Pixels equal to ``nodata`` in any band, and pixels with a NaN band, are nodata:
+            never fitted, labelled -1 when predicted.
+        sample : float in (0, 1], optional
+            Fit on this seeded random fraction of the valid pixels; None fits on all.
+        random_state : int, RandomState or None
+            Seeds the pixel sample and the model's initialisation.
+        **gmm_params
+            Any other :class:`~daskgmm.GaussianMixture` parameter.
+
+        Returns
+        -------
+        Segmentation
+            Lazy DataArray outputs (``labels``, ``probabilities``, ``log_density``,
+            ``confidence``) and the fitted ``model``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``feature_dim`` is not a dimension, a bad ``sample`` or ``random_state``, or fewer
+            valid pixels than ``max(2, n_components)``.
         """
         return _image.segment(
             self._prepared(feature_dim),

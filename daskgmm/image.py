@@ -88,6 +88,21 @@ def pixel_table(img: Image, nodata=None, sample: float | None = None, seed: int 
     One row chunk per spatial block. When no filtering is needed (integer image, no
     nodata, no sampling) the chunk sizes are known; otherwise they are unknown until
     computed (the estimator learns them in one pass).
+
+    Parameters
+    ----------
+    img : Image
+    nodata : scalar, optional
+        Pixels equal to it in any band are left out (NaN pixels always are).
+    sample : float in (0, 1), optional
+        Keep each valid pixel with this probability; None keeps them all.
+    seed : int, default=0
+        Seeds the sample (with the block index): the same pixels on every run.
+
+    Returns
+    -------
+    dask.array.Array of shape (n_pixels, n_bands)
+        float32 for a float32 image, float64 otherwise; ``n_pixels`` may be NaN (unknown).
     """
     data = img.data
     bands = img.n_bands
@@ -133,6 +148,15 @@ def sort_components(model) -> np.ndarray:
     """Sort ``model``'s components by the means (first band, then the next): see module docs.
 
     Returns the permutation applied (new label ``i`` was component ``order[i]``).
+
+    Parameters
+    ----------
+    model : fitted GaussianMixture
+        Modified in place: ``weights_``, ``means_`` and the covariance arrays are permuted.
+
+    Returns
+    -------
+    order : ndarray of shape (n_components,)
     """
     order = np.lexsort(model.means_.T[::-1])
     _permute_components(model, order)
@@ -153,6 +177,23 @@ def fit_image(
 
     Same arguments as :func:`segment`; returns the fitted model with its components in
     the documented order.
+
+    Parameters
+    ----------
+    image : array-like of shape (*spatial, n_bands), or Image
+    n_components : int
+    feature_axis, nodata, sample, random_state, **gmm_params
+        As in :func:`segment`.
+
+    Returns
+    -------
+    GaussianMixture
+        Fitted and sorted (:func:`sort_components`); ``n_pixels_fit_`` counts its pixels.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad ``sample`` or ``random_state``; fewer pixels than ``max(2, n_components)``.
     """
     from daskgmm._gaussian_mixture import GaussianMixture
     from daskgmm._input import default_row_chunk
@@ -195,17 +236,54 @@ def fit_image(
 # prediction
 # --------------------------------------------------------------------------
 def model_params(model, image_dtype) -> EStepParams:
-    """The prediction kernel's parameters of a fitted model for pixels of ``image_dtype``."""
+    """The prediction kernel's parameters of a fitted model for pixels of ``image_dtype``.
+
+    Parameters
+    ----------
+    model : fitted GaussianMixture
+    image_dtype : numpy dtype
+        float32 images compute in float32, every other dtype in float64.
+
+    Returns
+    -------
+    EStepParams
+    """
     dtype = compute_dtype(image_dtype)
     return EStepParams(model.weights_, model.means_, model.precisions_cholesky_, model.covariance_type, dtype)
 
 
 def nodata_rule(nodata):
-    """The prediction kernel's ``nodata`` for images: NaN pixels are always nodata."""
+    """The prediction kernel's ``nodata`` for images: NaN pixels are always nodata.
+
+    Parameters
+    ----------
+    nodata : scalar or None
+
+    Returns
+    -------
+    scalar
+        ``nodata``, or NaN when it is None.
+    """
     return math.nan if nodata is None else nodata
 
 
 def check_model(model, n_bands: int) -> None:
+    """Check that ``model`` is fitted on ``n_bands`` features.
+
+    Parameters
+    ----------
+    model : GaussianMixture
+    n_bands : int
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError, ValueError
+        ``model`` is not fitted, or was fitted on another number of features.
+    """
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
@@ -247,7 +325,20 @@ class Segmentation:
         return int(self.model.n_components)
 
     def outputs(self, names: Sequence[Output] = ("labels",), wrap: bool = True) -> dict:
-        """The requested outputs as a dict ``{name: lazy array}`` sharing one task per block."""
+        """The requested outputs as a dict ``{name: lazy array}`` sharing one task per block.
+
+        Parameters
+        ----------
+        names : sequence of {"labels", "probabilities", "log_density", "confidence"}
+            Default ``("labels",)``; another name raises ValueError.
+        wrap : bool, default=True
+            Wrap each output in an xarray DataArray when the image is one.
+
+        Returns
+        -------
+        dict of str to dask.array.Array or xarray.DataArray
+            Each of shape (*spatial,), or (*spatial, n_components) for ``probabilities``.
+        """
         names = tuple(names)
         unknown = [n for n in names if n not in OUTPUTS]
         if unknown:
@@ -338,6 +429,21 @@ class Segmentation:
         """Write ``labels`` (and the asked-for outputs) to a new Zarr group at ``path``, safely.
 
         See :func:`write_zarr` and :func:`daskgmm.io.write_zarr`. Returns the path written.
+
+        Parameters
+        ----------
+        path : str or path-like
+        probabilities, log_density, confidence : bool, default=False
+            Also write this output.
+        overwrite : bool, default=False
+            Replace an existing ``path`` once the new store is complete (else FileExistsError).
+        attrs : dict, optional
+            More group attributes.
+
+        Returns
+        -------
+        str
+            The absolute path written.
         """
         names = ["labels"]
         names += [n for n, on in (("probabilities", probabilities), ("log_density", log_density), ("confidence", confidence)) if on]
@@ -348,6 +454,22 @@ def predict_image(model, image, *, feature_axis: int | str | None = -1, nodata=N
     """Apply a fitted model to an image (for example another tile), lazily.
 
     Returns a :class:`Segmentation` (``labels, model = predict_image(...)`` works too).
+
+    Parameters
+    ----------
+    model : fitted GaussianMixture
+    image : array-like of shape (*spatial, n_bands) (bands on ``feature_axis``)
+    feature_axis, nodata
+        As in :func:`segment`.
+
+    Returns
+    -------
+    Segmentation
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError, ValueError
+        ``model`` is not fitted, or was fitted on another number of features than bands.
     """
     img = image if isinstance(image, Image) else as_image(image, feature_axis)
     check_model(model, img.n_bands)
@@ -409,6 +531,25 @@ def write_zarr(seg: Segmentation, path, names: Sequence[Output] = ("labels",), *
     one chunk holding all K components), the model as JSON, the nodata rule and the component
     order; see :func:`daskgmm.io.write_zarr` for how a failure never leaves a store that
     looks complete. Returns the path written.
+
+    Parameters
+    ----------
+    seg : Segmentation
+    path : str or path-like
+    names : sequence of output names, default=("labels",)
+    overwrite : bool, default=False
+    attrs : dict, optional
+        More group attributes (they override the ones written here).
+
+    Returns
+    -------
+    str
+        The absolute path written.
+
+    Raises
+    ------
+    FileExistsError, ValueError
+        ``path`` exists (without ``overwrite``), or is the input image itself.
     """
     meta = {
         "n_components": seg.n_components,
@@ -435,6 +576,20 @@ def open_segmentation(path) -> dict:
 
     Returns ``{"labels": dask array, ... (the outputs written), "model": GaussianMixture,
     "attrs": dict}``. Refuses a store that lacks the completion stamp (an interrupted write).
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    dict
+        The arrays written (dask, shapes as written), ``"model"`` and ``"attrs"``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Nothing at ``path``, or no completion stamp.
     """
     from daskgmm._gaussian_mixture import GaussianMixture
 
