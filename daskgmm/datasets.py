@@ -159,10 +159,23 @@ def make_blobs(
     :func:`make_mixture`: pass one ``RandomState`` to several calls to continue its stream.
     Not the numbers of :func:`blobs_array`, which draws every block from its own seed.
 
+    Parameters
+    ----------
+    n_samples, n_features, n_components : int
+        The shape of ``X`` and the number of components.
+    seed : int, None, numpy.random.RandomState or numpy.random.Generator, default=0
+        As in :func:`make_mixture`.
+    separation : float, default=4.0
+        Half the side of the box the means are drawn in.
+    scale_range : (float, float), default=(0.7, 1.3)
+        Bounds of the per-component standard deviations.
+
     Returns
     -------
     Mixture
-        ``covariances`` are the per-component variances, shape (n_components,).
+        ``X`` float64 of shape (n_samples, n_features), ``labels`` (n_samples,), equal
+        ``weights``, ``means`` (n_components, n_features); ``covariances`` are the
+        per-component variances, shape (n_components,).
     """
     rng = _rng(seed)
     means = rng.uniform(-separation, separation, size=(n_components, n_features))
@@ -187,6 +200,23 @@ def blob_parameters(
     From ``RandomState(seed)``: ``weights ~ Dirichlet(concentration)`` (equal weights, and
     nothing drawn, when ``concentration`` is None), ``means ~ Uniform(-separation,
     separation)``, ``scales ~ Uniform(*scale_range)``.
+
+    Parameters
+    ----------
+    n_features, n_components : int
+    seed : int, default=0
+    separation : float, default=3.0
+        Half the side of the box the means are drawn in.
+    scale_range : (float, float), default=(0.5, 1.5)
+        Bounds of the per-component standard deviations.
+    concentration : float, optional
+        Dirichlet concentration of the weights; None for equal weights.
+
+    Returns
+    -------
+    Blobs
+        ``weights`` (n_components,), ``means`` (n_components, n_features), ``scales``
+        (n_components,).
     """
     rng = np.random.RandomState(seed)
     if concentration is None:
@@ -235,11 +265,28 @@ def blobs_array(
     row's component is drawn uniformly (``concentration=None``) or with the drawn weights.
     The parameters are those of :func:`blob_parameters`.
 
+    Parameters
+    ----------
+    n_samples, n_features, n_components : int
+    chunk_rows : int
+        Rows per block (the last block holds the rest).
+    seed : int, default=0
+    separation, scale_range, concentration
+        As in :func:`blob_parameters`.
+    seed_by : {"chunk", "row"}, default="chunk"
+        How each block's random stream is seeded (see above).
+
     Returns
     -------
     X : dask.array.Array of shape (n_samples, n_features)
+        float64, chunked ``(chunk_rows, n_features)``.
     params : Blobs
         ``weights``, ``means``, ``scales``.
+
+    Raises
+    ------
+    ValueError
+        ``seed_by`` is neither ``"chunk"`` nor ``"row"``.
     """
     if seed_by not in ("chunk", "row"):
         raise ValueError(f"seed_by must be 'chunk' or 'row', got {seed_by!r}.")
@@ -280,6 +327,30 @@ def write_blobs_zarr(
     Runs on the current Dask scheduler; no block passes through the driver. ``compressed=False``
     stores the chunks uncompressed (what the out-of-core benchmark reads); ``options`` are those
     of :func:`blobs_array`. Returns the generating parameters (``.means`` for the true means).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The new Zarr array, float64 of shape (n_samples, n_features), chunks
+        ``(chunk_rows, n_features)``.
+    n_samples, n_features, n_components, chunk_rows, seed
+        As in :func:`blobs_array`.
+    compressed : bool, default=True
+        Use Zarr's default compressor; False stores the chunks raw.
+    overwrite : bool, default=False
+        Replace an existing ``path``.
+    **options
+        ``separation``, ``scale_range``, ``concentration``, ``seed_by`` of :func:`blobs_array`.
+
+    Returns
+    -------
+    Blobs
+        ``weights``, ``means``, ``scales``.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
     """
     import zarr
 
@@ -303,7 +374,21 @@ def write_blobs_zarr(
 # a raster with known classes
 # --------------------------------------------------------------------------
 def raster_classes(n_classes: int, n_bands: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Class means and noise scales of :func:`make_raster` (uint16 band values)."""
+    """Class means and noise scales of :func:`make_raster` (uint16 band values).
+
+    Parameters
+    ----------
+    n_classes, n_bands : int
+    seed : int, default=0
+        Seeds a ``RandomState``.
+
+    Returns
+    -------
+    means : ndarray of shape (n_classes, n_bands)
+        Drawn from ``Uniform(2000, 50000)``.
+    scales : ndarray of shape (n_classes, n_bands)
+        Noise standard deviations, drawn from ``Uniform(300, 1200)``.
+    """
     rng = np.random.RandomState(seed)
     means = rng.uniform(2000, 50000, size=(n_classes, n_bands))
     scales = rng.uniform(300, 1200, size=(n_classes, n_bands))
@@ -385,6 +470,37 @@ def make_raster(
     the current scheduler), so memory stays bounded.
 
     Returns ``{"means", "scales", "path"}``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The new Zarr array, uint16 of shape (height, width, n_bands), dimension names
+        ``("y", "x", "band")``, attributes ``n_classes``, ``seed`` and ``nodata``.
+    shape : (int, int), default=(2000, 2000)
+        (height, width) in pixels.
+    n_bands : int, default=4
+    n_classes : int, default=5
+    chunks : (int, int), default=(1000, 1000)
+        Spatial chunks (each holds every band).
+    seed : int, default=0
+        Seeds the class means, the class map and the noise.
+    cell : int, default=64
+        Approximate size in pixels of a class cell.
+    nodata : int, optional
+        Value of the nodata stripes; None writes none.
+    overwrite : bool, default=False
+        Replace an existing ``path``.
+
+    Returns
+    -------
+    dict
+        ``means`` and ``scales`` of shape (n_classes, n_bands) (:func:`raster_classes`),
+        ``path`` as written.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
     """
     import zarr
 
@@ -420,7 +536,24 @@ def make_raster(
 
 def true_classes(shape, n_classes: int, seed: int = 0, cell: int = 64, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """The true class map (int16) of the window of ``shape`` pixels starting at ``origin``
-    (row, column) of a :func:`make_raster` raster, in memory."""
+    (row, column) of a :func:`make_raster` raster, in memory.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (height, width) of the window.
+    n_classes : int
+    seed : int, default=0
+    cell : int, default=64
+        The ``seed`` and ``cell`` given to :func:`make_raster`.
+    origin : (int, int), default=(0, 0)
+        (row, column) of the window's first pixel.
+
+    Returns
+    -------
+    ndarray of shape (height, width)
+        int16 classes in ``[0, n_classes)``.
+    """
     return _class_map(origin[0], origin[1], shape[0], shape[1], n_classes, seed, cell)
 
 
