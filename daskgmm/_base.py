@@ -1,0 +1,210 @@
+"""What every fitted daskgmm mixture offers, whatever fitted it: lazy prediction over the
+same chunks, scores and information criteria, sampling, model files, scikit-learn interop.
+
+Like scikit-learn's ``BaseMixture``, :class:`BaseMixture` holds the methods that read the
+fitted parameters (``weights_``, ``means_``, ``covariances_``, ``precisions_cholesky_``); a
+subclass validates its parameters, hands the engine a plan and sets those attributes.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import dask
+import dask.array as da
+import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from daskgmm._gaussian import EStepParams, n_parameters, sample_mixture
+from daskgmm._graph import predict_rows
+from daskgmm._input import Input, to_dask, wrap_rows
+from daskgmm._interop import InteropMixin
+from daskgmm._missing import marginal_params
+from daskgmm._typing import Output
+from daskgmm.io import save_model
+
+
+class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
+    """Prediction, scores, sampling, model files and interop of a fitted mixture."""
+
+    def _validate(self, X, reset: bool) -> Input:
+        # fitting needs two rows; predicting works row by row
+        return to_dask(X, chunk_rows=self.chunk_size, estimator=self, reset=reset, min_samples=2 if reset else 1)
+
+    # ------------------------------------------------------------------
+    # prediction (lazy map_blocks over the same chunks)
+    # ------------------------------------------------------------------
+    def _estep_params(self, dtype) -> EStepParams:
+        return EStepParams(self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type, dtype)
+
+    def _predict_input(self, inp: Input, what: Output):
+        """Lazy ``what`` for every row: one :func:`~daskgmm._kernels.predict_output` task per chunk.
+
+        ``nan_policy="omit"`` is the kernel's NaN nodata rule (label -1, NaN scores);
+        ``"marginalize"`` hands it the marginal parameters of :mod:`daskgmm._missing`.
+        """
+        X = inp.data
+        policy = getattr(self, "nan_policy", "raise")
+        if policy == "marginalize":
+            params = marginal_params(
+                self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self.covariance_type
+            )
+        else:
+            params = self._estep_params(X.dtype)
+        token = dask.base.tokenize(self.weights_, self.means_, self.precisions_cholesky_, X.dtype, policy)
+        out = predict_rows(X, params, what, self.n_components, token, nodata=np.nan if policy == "omit" else None)
+        return wrap_rows(out, inp, what, self.n_components)
+
+    def predict(self, X):
+        """Most probable component of each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        labels : ndarray, dask array or DataArray of shape (n_samples,)
+            int64; numpy for numpy input, lazy for dask/Zarr, a DataArray ``labels`` for xarray.
+        """
+        check_is_fitted(self)
+        return self._predict_input(self._validate(X, reset=False), "labels")
+
+    def predict_proba(self, X):
+        """Posterior probability of each component for each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        probabilities : ndarray, dask array or DataArray of shape (n_samples, n_components)
+            In the input's float dtype; for xarray a DataArray ``probabilities`` with a
+            ``component`` dimension.
+        """
+        check_is_fitted(self)
+        return self._predict_input(self._validate(X, reset=False), "probabilities")
+
+    def score_samples(self, X):
+        """Log of the mixture density at each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        log_density : ndarray, dask array or DataArray of shape (n_samples,)
+            float64; a DataArray ``log_density`` for xarray input.
+        """
+        check_is_fitted(self)
+        return self._predict_input(self._validate(X, reset=False), "log_density")
+
+    def score(self, X, y=None):
+        """Mean log-likelihood per row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+        y : Ignored
+
+        Returns
+        -------
+        score : float
+            Computed now, also for lazy input.
+        """
+        check_is_fitted(self)
+        inp = self._validate(X, reset=False)
+        return float(self._mean_score(inp))
+
+    def _mean_score(self, inp: Input) -> float:
+        s = self._predict_input(inp, "log_density")
+        data = s.data if inp.kind == "xarray" else s
+        if getattr(self, "nan_policy", "raise") == "omit":  # rows with NaN have no score: left out
+            return float(np.asarray(da.nanmean(data) if isinstance(data, da.Array) else np.nanmean(data)))
+        return float(np.asarray(data.mean() if isinstance(data, da.Array) else np.mean(data)))
+
+    def _n_parameters(self) -> int:
+        return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion on ``X`` (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        bic : float
+        """
+        check_is_fitted(self)
+        inp = self._validate(X, reset=False)
+        n = inp.n_samples
+        return -2 * self._mean_score(inp) * n + self._n_parameters() * np.log(n)
+
+    def aic(self, X) -> float:
+        """Akaike information criterion on ``X`` (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+
+        Returns
+        -------
+        aic : float
+        """
+        check_is_fitted(self)
+        inp = self._validate(X, reset=False)
+        return -2 * self._mean_score(inp) * inp.n_samples + 2 * self._n_parameters()
+
+    def sample(self, n_samples: int = 1):
+        """Draw samples from the fitted mixture (scikit-learn's random stream).
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of samples.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            Component of each sample.
+        """
+        check_is_fitted(self)
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples} . The sampling requires at least one sample."
+            )
+        rng = check_random_state(self.random_state)
+        X, y = sample_mixture(rng, n_samples, self.weights_, self.means_, self.covariances_, self.covariance_type)
+        return X, y
+
+    def _html_repr(self) -> str:
+        # Jupyter: scikit-learn's parameter view plus the fit summary (daskgmm/_repr.py)
+        from daskgmm._repr import html_repr
+
+        return html_repr(self)
+
+    # ------------------------------------------------------------------
+    # persistence
+    # ------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Save the fitted model to ``path`` (a ``.npz`` of arrays + JSON metadata; no pickle).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination file, written atomically (a reader never sees half a file).
+        """
+        save_model(self, path)
