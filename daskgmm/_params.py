@@ -49,6 +49,8 @@ class Param:
             return
         head = f"The '{self.name}' parameter of {owner} must be"
         if self.kind == "int":
+            if isinstance(value, bool) and self.name == "verbose":
+                return  # scikit-learn accepts verbose=True/False
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < self.low:
                 extra = " or None" if self.none else ""
                 raise ValueError(f"{head} an int in the range [{self.low}, inf){extra}. Got {value!r} instead.")
