@@ -148,7 +148,8 @@ class _Unwrapped:
 
 
 def _unwrap(X) -> _Unwrapped:
-    """Paths -> Zarr arrays -> dask arrays (with their dimension names); the rest as given."""
+    """Paths -> Zarr arrays -> dask arrays (with their dimension names); other libraries'
+    array-API arrays -> numpy (:func:`from_array_api`); the rest as given."""
     source = None
     if isinstance(X, (str, os.PathLike)):
         source = os.fspath(X)
@@ -167,7 +168,7 @@ def _unwrap(X) -> _Unwrapped:
         return _Unwrapped(X, "xarray", source, tuple(X.dims))
     if isinstance(X, da.Array):
         return _Unwrapped(X, "dask", source)
-    return _Unwrapped(X, "numpy", source)
+    return _Unwrapped(from_array_api(X), "numpy", source)
 
 
 def to_dask(
@@ -359,6 +360,32 @@ def as_image(image, feature_axis: int | str | None = -1) -> Image:
     return Image(arr, kind, spatial_dims, coords, attrs, name, u.source, single)
 
 
+def from_array_api(X, what: str = "X"):
+    """``X`` as a numpy array when it is another library's array-API array (else unchanged).
+
+    daskgmm computes with NumPy and Dask on the CPU, also under scikit-learn's
+    ``array_api_dispatch``: array-API inputs (array-api-strict, PyTorch, CuPy, ...) are
+    converted here, at the boundary, through DLPack or ``__array__``, and results
+    are NumPy arrays. Arrays that cannot reach host memory get an error saying what to pass.
+    """
+    if isinstance(X, (np.ndarray, np.generic, da.Array)) or not hasattr(X, "__array_namespace__"):
+        return X
+    try:
+        return np.from_dlpack(X)
+    except Exception:  # not every library or device exports DLPack to the CPU
+        pass
+    try:
+        return np.asarray(X)
+    except Exception as e:
+        device = getattr(X, "device", None)
+        raise TypeError(
+            f"{what} is a {type(X).__module__}.{type(X).__name__} on device {device!r}, which cannot be "
+            "converted to a NumPy array here. daskgmm computes with NumPy and Dask on the CPU: pass a "
+            "NumPy array, a dask array, or a CPU array that supports DLPack (for example "
+            "X.cpu().numpy() for PyTorch, X.get() for CuPy)."
+        ) from e
+
+
 def _validate_in_memory(X, estimator, reset: bool, min_samples: int) -> np.ndarray:
     from sklearn.utils.validation import check_array, validate_data
 
@@ -394,29 +421,33 @@ def _check_shape_param(param: np.ndarray, shape: tuple, name: str) -> None:
         raise ValueError(f"The parameter '{name}' should have the shape of {shape}, but got {param.shape}")
 
 
-def _as_float_array(value, name: str) -> np.ndarray:
-    arr = np.asarray(value)
+def _as_float_array(value, name: str, keep_float32: bool = False) -> np.ndarray:
+    """``value`` as float64 (float32 stays float32 with ``keep_float32``), finite, or an error."""
+    arr = np.asarray(from_array_api(value, f"The parameter '{name}'"))
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"The parameter '{name}' must be numeric, got dtype {arr.dtype}.")
-    arr = arr.astype(np.float64)
+    arr = arr.astype(np.float32 if keep_float32 and arr.dtype == np.float32 else np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"The parameter '{name}' contains NaN or infinity.")
     return arr
 
 
 def check_weights(weights, n_components: int) -> np.ndarray:
-    weights = _as_float_array(weights, "weights")
+    """scikit-learn's checks of ``weights_init``; float32 weights are summed in float32 and
+    checked with its float32 tolerance (1e-6 instead of 1e-8). Returns float64."""
+    weights = _as_float_array(weights, "weights", keep_float32=True)
     _check_shape_param(weights, (n_components,), "weights")
     if np.any(weights < 0.0) or np.any(weights > 1.0):
         raise ValueError(
             "The parameter 'weights' should be in the range [0, 1], but got max value "
             f"{weights.max():.5f}, min value {weights.min():.5f}"
         )
-    if not np.allclose(abs(1.0 - weights.sum()), 0.0, atol=1e-8):
+    atol = 1e-6 if weights.dtype == np.float32 else 1e-8
+    if not np.allclose(abs(1.0 - weights.sum()), 0.0, atol=atol):
         raise ValueError(
             f"The parameter 'weights' should be normalized, but got sum(weights) = {weights.sum():.5f}"
         )
-    return weights
+    return weights.astype(np.float64)
 
 
 def check_means(means, n_components: int, n_features: int) -> np.ndarray:
@@ -503,6 +534,7 @@ def check_sample_weight(sample_weight, inp: Input) -> da.Array | None:
     import dask
 
     n = inp.n_samples
+    sample_weight = from_array_api(sample_weight, "sample_weight")
     if isinstance(sample_weight, da.Array):
         w = sample_weight.astype(np.float64)
         if w.ndim != 1 or w.shape[0] != n:

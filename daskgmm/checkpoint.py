@@ -33,6 +33,7 @@ import numpy as np
 
 from daskgmm._engine import EMState
 from daskgmm._gaussian import Params
+from daskgmm._input import from_array_api
 from daskgmm.io import read_container, write_container
 
 logger = logging.getLogger("daskgmm")
@@ -51,7 +52,7 @@ class CheckpointError(ValueError):
 def _digest(a) -> str | None:
     if a is None:
         return None
-    a = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
+    a = np.ascontiguousarray(np.asarray(from_array_api(a), dtype=np.float64))
     return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()[:32]
 
 
