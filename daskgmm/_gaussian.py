@@ -396,7 +396,14 @@ def moments_to_stats(M: np.ndarray, S_tied: np.ndarray | None, p: EStepParams) -
 # --------------------------------------------------------------------------
 # M-step from sufficient statistics
 # --------------------------------------------------------------------------
-def _scatter_full(S, u, d, nk_raw, nk, reg_covar):
+# Each sibling gets the scatter statistics about the centres, ``d = means - centres`` and
+# ``tiny = (nk_raw + 10 eps) - nk_raw`` per component (float64 eps). scikit-learn computes
+# diag and tied covariances from raw moments (``Σ r x² / nk - means²``), which in exact
+# arithmetic is the scatter plus ``tiny · means²``: the term that keeps a one-row
+# component's variance positive when ``reg_covar=0``. daskgmm adds the same term to the
+# scatter (zero once ``nk_raw`` is more than a few rows, where ``nk_raw + 10 eps`` rounds to
+# ``nk_raw``); full covariances are scatter about the means in scikit-learn too.
+def _scatter_full(S, u, d, means, nk_raw, nk, tiny, reg_covar):
     # sum r (x-m)(x-m)^T = S - u d^T - d u^T + nk d d^T
     ud = np.einsum("ki,kj->kij", u, d)
     cov = S - ud - np.swapaxes(ud, 1, 2) + nk_raw[:, None, None] * np.einsum("ki,kj->kij", d, d)
@@ -406,22 +413,23 @@ def _scatter_full(S, u, d, nk_raw, nk, reg_covar):
     return cov
 
 
-def _scatter_tied(S, u, d, nk_raw, nk, reg_covar):
+def _scatter_tied(S, u, d, means, nk_raw, nk, tiny, reg_covar):
     ud = u.T @ d
-    cov = S - ud - ud.T + (nk_raw[:, None] * d).T @ d
+    cov = S - ud - ud.T + (nk_raw[:, None] * d).T @ d + (tiny[:, None] * means).T @ means
     cov /= nk.sum()
     idx = np.arange(cov.shape[0])
     cov[idx, idx] += reg_covar
     return cov
 
 
-def _scatter_diag(Q, u, d, nk_raw, nk, reg_covar):
-    var = (Q - 2.0 * u * d + nk_raw[:, None] * d * d) / nk[:, None]
-    return var + reg_covar
+def _scatter_diag(Q, u, d, means, nk_raw, nk, tiny, reg_covar):
+    # a negative scatter is rounding noise (a one-row component): clip it before the eps term
+    scatter = np.maximum(Q - 2.0 * u * d + nk_raw[:, None] * d * d, 0.0)
+    return (scatter + tiny[:, None] * means * means) / nk[:, None] + reg_covar
 
 
-def _scatter_spherical(Q, u, d, nk_raw, nk, reg_covar):
-    return _scatter_diag(Q, u, d, nk_raw, nk, reg_covar).mean(axis=1)
+def _scatter_spherical(Q, u, d, means, nk_raw, nk, tiny, reg_covar):
+    return _scatter_diag(Q, u, d, means, nk_raw, nk, tiny, reg_covar).mean(axis=1)
 
 
 COVARIANCE_FROM_STATS = {
@@ -436,16 +444,18 @@ def m_step(stats: dict, centers: np.ndarray, reg_covar: float, covariance_type: 
     """Weights (unnormalised ``nk``), means and covariances from sufficient statistics.
 
     Mirrors scikit-learn's ``_estimate_gaussian_parameters``: ``nk`` gets
-    ``10 * eps`` added so that empty components do not divide by zero.
+    ``10 * eps`` (of the data's dtype) added so that empty components do not divide by
+    zero, and diag, spherical and tied covariances get its ``10 * eps`` term (see above).
     Returns ``nk, means, covariances`` (float64).
     """
     nk_raw = np.asarray(stats["nk"], dtype=np.float64)
     nk = nk_raw + 10 * np.finfo(eps_dtype).eps
+    tiny = (nk_raw + 10 * np.finfo(np.float64).eps) - nk_raw
     u = stats["u"]
     centers = np.asarray(centers, dtype=np.float64)
     means = (u + nk_raw[:, None] * centers) / nk[:, None]
     d = means - centers
-    covariances = COVARIANCE_FROM_STATS[covariance_type](stats["s2"], u, d, nk_raw, nk, reg_covar)
+    covariances = COVARIANCE_FROM_STATS[covariance_type](stats["s2"], u, d, means, nk_raw, nk, tiny, reg_covar)
     return nk, means, covariances
 
 
