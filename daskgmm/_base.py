@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from daskgmm._gaussian import EStepParams, n_parameters, sample_mixture
+from daskgmm._gaussian import EStepParams, Params, n_parameters, sample_mixture
 from daskgmm._graph import predict_rows
 from daskgmm._input import Input, to_dask, wrap_rows
 from daskgmm._interop import InteropMixin
@@ -36,8 +36,11 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------
     # prediction (lazy map_blocks over the same chunks)
     # ------------------------------------------------------------------
-    def _estep_params(self, dtype) -> EStepParams:
-        return EStepParams(self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type, dtype)
+    def _fitted_params(self) -> Params:
+        """The fitted parameters in float64 (the attributes are float32 after a float32 fit)."""
+        f64 = [np.asarray(a, dtype=np.float64) for a in
+               (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)]
+        return Params(*f64)
 
     def _predict_input(self, inp: Input, what: Output):
         """Lazy ``what`` for every row: one :func:`~daskgmm._kernels.predict_output` task per chunk.
@@ -47,13 +50,12 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         """
         X = inp.data
         policy = getattr(self, "nan_policy", "raise")
+        f = self._fitted_params()  # float64, also when the attributes are float32
         if policy == "marginalize":
-            params = marginal_params(
-                self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self.covariance_type
-            )
+            params = marginal_params(f.weights, f.means, f.covariances, f.precisions_cholesky, self.covariance_type)
         else:
-            params = self._estep_params(X.dtype)
-        token = dask.base.tokenize(self.weights_, self.means_, self.precisions_cholesky_, X.dtype, policy)
+            params = EStepParams(f.weights, f.means, f.precisions_cholesky, self.covariance_type, X.dtype)
+        token = dask.base.tokenize(f.weights, f.means, f.precisions_cholesky, X.dtype, policy)
         out = predict_rows(X, params, what, self.n_components, token, nodata=np.nan if policy == "omit" else None)
         return wrap_rows(out, inp, what, self.n_components)
 
@@ -101,7 +103,7 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         Returns
         -------
         log_density : ndarray, dask array or DataArray of shape (n_samples,)
-            float64; a DataArray ``log_density`` for xarray input.
+            In the input's float dtype; a DataArray ``log_density`` for xarray input.
         """
         check_is_fitted(self)
         return self._predict_input(self._validate(X, reset=False), "log_density")
@@ -127,9 +129,11 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
     def _mean_score(self, inp: Input) -> float:
         s = self._predict_input(inp, "log_density")
         data = s.data if inp.kind == "xarray" else s
-        if getattr(self, "nan_policy", "raise") == "omit":  # rows with NaN have no score: left out
-            return float(np.asarray(da.nanmean(data) if isinstance(data, da.Array) else np.nanmean(data)))
-        return float(np.asarray(data.mean() if isinstance(data, da.Array) else np.mean(data)))
+        # lazy input: chunk sums in float64; numpy: numpy's mean in the data's dtype, as scikit-learn
+        mean = np.nanmean if getattr(self, "nan_policy", "raise") == "omit" else np.mean  # omit: NaN rows left out
+        if isinstance(data, da.Array):
+            return float(getattr(da, mean.__name__)(data, dtype=np.float64).compute())
+        return float(mean(data))
 
     def _n_parameters(self) -> int:
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
@@ -187,7 +191,8 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
                 f"Invalid value for 'n_samples': {n_samples} . The sampling requires at least one sample."
             )
         rng = check_random_state(self.random_state)
-        X, y = sample_mixture(rng, n_samples, self.weights_, self.means_, self.covariances_, self.covariance_type)
+        f = self._fitted_params()
+        X, y = sample_mixture(rng, n_samples, f.weights, f.means, f.covariances, self.covariance_type)
         return X, y
 
     def _html_repr(self) -> str:

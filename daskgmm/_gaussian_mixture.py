@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from sklearn.utils import check_random_state
 
 from daskgmm._base import BaseMixture
@@ -280,20 +281,21 @@ class GaussianMixture(BaseMixture):
         if not best.converged and self.max_iter > 0:
             warn_not_converged()
         self._set_fitted(best.params, best.converged, best.n_iter, best.lower_bound, best.lower_bounds,
-                         best.history)
-
-    def _fitted_params(self) -> Params:
-        return Params(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
+                         best.history, dtype=inp.dtype)
 
     def _set_fitted(self, params: Params, converged: bool, n_iter: int, lower_bound: float, lower_bounds,
-                    history, stream=None) -> None:
-        """Every fitted attribute, set in one place (``fit``, ``partial_fit``, ``select_model``)."""
-        params = complete_params(params, self.covariance_type)
-        self.weights_ = params.weights
-        self.means_ = params.means
-        self.covariances_ = params.covariances
-        self.precisions_cholesky_ = params.precisions_cholesky
-        self.precisions_ = precisions_from_cholesky(params.precisions_cholesky, self.covariance_type)
+                    history, stream=None, dtype=np.float64) -> None:
+        """Every fitted attribute, set in one place (``fit``, ``partial_fit``, ``select_model``).
+
+        The M-step runs in float64; the parameter attributes are returned in the data's
+        float dtype ``dtype``, as scikit-learn does (float32 data, float32 attributes).
+        """
+        p = complete_params(params, self.covariance_type)
+        dtype = np.float32 if np.dtype(dtype) == np.float32 else np.float64
+        values = (p.weights, p.means, p.covariances, p.precisions_cholesky,
+                  precisions_from_cholesky(p.precisions_cholesky, self.covariance_type))
+        for name, value in zip(("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"), values):
+            setattr(self, name, np.asarray(value, dtype=dtype))
         self.converged_ = bool(converged)
         self.n_iter_ = int(n_iter)
         self.lower_bound_ = float(lower_bound)
@@ -325,6 +327,12 @@ class GaussianMixture(BaseMixture):
         inp = self._validate(X, reset=True)
         self._fit(inp, sample_weight)
         return self._predict_input(inp, "labels")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # NaN rows are refused by default, left out or marginalised on request
+        tags.input_tags.allow_nan = self.nan_policy in ("omit", "marginalize")
+        return tags
 
     # ------------------------------------------------------------------
     # streaming and interoperability (daskgmm/_streaming.py)
@@ -370,7 +378,7 @@ class GaussianMixture(BaseMixture):
             params, previous, stream = complete_params(make(None), self.covariance_type), None, None
         state, stream = stepwise_update(data, params, self._config(), stream, previous)
         self._set_fitted(state.params, False, state.n_iter, state.lower_bound, state.lower_bounds, state.history,
-                         stream=stream)
+                         stream=stream, dtype=inp.dtype)
         return self
 
 def load(path) -> GaussianMixture:

@@ -341,15 +341,15 @@ def label_dtype(n_components: int) -> np.dtype:
 def output_dtype(name: Output, n_components: int, dtype, compact: bool = False) -> np.dtype:
     """dtype of the output ``name`` computed in ``dtype`` (float32 or float64).
 
-    Estimator (``compact=False``): ``labels`` int64, ``log_density`` float64, ``probabilities``
-    and ``confidence`` in ``dtype``. Images (``compact=True``): ``labels`` int16 (int32 for
+    Estimator (``compact=False``): ``labels`` int64, the float outputs in ``dtype`` (as
+    scikit-learn: float32 input gives float32 ``score_samples``). Images (``compact=True``): ``labels`` int16 (int32 for
     K > 32767), every float output float32.
     """
     if name == "labels":
         return label_dtype(n_components) if compact else np.dtype(np.int64)
     if compact:
         return np.dtype(np.float32)
-    return np.dtype(np.float64) if name == "log_density" else np.dtype(dtype)
+    return np.dtype(dtype)
 
 
 def predict_output_spec(

@@ -47,7 +47,7 @@ def _version() -> str:
 def _json_param(value):
     """Estimator parameters as JSON; arrays become nested lists, RandomState becomes None."""
     if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.tolist()}
+        return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
@@ -59,7 +59,7 @@ def _json_param(value):
 
 def _from_json_param(value):
     if isinstance(value, dict) and "__ndarray__" in value:
-        return np.asarray(value["__ndarray__"], dtype=np.float64)
+        return np.asarray(value["__ndarray__"], dtype=np.dtype(value.get("dtype", "<f8")))
     return value
 
 
@@ -140,12 +140,18 @@ def read_container(path, format_name: str, format_version: int, what: str, error
     return data, meta
 
 
+def _float_array(value) -> np.ndarray:
+    """A fitted parameter array: float32 stays float32 (a model fitted on float32 data), else float64."""
+    value = np.asarray(value)
+    return value.astype(np.float32 if value.dtype == np.float32 else np.float64)
+
+
 def model_to_dict(model) -> tuple[dict, dict]:
     """Split a fitted model into (arrays, JSON-able metadata)."""
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
-    arrays = {name: np.asarray(getattr(model, name), dtype=np.float64) for name in _ARRAYS}
+    arrays = {name: _float_array(getattr(model, name)) for name in _ARRAYS}
     arrays["lower_bounds_"] = np.asarray(model.lower_bounds_, dtype=np.float64)
     params = {k: _json_param(v) for k, v in model.get_params().items()}
     meta = {
@@ -173,7 +179,7 @@ def model_from_dict(arrays: dict, meta: dict, model_class: type):
     params = {k: _from_json_param(v) for k, v in meta["params"].items()}
     model = model_class(**params)
     for name in _ARRAYS:
-        setattr(model, name, np.asarray(arrays[name], dtype=np.float64))
+        setattr(model, name, _float_array(arrays[name]))
     model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
     fitted = meta["fitted"]
     model.converged_ = fitted["converged_"]
