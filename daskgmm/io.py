@@ -151,7 +151,7 @@ def model_to_dict(model) -> tuple[dict, dict]:
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
-    arrays = {name: _float_array(getattr(model, name)) for name in _ARRAYS}
+    arrays = {name: _float_array(getattr(model, name)) for name in (*_ARRAYS, "precisions_")}
     arrays["lower_bounds_"] = np.asarray(model.lower_bounds_, dtype=np.float64)
     params = {k: _json_param(v) for k, v in model.get_params().items()}
     meta = {
@@ -180,7 +180,10 @@ def model_from_dict(arrays: dict, meta: dict, model_class: type):
     model = model_class(**params)
     for name in _ARRAYS:
         setattr(model, name, _float_array(arrays[name]))
-    model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
+    if "precisions_" in arrays:  # saved since float32 attributes (computed in float64, then rounded)
+        model.precisions_ = _float_array(arrays["precisions_"])
+    else:
+        model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
     fitted = meta["fitted"]
     model.converged_ = fitted["converged_"]
     model.n_iter_ = fitted["n_iter_"]

@@ -102,3 +102,16 @@ def test_saving_an_unfitted_model_is_refused(tmp_path):
     with pytest.raises(NotFittedError):
         GaussianMixture(2).save(tmp_path / "m.npz")
     assert not any(tmp_path.iterdir())
+
+
+def test_float32_attributes_round_trip(tmp_path, X):
+    """A model fitted on float32 data has float32 attributes (as scikit-learn); the file keeps them."""
+    X32 = X.astype(np.float32)
+    gm = GaussianMixture(3, covariance_type="diag", random_state=0, weights_init=np.full(3, 1 / 3, np.float32)).fit(X32)
+    gm.save(tmp_path / "model.npz")
+    loaded = daskgmm.load(tmp_path / "model.npz")
+    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+        assert getattr(loaded, name).dtype == np.float32, name
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(gm, name))
+    assert loaded.weights_init.dtype == np.float32
+    np.testing.assert_array_equal(loaded.score_samples(X32), gm.score_samples(X32))
