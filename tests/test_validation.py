@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
 from dask.callbacks import Callback
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from daskgmm import GaussianMixture
 from tests.conftest import make_mixture
@@ -159,6 +161,90 @@ def test_init_weights_must_be_normalised_and_in_range(X):
         GaussianMixture(2, weights_init=[0.4, 0.4]).fit(X)
     with pytest.raises(ValueError, match="'weights' should be in the range \\[0, 1\\]"):
         GaussianMixture(2, weights_init=[1.5, -0.5]).fit(X)
+
+
+def test_float32_weights_are_checked_with_the_float32_tolerance(X):
+    """scikit-learn sums float32 weights in float32 and allows 1e-6 (1e-8 for float64)."""
+    w32 = np.full(3, 1 / 3, dtype=np.float32)  # 1 in float32, 1 - 3e-8 in float64
+    assert abs(1.0 - w32.astype(np.float64).sum()) > 1e-8
+    GaussianMixture(3, weights_init=w32, max_iter=0).fit(X)
+    with pytest.raises(ValueError, match="'weights' should be normalized"):
+        GaussianMixture(3, weights_init=w32.astype(np.float64)).fit(X)
+    with pytest.raises(ValueError, match="'weights' should be normalized"):
+        GaussianMixture(2, weights_init=np.array([0.5, 0.500002], dtype=np.float32)).fit(X)
+    with pytest.raises(ValueError, match="'weights' should be normalized"):
+        GaussianMixture(2, weights_init=np.array([0.5, 0.5 + 1e-7])).fit(X)
+
+
+def test_nan_tags_follow_nan_policy():
+    assert not GaussianMixture().__sklearn_tags__().input_tags.allow_nan
+    for policy in ("omit", "marginalize"):
+        assert GaussianMixture(nan_policy=policy).__sklearn_tags__().input_tags.allow_nan
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical", "tied"])
+def test_one_row_component_without_regularisation_carries_on(covariance_type):
+    """scikit-learn's 10*eps term keeps a one-row component's variance positive (reg_covar=0)."""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    X = np.random.RandomState(0).uniform(size=(30, 3))
+    precisions = np.array([1e6, 1e6, 553.8, 204.8, 15.9, 85.5])
+    if covariance_type == "diag":
+        precisions = np.repeat(precisions[:, None], 3, axis=1)
+    elif covariance_type == "tied":
+        precisions = np.eye(3) * 50.0
+    init = dict(weights_init=np.array([1, 1, 2, 2, 21, 3]) / 30, means_init=X[[0, 5, 9, 13, 17, 21]],
+                precisions_init=precisions)
+    kw = dict(n_components=6, covariance_type=covariance_type, reg_covar=0, max_iter=1, **init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = GaussianMixture(**kw).fit(X)
+        ref = SkGaussianMixture(**kw).fit(X)
+    assert np.all(np.isfinite(ours.precisions_cholesky_))
+    np.testing.assert_allclose(ours.means_, ref.means_, rtol=1e-10)
+    np.testing.assert_allclose(ours.weights_, ref.weights_, rtol=1e-10)
+    # a one-row variance is 10 eps x² in both, up to scikit-learn's own cancellation noise
+    np.testing.assert_allclose(ours.covariances_, ref.covariances_, rtol=0.5)
+
+
+def test_array_api_inputs_are_converted_at_the_boundary(X, monkeypatch):
+    """array-api-strict input (also on its second device, under array_api_dispatch) fits and
+    predicts as the same data in NumPy; results are NumPy arrays."""
+    import sklearn
+
+    xp = pytest.importorskip("array_api_strict")
+    monkeypatch.setenv("SCIPY_ARRAY_API", "1")  # scikit-learn refuses dispatch without it
+    X32 = X.astype(np.float32)
+    kw = dict(init_params="random_from_data", random_state=0)
+    ref = GaussianMixture(2, weights_init=np.array([0.5, 0.5], np.float32), **kw).fit(X32)
+    for device in (xp.Device("CPU_DEVICE"), xp.Device("device1")):
+        Xx = xp.asarray(X32, device=device)
+        w = xp.asarray(np.array([0.5, 0.5], np.float32), device=device)
+        with sklearn.config_context(array_api_dispatch=True):
+            gm = GaussianMixture(2, weights_init=w, **kw).fit(Xx, sample_weight=xp.ones(300, device=device))
+            proba = gm.predict_proba(Xx)
+        assert isinstance(proba, np.ndarray) and proba.dtype == np.float32
+        np.testing.assert_array_equal(gm.means_, ref.means_)
+        np.testing.assert_array_equal(proba, ref.predict_proba(X32))
+    np.testing.assert_array_equal(GaussianMixture(2, **kw).fit(xp.asarray(X)).means_,
+                                  GaussianMixture(2, **kw).fit(X).means_)
+
+
+def test_array_api_input_off_the_host_gets_a_clear_error():
+    class DeviceArray:  # an array-API array that cannot reach host memory (like CuPy or CUDA torch)
+        device = "cuda:0"
+
+        def __array_namespace__(self, api_version=None):
+            return None
+
+        def __dlpack__(self, **kwargs):
+            raise BufferError("device")
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("cannot convert")
+
+    with pytest.raises(TypeError, match=r"computes with NumPy and Dask on the CPU.*X.cpu\(\).numpy\(\)"):
+        GaussianMixture(2).fit(DeviceArray())
 
 
 def test_init_precisions_must_be_positive_definite(X):
