@@ -368,7 +368,9 @@ def from_array_api(X, what: str = "X"):
     converted here, at the boundary, through DLPack or ``__array__``, and results
     are NumPy arrays. Arrays that cannot reach host memory get an error saying what to pass.
     """
-    if isinstance(X, (np.ndarray, np.generic, da.Array)) or not hasattr(X, "__array_namespace__"):
+    if isinstance(X, (np.ndarray, np.generic, da.Array)) or not (
+        hasattr(X, "__array_namespace__") or hasattr(X, "__dlpack__")  # PyTorch tensors have only the latter
+    ):
         return X
     try:
         return np.from_dlpack(X)
@@ -391,8 +393,10 @@ def _validate_in_memory(X, estimator, reset: bool, min_samples: int) -> np.ndarr
 
     kwargs = dict(dtype=[np.float64, np.float32], ensure_min_samples=min_samples, ensure_all_finite=False)
     if estimator is not None:
-        return validate_data(estimator, X, reset=reset, **kwargs)
-    return check_array(X, **kwargs)
+        X = validate_data(estimator, X, reset=reset, **kwargs)
+    else:
+        X = check_array(X, **kwargs)
+    return from_array_api(X)  # under array_api_dispatch scikit-learn keeps the input's namespace
 
 
 def _chunk_in_memory(X: np.ndarray, chunk_rows: int | None) -> da.Array:

@@ -15,7 +15,7 @@ Each scikit-learn test function is one item here, per variant: it fails when any
 cases failed (with their messages), skips when all of them skipped, passes otherwise. One
 subprocess per variant runs the functions this session selected (``-k`` works as usual).
 By default both variants run everything but the two dask cases in ``SLOW_ON_DASK``
-(``-m slow`` runs those): about 30 s for numpy and 50 s for dask on 2 busy cores.
+(``-m slow`` runs those): 40-65 s per variant on this project's two shared cores.
 """
 
 from __future__ import annotations

@@ -231,11 +231,8 @@ def test_array_api_inputs_are_converted_at_the_boundary(X, monkeypatch):
 
 
 def test_array_api_input_off_the_host_gets_a_clear_error():
-    class DeviceArray:  # an array-API array that cannot reach host memory (like CuPy or CUDA torch)
+    class DeviceArray:  # an array that cannot reach host memory (like a CUDA PyTorch tensor)
         device = "cuda:0"
-
-        def __array_namespace__(self, api_version=None):
-            return None
 
         def __dlpack__(self, **kwargs):
             raise BufferError("device")
