@@ -52,8 +52,8 @@ def _same(a, b):
 # ---------------------------------------------------------------------------
 # the driver process killed with SIGKILL, resumed with --resume
 # ---------------------------------------------------------------------------
-def test_driver_killed_mid_fit_resumes_to_the_uninterrupted_result(local_cluster, store, tmp_path):
-    address = local_cluster.scheduler.address
+def test_driver_killed_mid_fit_resumes_to_the_uninterrupted_result(cluster, store, tmp_path):
+    address = cluster.scheduler_address
     common = [store, "-k", "3", "--seed", "0", "--max-iter", "12", "--tol", "0", "--scheduler", address]
     # the uninterrupted reference: the same command (the driver's k-means sample step runs in the
     # command's process; its OpenMP thread count changes the last bit, so compare like with like)
@@ -116,11 +116,8 @@ def ref_restarts(X):
 
 
 @pytest.fixture(autouse=True)
-def threads(request):
-    """In-process tests run on the threaded scheduler (the CLI test uses the cluster)."""
-    if "local_cluster" in request.fixturenames:
-        yield
-        return
+def threads():
+    """In-process tests run on the threaded scheduler (the CLI test's commands use the cluster)."""
     with dask.config.set(scheduler="threads"):
         yield
 

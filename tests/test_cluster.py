@@ -43,10 +43,13 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def cli_cluster(tmp_path_factory):
-    """``dask scheduler`` + 2 × ``dask worker`` (1 thread each) on 127.0.0.1, and a Client."""
+    """``dask scheduler`` + 2 × ``dask worker`` (1 thread each) on 127.0.0.1, and a Client.
+
+    The client is nobody's default (``set_as_default=False``): the tests compute on it inside
+    ``client.as_current()`` blocks, so it cannot become the scheduler of later tests.
+    """
     from distributed import Client
 
-    saved_scheduler = dask.config.get("scheduler", None)
     tmp = tmp_path_factory.mktemp("cluster")
     sched_file = str(tmp / "scheduler.json")
     env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
@@ -67,7 +70,7 @@ def cli_cluster(tmp_path_factory):
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                 )
             )
-        with Client(scheduler_file=sched_file, timeout="60s") as client:
+        with Client(scheduler_file=sched_file, timeout="60s", set_as_default=False) as client:
             client.wait_for_workers(2, timeout=60)
             with open(sched_file) as f:
                 address = json.load(f)["address"]
@@ -76,12 +79,10 @@ def cli_cluster(tmp_path_factory):
         try:
             from distributed import Client
 
-            with Client(scheduler_file=sched_file, timeout="10s") as c:
+            with Client(scheduler_file=sched_file, timeout="10s", set_as_default=False) as c:
                 c.shutdown()  # scheduler, nannies and workers close together, quickly
         except Exception:
             pass
-        # a client closed by shutdown() leaves dask's scheduler setting behind: restore it
-        dask.config.set(scheduler=saved_scheduler)
         for p in reversed(procs):
             if p.poll() is None:
                 p.terminate()

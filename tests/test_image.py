@@ -313,10 +313,10 @@ def test_killed_write_leaves_nothing_that_looks_complete(tmp_path):
 # --------------------------------------------------------------------------
 # the command line, on a real multi-process cluster
 # --------------------------------------------------------------------------
-def test_cli_segment(raster, tmp_path, local_cluster, capsys):
+def test_cli_segment(raster, tmp_path, cluster, capsys):
     out = str(tmp_path / "seg.zarr")
     model_path = str(tmp_path / "model.npz")
-    address = local_cluster.scheduler.address
+    address = cluster.scheduler_address
     args = ["segment", raster["path"], out, "-k", "4", "--nodata", "0", "--sample", "0.5", "--seed", "2",
             "--save-model", model_path, "--probabilities", "--log-density", "--scheduler", address, "--json"]
     assert cli.main(args) == 0

@@ -34,9 +34,9 @@ def small():
 
 
 # ---------------------------------------------------------------------------
-# the persist decision, on a real cluster (2 workers x 2 GiB) and locally
+# the persist decision, on a real cluster (the `client` fixture: 2 workers x 2 GiB) and locally
 # ---------------------------------------------------------------------------
-def test_auto_persists_data_that_fits_in_the_workers_memory(local_cluster, small, daskgmm_log):
+def test_auto_persists_data_that_fits_in_the_workers_memory(client, small, daskgmm_log):
     gm = GaussianMixture(3, random_state=0, persist="auto").fit(small)
     (msg,) = _persist_messages(daskgmm_log)
     assert "fits comfortably in the workers' memory limits (2 workers)" in msg and "holding it in memory" in msg
@@ -44,7 +44,7 @@ def test_auto_persists_data_that_fits_in_the_workers_memory(local_cluster, small
 
 
 @pytest.mark.parametrize("persist", [True, False])
-def test_explicit_persist_is_obeyed_and_gives_the_same_fit(local_cluster, small, daskgmm_log, persist):
+def test_explicit_persist_is_obeyed_and_gives_the_same_fit(client, small, daskgmm_log, persist):
     gm = GaussianMixture(3, random_state=0, persist=persist).fit(small)
     (msg,) = _persist_messages(daskgmm_log)
     assert msg.startswith(f"persist={persist}: ")
@@ -55,11 +55,8 @@ def test_explicit_persist_is_obeyed_and_gives_the_same_fit(local_cluster, small,
 
 
 def test_without_a_cluster_auto_streams_and_true_loads(small, daskgmm_log):
-    import dask
-
-    with dask.config.set(scheduler="threads"):
-        streamed = GaussianMixture(3, random_state=0).fit(small)
-        held = GaussianMixture(3, random_state=0, persist=True).fit(small)
+    streamed = GaussianMixture(3, random_state=0).fit(small)
+    held = GaussianMixture(3, random_state=0, persist=True).fit(small)
     msgs = _persist_messages(daskgmm_log)
     assert "without a distributed scheduler: reading the data's chunks" in msgs[0]
     assert msgs[1].startswith("persist=True: holding in memory")

@@ -267,13 +267,13 @@ def test_recovers_true_parameters():
     np.testing.assert_allclose(gm.covariances_[order], covariances, atol=0.1)
 
 
-def test_fit_on_a_multi_process_cluster_equals_threaded_fit(local_cluster):
+def test_fit_on_a_multi_process_cluster_equals_threaded_fit(client):
     X, k = DATASETS["synthetic"]
     Xd = uneven_dask(X)
     init = initial_params(X, k, "full")
     ref, ours = fit_both(X, Xd, k, "full", **init)
     assert_same_params(ref, ours)
-    # the local_cluster fixture's client is the default scheduler here
-    assert local_cluster.status == "running"
+    # the `client` fixture makes its client the scheduler inside this test
+    assert client.status == "running"
     labels = ours.predict(Xd).compute()
     np.testing.assert_array_equal(labels, ref.predict(X))

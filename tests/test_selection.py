@@ -143,9 +143,8 @@ def test_bench_rows_run_small():
     assert "incremental EM" in format_beyond(rows)
 
 
-# last in the module: the module-scoped cluster stays the default scheduler once started
 @pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
-def test_on_a_real_cluster(local_cluster, data):
+def test_on_a_real_cluster(client, data):
     """Worker processes run the multi-candidate and marginalising kernels (pickled, no driver state)."""
     X = da.from_array(data, chunks=300)
     Xm = data.copy()

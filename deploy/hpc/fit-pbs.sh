@@ -58,9 +58,25 @@ mkdir -p "$RUN"
 rm -f "$SCHEDULER_FILE"
 
 WORKER_PIDS=()
+# Stop the cluster in order, each part with a bounded wait: the workers first, while their
+# scheduler is still up, then the scheduler. Signalled together, a scheduler tells its workers
+# to close at the moment they get SIGTERM, and a `dask worker` caught in both can hang in its
+# own shutdown (seen with --no-nanny); an unbounded `wait` then held the job until its time limit.
+stop() {  # PID...: SIGTERM, up to 30 s for all of them to exit, then SIGKILL
+    [ $# -gt 0 ] || return 0
+    kill -TERM "$@" 2>/dev/null || true
+    for _ in $(seq 300); do
+        local alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    kill -KILL "$@" 2>/dev/null || true
+    wait "$@" 2>/dev/null || true
+}
 cleanup() {
-    for pid in ${WORKER_PIDS[@]+"${WORKER_PIDS[@]}"} ${SCHEDULER_PID:-}; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop ${WORKER_PIDS[@]+"${WORKER_PIDS[@]}"}
+    stop ${SCHEDULER_PID:-}
 }
 trap cleanup EXIT
 

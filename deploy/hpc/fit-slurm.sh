@@ -61,10 +61,22 @@ export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=$TLS/client-key.pem
 mkdir -p "$RUN"
 rm -f "$SCHEDULER_FILE"
 
+# Stop the cluster in order, each part with a bounded wait: the workers first, while their
+# scheduler is still up, then the scheduler. Signalled together, a scheduler tells its workers
+# to close at the moment they get SIGTERM, and a `dask worker` caught in both can hang in its
+# own shutdown (seen with --no-nanny: the signal path cancels the close the scheduler started,
+# and the cancelled close never finishes); an unbounded `wait` then held the job, idle, until
+# its time limit.
+stop() {  # PID: SIGTERM, up to 30 s to exit, then SIGKILL
+    [ -n "$1" ] || return 0
+    kill -TERM "$1" 2>/dev/null || return 0
+    for _ in $(seq 300); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
 cleanup() {
-    [ -n "${WORKERS_PID:-}" ] && kill "$WORKERS_PID" 2>/dev/null
-    [ -n "${SCHEDULER_PID:-}" ] && kill "$SCHEDULER_PID" 2>/dev/null
-    wait 2>/dev/null || true
+    stop "${WORKERS_PID:-}"  # srun passes the SIGTERM on to every worker task
+    stop "${SCHEDULER_PID:-}"
 }
 trap cleanup EXIT
 
