@@ -31,6 +31,7 @@ LAYERS = {
     "_gaussian.py": 0,
     "_missing.py": 0,
     "_kernels.py": 0,
+    "_streaming.py": 0,
     # L1 plumbing
     "_graph.py": 1,
     "_input.py": 1,
@@ -40,13 +41,16 @@ LAYERS = {
     "_progress.py": 1,
     "io.py": 1,
     "datasets.py": 1,
+    "_collapse.py": 1,
     # L2 engine
     "_engine.py": 2,
     "checkpoint.py": 2,
-    "_collapse.py": 2,
-    "_streaming.py": 2,
+    "_stepwise.py": 2,
     # L3 public objects
+    "_base.py": 3,
+    "_interop.py": 3,
     "_gaussian_mixture.py": 3,
+    "segmentation.py": 3,
     "selection.py": 3,
     "image.py": 3,
     "accessor.py": 3,
