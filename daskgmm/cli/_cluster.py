@@ -54,7 +54,7 @@ def timeout(text: str) -> float:
     except (ValueError, KeyError, TypeError):
         seconds = None
     if seconds is None or not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration, e.g. 10s or 2min")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration, e.g. 10s, 2m or 30")
     return float(seconds)
 
 
