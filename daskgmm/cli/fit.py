@@ -21,17 +21,36 @@ MODEL_OPTIONS = ("n_components", "covariance_type", "max_iter", "tol", "reg_cova
 # --------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------
+class NpyFile:
+    """A .npy file as an array-like that pickles as its path: each task reads its own rows
+    (memory-mapped) where it runs, so the graph does not carry the data (a memory map given
+    to ``da.from_array`` is sent whole, with distributed's 'Sending large graph' warning)."""
+
+    def __init__(self, path: str):
+        import numpy as np
+
+        self.path = os.path.abspath(path)
+        arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key):
+        import numpy as np
+
+        return np.array(np.load(self.path, mmap_mode="r", allow_pickle=False)[key])
+
+    def __reduce__(self):
+        return (type(self), (self.path,))
+
+
 def open_data(path: str, array: str | None):
     """The Zarr array (or group member) itself, so that a checkpoint records its path, or a
-    lazy dask array over a memory-mapped .npy file."""
+    lazy dask array over a .npy file (:class:`NpyFile`)."""
     import dask.array as da
-    import numpy as np
 
     if not os.path.exists(path):
         raise SystemExit(f"error: {path!r} does not exist")
     if path.endswith(".npy"):
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        return da.from_array(arr, chunks=("auto", -1))
+        return da.from_array(NpyFile(path), chunks=("auto", -1), asarray=True)
     from daskgmm._input import open_zarr_array
 
     try:
