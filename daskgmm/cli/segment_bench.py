@@ -40,14 +40,19 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """``daskgmm segment-bench``: :func:`~daskgmm.benchmarks.segmentation.scale_run`, printed as JSON."""
+    import dask
+
+    from daskgmm._progress import is_interactive
     from daskgmm.benchmarks.segmentation import scale_run
 
     if not 0.0 < args.sample <= 1.0:
         raise SystemExit(f"error: --sample {args.sample} must be a fraction in (0, 1], e.g. 0.01")
-    report = scale_run(
-        args.workdir, height=args.height, width=args.width, bands=args.bands, classes=args.classes,
-        chunk=args.chunk, sample=args.sample, workers=args.workers, memory_limit=args.memory_limit,
-        keep=args.keep,
-    )
+    # on a terminal: progress bars for the initialisation, the EM passes and the writing
+    with dask.config.set({"daskgmm.progress": is_interactive()}):
+        report = scale_run(
+            args.workdir, height=args.height, width=args.width, bands=args.bands, classes=args.classes,
+            chunk=args.chunk, sample=args.sample, workers=args.workers, memory_limit=args.memory_limit,
+            keep=args.keep,
+        )
     print(json.dumps(report, indent=1))
     return 0
