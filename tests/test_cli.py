@@ -385,3 +385,14 @@ def test_segment_on_a_terminal_shows_progress_of_the_writing(raster, tmp_path):
     assert json.loads(out.strip().splitlines()[-1])["n_pixels"] == 3000
     assert screen.count("100% Completed") >= 2  # the initialisation's passes and the writing
     assert "GMM" in screen  # the engine's bar for the EM passes
+
+
+def test_demo_keep_open_waits_for_enter():
+    r = subprocess.run(
+        [sys.executable, "-m", "daskgmm.cli", "demo", "--n-samples", "4000", "--chunk-size", "1000", "-k", "2",
+         "--n-features", "2", "--nworkers", "1", "--keep-open"],
+        input="\n", capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "the dashboard stays open at http://" in r.stdout and "press Enter (or Ctrl-C)" in r.stdout
+    assert_quiet(r.stderr, allowed=())
