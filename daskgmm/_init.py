@@ -42,6 +42,7 @@ from daskgmm._gaussian import (
 )
 from daskgmm._graph import map_reduce, shared
 from daskgmm._kernels import chunk_stats_given_resp, chunk_stats_nearest
+from daskgmm._progress import compute
 
 logger = logging.getLogger("daskgmm")
 
@@ -62,7 +63,7 @@ def sample_rows(
     key = (X.name, None if idx is None else hashlib.sha1(idx.tobytes()).hexdigest())
     if cache is not None and key in cache:
         return cache[key]
-    out = np.asarray(X.compute() if idx is None else X[idx].compute())
+    out = np.asarray(compute(X if idx is None else X[idx])[0])
     if cache is not None:
         cache[key] = out
     return out
@@ -171,7 +172,7 @@ def initialize(
             (b, shared(centers), shared(p)) + ((wblocks[i],) if wblocks is not None else ())
             for i, b in enumerate(blocks)
         ]
-        stats = dask.compute(map_reduce(chunk_stats_nearest, args, f"gmm-init-{token}", split_every))[0]
+        stats = compute(map_reduce(chunk_stats_nearest, args, f"gmm-init-{token}", split_every))[0]
         logger.debug("k-means init on %d sampled rows; one pass for initial statistics", len(sample))
         return _params_from_stats(stats, p, total, reg_covar, covariance_type, dtype)
 
@@ -199,7 +200,7 @@ def initialize(
             (b, rblocks[i], shared(p)) + ((wblocks[i],) if wblocks is not None else ())
             for i, b in enumerate(blocks)
         ]
-        stats = dask.compute(map_reduce(chunk_stats_given_resp, args, f"gmm-init-{token}", split_every))[0]
+        stats = compute(map_reduce(chunk_stats_given_resp, args, f"gmm-init-{token}", split_every))[0]
         return _params_from_stats(stats, p, total, reg_covar, covariance_type, dtype)
 
     raise ValueError(

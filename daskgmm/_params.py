@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from daskgmm._typing import (
     COVARIANCE_TYPES,
     CRITERIA,
@@ -47,6 +45,8 @@ class Param:
         """Raise scikit-learn's ``ValueError`` wording when ``value`` is not allowed."""
         if value is None and (self.none or self.kind == "array"):
             return
+        import numpy as np  # here, so that the command's --help reads this table without numpy
+
         head = f"The '{self.name}' parameter of {owner} must be"
         if self.kind == "int":
             if isinstance(value, bool) and self.name == "verbose":

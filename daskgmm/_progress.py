@@ -11,10 +11,17 @@ a Jupyter kernel). ``verbose=0`` is silent, as in scikit-learn, and so is any
 scikit-learn's plain lines instead, which ``verbose >= 1`` always prints). The
 ``daskgmm fit`` command shows it whenever standard error is a terminal, unless
 ``--no-progress`` is given.
+
+The other waits (the initialisation's passes, writing a segmentation) go through
+:func:`compute`, which draws dask's own progress bar on standard error when dask's
+config key ``daskgmm.progress`` is true (``daskgmm fit`` and ``daskgmm segment`` set it
+on a terminal): ``dask.diagnostics.ProgressBar`` on the local schedulers, and
+``distributed``'s text bar on a cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +60,39 @@ def show_progress(verbose: int, progress: bool | None = None) -> bool:
     if progress is not None:
         return bool(progress)
     return bool(verbose) and is_interactive()
+
+
+def _current_client():
+    """The ``distributed.Client`` that dask computes on now, or None (local schedulers)."""
+    if "distributed" not in sys.modules:
+        return None
+    from dask.base import get_scheduler
+    from distributed import Client
+
+    client = getattr(get_scheduler(), "__self__", None)
+    return client if isinstance(client, Client) else None
+
+
+def compute(*collections):
+    """``dask.compute(*collections)``, with dask's progress bar on standard error when the
+    config key ``daskgmm.progress`` is true (see the module docstring); same results either way."""
+    import dask
+
+    if not dask.config.get("daskgmm.progress", False):
+        return dask.compute(*collections)
+    client = _current_client()
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=0.5, out=sys.stderr):
+            return dask.compute(*collections)
+    from distributed import progress
+
+    futures = client.compute(list(collections))
+    # distributed's text bar writes to standard output: keep that for results
+    with contextlib.redirect_stdout(sys.stderr):
+        progress(futures, notebook=False)
+    return tuple(client.gather(futures))
 
 
 class FitProgress:
@@ -182,4 +222,4 @@ class VerboseLines:
                 self.pending[self.cursor].clear()
 
 
-__all__ = ["FitProgress", "VerboseLines", "in_notebook", "is_interactive", "show_progress"]
+__all__ = ["FitProgress", "VerboseLines", "compute", "in_notebook", "is_interactive", "show_progress"]

@@ -24,8 +24,7 @@ from daskgmm._kernels import output_dtype, predict_output
 from daskgmm._typing import Output
 
 
-@xr.register_dataarray_accessor("gmm")
-class GMMAccessor:
+class GMMAccessor:  # registered by daskgmm._accessor_hook (import daskgmm)
     """``DataArray.gmm``: ``fit``, ``predict``, ``predict_proba``, ``score_samples``, ``segment``."""
 
     def __init__(self, obj: xr.DataArray):

@@ -297,6 +297,8 @@ def write_zarr(
     import dask.array as da
     import zarr
 
+    from daskgmm._progress import compute
+
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite).")
@@ -327,7 +329,7 @@ def write_zarr(
             sources.append(arr)
             targets.append(target)
         t0 = time.perf_counter()
-        da.store(sources, targets, lock=False, compute=True)
+        compute(da.store(sources, targets, lock=False, compute=False))  # a progress bar on a terminal
         logger.info("wrote %s in %.1fs", list(arrays), time.perf_counter() - t0)
         meta = {"daskgmm_version": _version(), "outputs": list(arrays), "source": source}
         if model is not None:

@@ -28,6 +28,13 @@ def data(tmp_path_factory):
     return d, X, means
 
 
+def assert_quiet(stderr: str, allowed=("dashboard: ",)) -> None:
+    """Standard error of a successful command: nothing but the dashboard link (no warning,
+    error, traceback or distributed chatter)."""
+    noise = [line for line in stderr.splitlines() if line.strip() and not line.startswith(allowed)]
+    assert not noise, stderr
+
+
 def _fit(argv, capsys):
     assert main(["fit"] + argv + ["--workers", "1", "--threads-per-worker", "2", "--json"]) == 0
     captured = capsys.readouterr()
@@ -82,19 +89,23 @@ def test_fit_needs_n_components(data, capsys):
 
 def test_demo_runs_and_recovers_its_means():
     """The README's first command, at a small size, as a user runs it."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
     out = subprocess.run(
         [sys.executable, "-m", "daskgmm.cli", "demo", "--n-samples", "60000", "--chunk-rows", "15000"],
         capture_output=True,
         text=True,
         timeout=300,
-        env=env,
     )
     assert out.returncode == 0, out.stderr
     assert "dashboard: http://" in out.stdout
     assert "lower bound" in out.stdout and "iteration" in out.stdout
     err = float(out.stdout.strip().splitlines()[-1].split(":")[-1])
     assert err < 0.1
+    # it says what it generated, what it fitted and what the numbers mean; no 'change inf'
+    assert "60,000 rows x 8 features" in out.stdout and "mixture of 5 isotropic Gaussians" in out.stdout
+    assert "GaussianMixture(n_components=5, covariance_type='full'" in out.stdout
+    assert "average log-likelihood of a row" in out.stdout and "true weight" in out.stdout
+    assert "inf" not in out.stdout
+    assert_quiet(out.stderr, allowed=())
 
 
 def test_building_the_parser_imports_only_the_cli_modules():
@@ -106,7 +117,12 @@ def test_building_the_parser_imports_only_the_cli_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     new = __import__("ast").literal_eval(out.stdout.strip().splitlines()[-1])
-    assert new and all(m == "daskgmm.benchmarks" or m.startswith("daskgmm.cli") for m in new), new
+    # ``import daskgmm`` itself is lazy now: the parser also brings the parameter table the model
+    # options come from, and standard-library modules, but no third-party package
+    ours = [m for m in new if m.split(".")[0] == "daskgmm"]
+    light = ("daskgmm.benchmarks", "daskgmm._params", "daskgmm._typing")
+    assert ours and all(m in light or m.startswith("daskgmm.cli") for m in ours), ours
+    assert not {m.split(".")[0] for m in new} & {"numpy", "scipy", "dask", "distributed", "zarr", "xarray", "sklearn"}
 
 
 def test_segment_states_the_image_order_rule():
@@ -126,19 +142,15 @@ def test_library_modules_import_no_application_code():
         assert not re.search(r"daskgmm(\.|/)(cli|benchmarks)\b|from daskgmm import (cli|benchmarks)", text), path.name
 
 
-def test_fit_on_a_terminal_draws_one_bar_for_all_starts(data):
-    """``daskgmm fit --n-init 3`` with standard error on a terminal: one bar that steps once per
-    pass for all three starts (issue 12: the command opened 7 bars)."""
+def on_a_terminal(cmd: list[str]) -> tuple[int, str, str]:
+    """Run ``cmd`` with standard error on a 120-column pseudo-terminal: (status, stdout, screen)."""
     import fcntl
     import pty
     import struct
     import termios
 
-    d, *_ = data
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
-    cmd = [sys.executable, "-m", "daskgmm.cli", "fit", str(d / "x.zarr"), "-k", "3", "--n-init", "3", "--seed", "0",
-           "--max-iter", "5", "--tol", "0", "--workers", "1", "--threads-per-worker", "1", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
     chunks = []
@@ -152,9 +164,18 @@ def test_fit_on_a_terminal_draws_one_bar_for_all_starts(data):
         chunks.append(chunk)
     out, _ = proc.communicate(timeout=180)
     os.close(master)
-    assert proc.returncode == 0
+    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_fit_on_a_terminal_draws_one_bar_for_all_starts(data):
+    """``daskgmm fit --n-init 3`` with standard error on a terminal: one bar that steps once per
+    pass for all three starts (issue 12: the command opened 7 bars)."""
+    d, *_ = data
+    cmd = [sys.executable, "-m", "daskgmm.cli", "fit", str(d / "x.zarr"), "-k", "3", "--n-init", "3", "--seed", "0",
+           "--max-iter", "5", "--tol", "0", "--workers", "1", "--threads-per-worker", "1", "--json"]
+    returncode, out, screen = on_a_terminal(cmd)
+    assert returncode == 0
     assert json.loads(out.strip().splitlines()[-1])["n_iter"] == 5
-    screen = b"".join(chunks).decode(errors="replace")
     bar_lines = [line for line in screen.replace("\r", "\n").splitlines() if "GMM, 3 starts" in line]
     assert bar_lines and all("/5" in line for line in bar_lines)
     # one bar: it reaches 5/5 once and never starts over at 0/5 after a later start began
@@ -162,3 +183,216 @@ def test_fit_on_a_terminal_draws_one_bar_for_all_starts(data):
     assert finals and "GMM start" not in screen
     starts = [line for line in bar_lines if " 0/5" in line]
     assert len(starts) <= 1
+    # and the initialisation's passes (the k-means sample, the first statistics) show dask's bar
+    assert "100% Completed" in screen
+
+
+# --------------------------------------------------------------------------
+# usage errors: one line, exit 2, no traceback
+# --------------------------------------------------------------------------
+USAGE_MISTAKES = [
+    (["fit", "x.npy", "-k", "0"], "argument --n-components/-k: must be >= 1, got 0"),
+    (["fit", "x.npy", "-k", "2", "--chunk-size", "0"], "argument --chunk-size: must be >= 1, got 0"),
+    (["fit", "x.npy", "-k", "2", "--tol", "-1"], "argument --tol: must be >= 0"),
+    (["fit", "x.npy", "-k", "2", "--memory-limit", "lots"], "argument --memory-limit: 'lots' is not a memory size"),
+    (["demo", "--chunk-rows", "0"], "argument --chunk-rows: must be >= 1, got 0"),
+    (["demo", "--chunk-size", "0"], "argument --chunk-size: must be >= 1, got 0"),
+    (["demo", "--n-samples", "3", "-k", "5"], "--n-samples 3 is fewer than the 5 components"),
+    (["fit", "x.npy", "-k", "2", "--workers", "-1"], "argument --workers: must be >= 1, got -1"),
+    (["fit", "x.npy", "-k", "2", "--nworkers", "0"], "argument --nworkers: must be >= 1, got 0"),
+    (["segment", "a", "b", "-k", "2", "--nthreads", "0"], "argument --nthreads: must be >= 1, got 0"),
+    (["segment-bench", "w", "--workers", "x"], "argument --workers: 'x' is not an integer"),
+    (["fit", "x.npy", "-k", "2", "--log-level", "LOUD"], "argument --log-level: 'LOUD' is not a logging level"),
+    (["--log-level", "chatty", "fit", "x.npy", "-k", "2"], "'chatty' is not a logging level; choose from DEBUG"),
+    (["fit", "x.npy", "-k", "2", "--connect-timeout", "soon"], "'soon' is not a positive duration"),
+    (["fit", "x.npy", "-k", "2", "--scheduler", "tcp://a:1", "--scheduler-file", "s.json"], "not allowed with"),
+    (["fit", "x.npy", "-k", "2", "--resume"], "--resume needs --checkpoint PATH"),
+]
+
+
+@pytest.mark.parametrize("argv, message", USAGE_MISTAKES, ids=[" ".join(a) for a, _ in USAGE_MISTAKES])
+def test_usage_mistakes_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("daskgmm") and ": error: " in err, err
+    assert message in err
+
+
+def test_a_usage_mistake_from_the_shell():
+    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "fit", "data.zarr", "-k", "0"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "daskgmm fit: error: argument --n-components/-k: must be >= 1, got 0 (see 'daskgmm fit --help')\n"
+
+
+def test_runtime_errors_name_the_command(data, capsys):
+    d, *_ = data
+    with pytest.raises(SystemExit, match=r"^daskgmm fit: error: .* does not exist$"):
+        main(["fit", str(d / "missing.zarr"), "-k", "2"])
+
+
+# --------------------------------------------------------------------------
+# a quick, documented command line
+# --------------------------------------------------------------------------
+HEAVY = ("dask", "distributed", "zarr", "xarray", "sklearn", "scipy", "numpy")
+
+
+def test_help_imports_none_of_the_heavy_stack():
+    """``daskgmm --help`` and every command's ``--help``: standard library and daskgmm.cli only."""
+    code = (
+        "import json, sys\n"
+        "from daskgmm.cli import SUBCOMMANDS, main\n"
+        "for argv in [[]] + [[m.__name__.rsplit('.', 1)[1].replace('_', '-')] for m in SUBCOMMANDS]:\n"
+        "    try:\n"
+        "        main(argv + ['--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, argv\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "segment-bench" in r.stdout and "--connect-timeout" in r.stdout
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+def test_version():
+    from importlib.metadata import version
+
+    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == f"daskgmm {version('daskgmm')}\n"
+
+
+def _subparsers():
+    import argparse
+
+    from daskgmm.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_has_help_and_says_its_default():
+    import argparse
+
+    for name, parser in _subparsers().items():
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue  # the hidden older spellings
+            assert action.help, (name, action.option_strings)
+            if action.option_strings and not action.required and action.default not in (None, False):
+                assert "default" in action.help, (name, action.option_strings, action.help)
+
+
+def test_option_names_and_their_older_spellings(tmp_path):
+    from daskgmm.cli import build_parser
+
+    parse = build_parser().parse_args
+    new = parse(["fit", "x.npy", "-k", "2", "--nworkers", "3", "--nthreads", "2"])
+    old = parse(["fit", "x.npy", "-k", "2", "--workers", "3", "--threads-per-worker", "2"])
+    assert (new.workers, new.threads_per_worker) == (old.workers, old.threads_per_worker) == (3, 2)
+    assert parse(["demo", "--chunk-rows", "7"]).chunk_size == parse(["demo", "--chunk-size", "7"]).chunk_size == 7
+    assert parse(["segment-bench", "w", "--workers", "1"]).workers == 1
+    # --log-level before or after the command, any case; WARNING by default
+    assert parse(["fit", "x.npy", "-k", "2"]).log_level == "WARNING"
+    assert parse(["--log-level", "info", "fit", "x.npy", "-k", "2"]).log_level == "INFO"
+    assert parse(["fit", "x.npy", "-k", "2", "--log-level", "debug"]).log_level == "DEBUG"
+    # --json is a flag that prints JSON on standard output (bench keeps '--json PATH' for a file)
+    assert parse(["fit", "x.npy", "-k", "2", "--json"]).json is True
+    assert parse(["bench", "--json"]).json == "-" and parse(["bench", "--json", "b.json"]).json == "b.json"
+    assert parse(["fit", "x.npy", "-k", "2", "--memory-limit", "0.5"]).memory_limit == "0.5"
+    assert parse(["fit", "x.npy", "-k", "2", "--connect-timeout", "2m"]).connect_timeout == 120
+
+
+# --------------------------------------------------------------------------
+# dask's conventions: scheduler-address, a short connect timeout
+# --------------------------------------------------------------------------
+def test_a_refused_scheduler_fails_fast_with_what_to_do(data):
+    d, *_ = data
+    t0 = __import__("time").monotonic()
+    with pytest.raises(SystemExit, match=r"could not connect to the scheduler at tcp://127\.0\.0\.1:1 within 1s"):
+        main(["fit", str(d / "x.npy"), "-k", "2", "--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "1s"])
+    assert __import__("time").monotonic() - t0 < 20
+
+
+def test_dask_scheduler_address_from_the_environment_is_used(data):
+    d, *_ = data
+    env = dict(os.environ, DASK_SCHEDULER_ADDRESS="tcp://127.0.0.1:1")
+    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "fit", str(d / "x.npy"), "-k", "2", "--connect-timeout", "1"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1
+    assert "tcp://127.0.0.1:1 (dask's scheduler-address configuration) within 1s" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_fit_computes_on_the_configured_scheduler(data, local_cluster, monkeypatch, capsys):
+    import dask
+    import distributed
+
+    def no_local_cluster(*args, **kwargs):
+        raise AssertionError("started a local cluster although dask's scheduler-address is set")
+
+    d, *_ = data
+    monkeypatch.setattr(distributed, "LocalCluster", no_local_cluster)
+    saved = dask.config.get("scheduler", None)
+    try:
+        with dask.config.set({"scheduler-address": local_cluster.scheduler.address}):
+            assert main(["fit", str(d / "x.npy"), "-k", "3", "--seed", "0", "--json"]) == 0
+    finally:
+        dask.config.set(scheduler=saved)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["converged"]
+
+
+# --------------------------------------------------------------------------
+# quiet success on a local cluster
+# --------------------------------------------------------------------------
+def test_fit_on_a_local_cluster_is_quiet(data):
+    d, *_ = data
+    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "fit", str(d / "x.zarr"), "-k", "3", "--seed", "0",
+                        "--nworkers", "2", "--nthreads", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "converged: True" in r.stdout and "fitted in" in r.stdout
+    assert_quiet(r.stderr)
+
+
+@pytest.fixture(scope="module")
+def raster(tmp_path_factory):
+    """A (60, 50, 3) float raster of a 3-component mixture with a nodata stripe."""
+    X = make_mixture(n_samples=3000, n_features=3, n_components=3, seed=5, separation=6)[0]
+    img = X.reshape(60, 50, 3)
+    img[:5] = 0.0
+    path = str(tmp_path_factory.mktemp("raster") / "img.zarr")
+    zarr.create_array(path, shape=img.shape, chunks=(20, 25, 3), dtype="f8")[:] = img
+    return path
+
+
+def test_segment_on_a_local_cluster_is_quiet(raster, tmp_path):
+    out = tmp_path / "seg.zarr"
+    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "segment", raster, str(out), "-k", "3", "--nodata", "0",
+                        "--seed", "0", "--nworkers", "2", "--nthreads", "1"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "labelled 3,000 pixels" in r.stdout and out.exists()
+    assert_quiet(r.stderr)
+
+
+def test_segment_on_a_terminal_shows_progress_of_the_writing(raster, tmp_path):
+    cmd = [sys.executable, "-m", "daskgmm.cli", "segment", raster, str(tmp_path / "seg.zarr"), "-k", "3",
+           "--nodata", "0", "--seed", "0", "--nworkers", "1", "--nthreads", "1", "--json"]
+    returncode, out, screen = on_a_terminal(cmd)
+    assert returncode == 0, screen
+    assert json.loads(out.strip().splitlines()[-1])["n_pixels"] == 3000
+    assert screen.count("100% Completed") >= 2  # the initialisation's passes and the writing
+    assert "GMM" in screen  # the engine's bar for the EM passes
+
+
+def test_demo_keep_open_waits_for_enter():
+    r = subprocess.run(
+        [sys.executable, "-m", "daskgmm.cli", "demo", "--n-samples", "4000", "--chunk-size", "1000", "-k", "2",
+         "--n-features", "2", "--nworkers", "1", "--keep-open"],
+        input="\n", capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "the dashboard stays open at http://" in r.stdout and "press Enter (or Ctrl-C)" in r.stdout
+    assert_quiet(r.stderr, allowed=())

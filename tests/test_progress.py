@@ -132,3 +132,30 @@ def test_progress_config_draws_the_bar_without_verbose_lines(X, capsys, monkeypa
     with dask.config.set({"daskgmm.progress": True}):
         GaussianMixture(3, n_init=2, random_state=0, max_iter=3, tol=0).fit(X)
     assert "3/3" in term.getvalue() and capsys.readouterr().out == ""
+
+
+def test_compute_shows_dask_bar_only_when_asked(capsys):
+    """``_progress.compute``: dask's bar on standard error under ``daskgmm.progress`` (the
+    command sets it on a terminal), nothing otherwise; the same results either way."""
+    import time
+
+    from daskgmm._progress import compute
+
+    slow = dask.delayed(lambda x: (time.sleep(0.8), x)[1])(da.arange(6, chunks=2).sum())
+    assert compute(slow) == (15,)
+    assert capsys.readouterr().err == ""
+    with dask.config.set({"daskgmm.progress": True, "scheduler": "threads"}):
+        assert compute(slow, da.ones(3, chunks=1))[0] == 15
+    captured = capsys.readouterr()
+    assert "100% Completed" in captured.err and captured.out == ""
+
+
+def test_compute_on_a_cluster_draws_distributed_bar_on_stderr(local_cluster, capsys):
+    from daskgmm._progress import compute
+
+    x = da.arange(12, chunks=3)
+    with local_cluster.as_current(), dask.config.set({"daskgmm.progress": True}):
+        total, doubled = compute(x.sum(), 2 * x)
+    assert total == 66 and doubled.tolist() == (2 * np.arange(12)).tolist()
+    captured = capsys.readouterr()
+    assert "Completed" in captured.err and captured.out == ""

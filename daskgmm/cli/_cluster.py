@@ -1,5 +1,11 @@
-"""Where a subcommand computes: the ``--scheduler``/``--scheduler-file``/local-cluster and
-``--tls-*`` options every computing subcommand shares, and :func:`connect`."""
+"""Where a subcommand computes: the cluster options every computing subcommand shares
+(``--scheduler``, ``--scheduler-file``, dask's ``scheduler-address``, a local cluster's
+``--nworkers/--nthreads/--memory-limit``, ``--tls-*``), and :func:`connect`.
+
+The names follow ``dask worker`` (``--nworkers``, ``--nthreads``, ``--memory-limit``); the
+older ``--workers`` and ``--threads-per-worker`` still work (hidden aliases). Values are
+checked when the command line is parsed, so a mistake is a one-line usage error (exit 2).
+"""
 
 from __future__ import annotations
 
@@ -9,25 +15,104 @@ import json
 import logging
 import os
 
+from daskgmm.cli._logging import quiet, silence
+from daskgmm.cli._options import add_alias, int_at_least
+
+#: how long to try to reach a scheduler before giving up (dask's own default is 30s)
+CONNECT_TIMEOUT = "10s"
+
+
+def memory_limit(text: str) -> str:
+    """``--memory-limit``: ``auto``, a size dask understands (``4GiB``, ``500MB``), a fraction of
+    this machine's memory (``0.5``) or ``0`` (no limit); returned as given."""
+    if text == "auto":
+        return text
+    try:
+        if float(text) >= 0:
+            return text
+    except ValueError:
+        pass
+    from dask.utils import parse_bytes
+
+    try:
+        if parse_bytes(text) > 0:
+            return text
+    except (ValueError, TypeError):
+        pass
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a memory size: use e.g. 4GiB or 500MB, a fraction of this machine's memory "
+        "such as 0.5, 0 for no limit, or auto"
+    )
+
+
+def timeout(text: str) -> float:
+    """``--connect-timeout``: a duration dask understands (``10s``, ``2 minutes``, ``30``), in seconds."""
+    from dask.utils import parse_timedelta
+
+    try:
+        seconds = parse_timedelta(text, default="seconds")
+    except (ValueError, KeyError, TypeError):
+        seconds = None
+    if seconds is None or not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration, e.g. 10s, 2m or 30")
+    return float(seconds)
+
+
+def add_local_cluster_arguments(g, nworkers_default=None, memory_default="auto", threads=False) -> None:
+    """``--nworkers``, ``--nthreads`` when ``threads`` (and their old names) and ``--memory-limit``."""
+    workers_help = (
+        f"local cluster: number of worker processes (default: {nworkers_default})" if nworkers_default
+        else "local cluster: number of worker processes (default: 1 per 2 cores, at least 1)"
+    )
+    g.add_argument("--nworkers", dest="workers", type=int_at_least(1), default=nworkers_default, metavar="N",
+                   help=workers_help + "; --workers is the older name")
+    add_alias(g, "--workers", "workers", int_at_least(1))
+    if threads:
+        g.add_argument("--nthreads", dest="threads_per_worker", type=int_at_least(1), default=None, metavar="N",
+                       help="local cluster: threads per worker (default: the cores shared between the workers); "
+                            "--threads-per-worker is the older name")
+        add_alias(g, "--threads-per-worker", "threads_per_worker", int_at_least(1))
+    g.add_argument("--memory-limit", type=memory_limit, default=memory_default, metavar="SIZE",
+                   help="local cluster: memory limit per worker: a size (4GiB, 500MB), a fraction of this "
+                        "machine's memory (0.5), 0 for none, or auto (its memory shared between the workers) "
+                        "(default: %(default)s)")
+
 
 def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cluster", "where to compute (default: a local cluster started in-process)")
-    g.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler, e.g. tcp://host:8786 or tls://host:8786")
-    g.add_argument("--scheduler-file", metavar="PATH", help="scheduler file written by 'dask scheduler --scheduler-file' (HPC convention)")
-    g.add_argument("--workers", type=int, default=None, help="local cluster: number of worker processes (default: 1 per 2 cores, at least 1)")
-    g.add_argument("--threads-per-worker", type=int, default=None, help="local cluster: threads per worker")
-    g.add_argument("--memory-limit", default="auto", help="local cluster: memory limit per worker, e.g. 2GiB (default: auto)")
-    g.add_argument("--dashboard-address", default=":0", help="local cluster: dashboard address (default: a free port)")
-    g.add_argument("--tls-ca-file", help="CA certificate for a tls:// scheduler")
-    g.add_argument("--tls-cert", help="client certificate for a tls:// scheduler")
-    g.add_argument("--tls-key", help="client private key for a tls:// scheduler")
+    g = p.add_argument_group(
+        "cluster",
+        "where to compute: --scheduler or --scheduler-file; else dask's 'scheduler-address' configuration "
+        "(e.g. DASK_SCHEDULER_ADDRESS) when set; else a local cluster started in-process",
+    )
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address of a running Dask scheduler, e.g. tcp://host:8786 or tls://host:8786 "
+                        "(default: dask's scheduler-address configuration, if set)")
+    where.add_argument("--scheduler-file", metavar="PATH",
+                   help="scheduler file written by 'dask scheduler --scheduler-file' (HPC convention)")
+    g.add_argument("--connect-timeout", type=timeout, default=CONNECT_TIMEOUT, metavar="DURATION",
+                   help="give up reaching the scheduler after this long (default: %(default)s)")
+    add_local_cluster_arguments(g, threads=True)
+    g.add_argument("--dashboard-address", default=":0", metavar="ADDRESS",
+                   help="local cluster: dashboard address (default: %(default)s, a free port)")
+    g.add_argument("--tls-ca-file", metavar="PATH",
+                   help="CA certificate for a tls:// scheduler (default: dask's distributed.comm.tls configuration)")
+    g.add_argument("--tls-cert", metavar="PATH", help="client certificate for a tls:// scheduler")
+    g.add_argument("--tls-key", metavar="PATH", help="client private key for a tls:// scheduler")
 
 
 _TLS_OPTIONS = ("tls_ca_file", "tls_cert", "tls_key")
 
 
+def configured_address() -> str | None:
+    """dask's ``scheduler-address`` configuration (``DASK_SCHEDULER_ADDRESS``), as ``Client()`` reads it."""
+    import dask
+
+    return dask.config.get("scheduler-address", None) or None
+
+
 def _scheduler_address(args) -> str | None:
-    """The address given by ``--scheduler``, or the one recorded in ``--scheduler-file``."""
+    """The address given by ``--scheduler``, recorded in ``--scheduler-file``, or configured in dask."""
     if args.scheduler:
         return args.scheduler
     if args.scheduler_file:
@@ -36,7 +121,7 @@ def _scheduler_address(args) -> str | None:
                 return json.load(f).get("address")
         except (OSError, ValueError, AttributeError):
             return None  # the Client reports an unreadable scheduler file
-    return None
+    return configured_address()
 
 
 def _security(args):
@@ -72,12 +157,12 @@ def _security(args):
     for n in _TLS_OPTIONS:
         if not os.path.exists(getattr(args, n)):
             raise SystemExit(f"error: --{n.replace('_', '-')} {getattr(args, n)!r} does not exist")
-    if not (args.scheduler or args.scheduler_file):
+    if address is None:
         raise SystemExit(
             "error: --tls-ca-file/--tls-cert/--tls-key are for connecting to a running tls:// scheduler; "
             "add --scheduler tls://HOST:PORT or --scheduler-file PATH (a local cluster needs no certificates)"
         )
-    if address is not None and not address.startswith("tls://"):
+    if not address.startswith("tls://"):
         raise SystemExit(
             f"error: TLS certificates were given but the scheduler address {address!r} is not tls://. "
             "A scheduler started with 'dask scheduler --protocol tls' listens on tls://HOST:PORT: use that address."
@@ -92,49 +177,83 @@ def _security(args):
     )
 
 
+def _connect_remote(args, security):
+    """A ``Client`` of the scheduler named by the options or dask's configuration."""
+    from distributed import Client
+
+    if args.scheduler_file and not os.path.exists(args.scheduler_file):
+        raise SystemExit(f"error: scheduler file {args.scheduler_file!r} does not exist")
+    address = _scheduler_address(args)
+    if args.scheduler_file and not address:
+        raise SystemExit(
+            f"error: scheduler file {args.scheduler_file!r} holds no scheduler address (it is empty, or not the "
+            "JSON that 'dask scheduler --scheduler-file' writes); if the scheduler is still starting, wait until "
+            "the file is complete"
+        )
+    where = args.scheduler or args.scheduler_file or f"{address} (dask's scheduler-address configuration)"
+    kwargs = {"security": security} if security is not None else {}
+    seconds = getattr(args, "connect_timeout", None) or timeout(CONNECT_TIMEOUT)
+    try:
+        if args.scheduler_file:
+            return Client(scheduler_file=args.scheduler_file, timeout=seconds, **kwargs)
+        return Client(address, timeout=seconds, **kwargs)
+    except (OSError, RuntimeError) as e:  # refused, timed out, or TLS required by the configuration
+        raise SystemExit(
+            f"error: could not connect to the scheduler at {where} within {seconds:g}s: {e}. "
+            "Check the address, that the scheduler is running, and (for tls://) the certificates; "
+            "--connect-timeout waits longer."
+        ) from e
+
+
+def _debug() -> bool:
+    return logging.getLogger("daskgmm").getEffectiveLevel() <= logging.DEBUG
+
+
+@contextlib.contextmanager
+def _quiet_shutdown():
+    """distributed's loggers at CRITICAL while a local cluster closes: workers that take a moment
+    to stop, heartbeats that cross the close, and cancelled tasks are not news after a success."""
+    with quiet("distributed", logging.CRITICAL):
+        yield
+
+
 @contextlib.contextmanager
 def connect(args):
-    """Yield a ``distributed.Client``: to ``--scheduler``/``--scheduler-file``, or a local cluster."""
-    from distributed import Client, LocalCluster
-
-    security = _security(args)
+    """Yield a ``distributed.Client``: to ``--scheduler``/``--scheduler-file``, to dask's
+    configured ``scheduler-address``, or to a local cluster, closed quietly afterwards."""
     if args.scheduler and args.scheduler_file:
         raise SystemExit("error: give --scheduler or --scheduler-file, not both")
-    if args.scheduler or args.scheduler_file:
-        if args.scheduler_file and not os.path.exists(args.scheduler_file):
-            raise SystemExit(f"error: scheduler file {args.scheduler_file!r} does not exist")
-        if args.scheduler_file and not _scheduler_address(args):
-            raise SystemExit(
-                f"error: scheduler file {args.scheduler_file!r} holds no scheduler address (it is empty, or not the "
-                "JSON that 'dask scheduler --scheduler-file' writes); if the scheduler is still starting, wait until "
-                "the file is complete"
-            )
-        kwargs = {"security": security} if security is not None else {}
-        try:
-            client = Client(args.scheduler, scheduler_file=args.scheduler_file, timeout="30s", **kwargs)
-        except (OSError, RuntimeError) as e:  # refused, timed out, or TLS required by the configuration
-            raise SystemExit(
-                f"error: could not connect to the scheduler at {args.scheduler or args.scheduler_file}: {e}. "
-                "Check the address, that the scheduler is running, and (for tls://) the certificates."
-            ) from e
-        with client:
+    security = _security(args)
+    if args.scheduler or args.scheduler_file or configured_address():
+        with _connect_remote(args, security) as client:
             yield client
         return
+    from distributed import Client, LocalCluster
+
     ncores = os.cpu_count() or 1
     n_workers = args.workers or max(1, ncores // 2)
     threads = args.threads_per_worker or max(1, ncores // n_workers)
-    with LocalCluster(
+    cluster = LocalCluster(
         n_workers=n_workers,
         threads_per_worker=threads,
         memory_limit=args.memory_limit,
         processes=True,
         dashboard_address=args.dashboard_address,
         silence_logs=logging.WARNING,
-    ) as cluster, Client(cluster) as client:
+    )
+    try:
+        client = Client(cluster)
         try:
             yield client
         finally:
-            # close the workers before the scheduler, so that none of them logs a failed
-            # heartbeat to a scheduler that is already gone
-            with contextlib.suppress(Exception):
-                client.retire_workers(close_workers=True)
+            with _quiet_shutdown():
+                # close the workers before the scheduler, so that none of them logs a failed
+                # heartbeat to a scheduler that is already gone; then the client, then the cluster
+                with contextlib.suppress(Exception):
+                    if not _debug():
+                        client.run(silence)  # the workers' own shutdown lines
+                    client.retire_workers(list(client.scheduler_info(n_workers=-1)["workers"]), close_workers=True)
+                client.close()
+    finally:
+        with _quiet_shutdown():
+            cluster.close()

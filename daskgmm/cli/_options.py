@@ -15,7 +15,14 @@ FLAGS = {"n_components": ("--n-components", "-k"), "init_params": ("--init",), "
 _BOOL_WORDS = {"auto": "auto", "true": True, "false": False}
 
 
-def _positive_int(low: float):
+class UsageError(Exception):
+    """Raised by a subcommand for a mistake in its options that argparse cannot see alone
+    (e.g. two options that contradict each other): reported like argparse's, exit 2."""
+
+
+def int_at_least(low: float):
+    """An argparse ``type``: an integer ``>= low`` (else a one-line usage error)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -38,8 +45,15 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
-def add_model_options(p: argparse.ArgumentParser, names, required=("n_components",)) -> None:
-    """Add ``--name`` options for the parameters ``names`` (the table's types, choices, defaults, help)."""
+def add_alias(p, flag: str, dest: str, type=None) -> None:
+    """An older spelling of an option: parsed into ``dest``, left out of ``--help``."""
+    p.add_argument(flag, dest=dest, type=type, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_model_options(p: argparse.ArgumentParser, names, required=("n_components",), defaults=None) -> None:
+    """Add ``--name`` options for the parameters ``names`` (the table's types, choices, defaults, help;
+    ``defaults`` overrides the table's default where a command has its own, e.g. the demo's K)."""
+    defaults = defaults or {}
     for name in names:
         spec = PARAMS[name]
         flags = FLAGS.get(name, ("--" + name.replace("_", "-"),))
@@ -47,15 +61,15 @@ def add_model_options(p: argparse.ArgumentParser, names, required=("n_components
         if name in required:
             kw["required"] = True
         else:
-            kw["default"] = spec.default
-            if spec.default is not None:
+            kw["default"] = defaults.get(name, spec.default)
+            if kw["default"] is not None:
                 kw["help"] += " (default: %(default)s)"
         if name == "persist":
             kw.update(choices=list(_BOOL_WORDS), default="auto")
         elif spec.kind == "choice":
             kw["choices"] = list(spec.choices)
         elif spec.kind == "int" or name == "random_state":
-            kw["type"] = _positive_int(spec.low if spec.low is not None else 0)
+            kw["type"] = int_at_least(spec.low if spec.low is not None else 0)
             kw["metavar"] = "SEED" if name == "random_state" else "N"
         elif spec.kind == "float":
             kw["type"] = _nonnegative_float

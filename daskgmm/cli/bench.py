@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from daskgmm.benchmarks import CHUNK_COUNTS, FULL_SHAPES, QUICK_SHAPES
 
@@ -48,20 +49,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     size.add_argument("--full", action="store_true", help=f"the issue's shapes {FULL_SHAPES}")
     p.add_argument("--shape", type=_shape, action="append", metavar="N,D,K",
                    help="a full-covariance case (repeatable; replaces the preset shapes)")
-    p.add_argument("--iters", type=int, default=3, help="EM iterations timed per case (default 3)")
+    p.add_argument("--iters", type=int, default=3, help="EM iterations timed per case (default: %(default)s)")
     p.add_argument("--chunks", type=_counts, default=CHUNK_COUNTS, metavar="C1,C2,...",
                    help="chunk counts for the overhead rows (default 1,10,100,1000; 'none' to skip)")
     p.add_argument("--sklearn", choices=("auto", "all", "none"), default="auto",
                    help="where scikit-learn runs: auto = all shapes but the preset D=64 one "
-                        "(about a minute per scikit-learn iteration there), all, none")
+                        "(about a minute per scikit-learn iteration there), all, none (default: %(default)s)")
     p.add_argument("--no-other-types", action="store_true", help="skip the tied/diag/spherical rows")
     p.add_argument("--no-float32", action="store_true", help="skip the float32 row")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data (default: %(default)s)")
     p.add_argument("--gemm-size", type=int, default=2048, metavar="N",
-                   help="size of the float64 N x N matrix product that measures the GEMM peak (default 2048)")
+                   help="size of the float64 N x N matrix product that measures the GEMM peak (default: %(default)s)")
     p.add_argument("--markdown", action="store_true",
                    help="print the README-ready report (machine, table, derived figures, command)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="print the results as one line of JSON on standard output, instead of the table "
+                        "(as in fit and segment); with PATH, write them to PATH as well as printing the table")
     p.add_argument("--beyond", action="store_true",
                    help="also run the select_model sweep vs separate fits and incremental vs full EM rows "
                         "(daskgmm.benchmarks.beyond; a few minutes)")
@@ -77,6 +80,7 @@ def run(args) -> int:
         raise SystemExit(f"error: --iters must be >= 1, got {args.iters}")
     if args.gemm_size < 16:
         raise SystemExit(f"error: --gemm-size must be >= 16, got {args.gemm_size}")
+    json_only = args.json == "-"
     preset = FULL_SHAPES if args.full else QUICK_SHAPES
     shapes = tuple(args.shape) if args.shape else preset
     if args.sklearn == "none":
@@ -94,10 +98,12 @@ def run(args) -> int:
         float32=not args.no_float32,
         seed=args.seed,
         gemm_n=args.gemm_size,
-        progress=lambda msg: print(f"# {msg}", flush=True),
+        progress=lambda msg: print(f"# {msg}", flush=True, file=sys.stderr if json_only else sys.stdout),
     )
     command = "daskgmm bench" + (" --full" if args.full else "") + " --markdown"
-    if args.markdown:
+    if json_only:
+        pass  # printed at the end
+    elif args.markdown:
         print(format_report(result, command))
     else:
         print(format_table(result))
@@ -110,8 +116,11 @@ def run(args) -> int:
         from daskgmm.benchmarks.beyond import bench_beyond, format_beyond
 
         result["beyond"] = bench_beyond()
-        print(format_beyond(result["beyond"]))
-    if args.json:
+        if not json_only:
+            print(format_beyond(result["beyond"]))
+    if json_only:
+        print(json.dumps(result, default=float))
+    elif args.json:
         from daskgmm.io import atomic_write_bytes
 
         payload = json.dumps(result, indent=2, default=float).encode()

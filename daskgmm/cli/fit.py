@@ -9,7 +9,7 @@ import time
 import warnings
 
 from daskgmm.cli._cluster import add_cluster_arguments, connect
-from daskgmm.cli._options import add_model_options
+from daskgmm.cli._options import UsageError, add_model_options
 from daskgmm.cli._options import model_kwargs as _model_kwargs
 
 #: the estimator parameters ``daskgmm fit`` takes as options (types, choices, defaults and help
@@ -21,17 +21,36 @@ MODEL_OPTIONS = ("n_components", "covariance_type", "max_iter", "tol", "reg_cova
 # --------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------
+class NpyFile:
+    """A .npy file as an array-like that pickles as its path: each task reads its own rows
+    (memory-mapped) where it runs, so the graph does not carry the data (a memory map given
+    to ``da.from_array`` is sent whole, with distributed's 'Sending large graph' warning)."""
+
+    def __init__(self, path: str):
+        import numpy as np
+
+        self.path = os.path.abspath(path)
+        arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key):
+        import numpy as np
+
+        return np.array(np.load(self.path, mmap_mode="r", allow_pickle=False)[key])
+
+    def __reduce__(self):
+        return (type(self), (self.path,))
+
+
 def open_data(path: str, array: str | None):
     """The Zarr array (or group member) itself, so that a checkpoint records its path, or a
-    lazy dask array over a memory-mapped .npy file."""
+    lazy dask array over a .npy file (:class:`NpyFile`)."""
     import dask.array as da
-    import numpy as np
 
     if not os.path.exists(path):
         raise SystemExit(f"error: {path!r} does not exist")
     if path.endswith(".npy"):
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        return da.from_array(arr, chunks=("auto", -1))
+        return da.from_array(NpyFile(path), chunks=("auto", -1), asarray=True)
     from daskgmm._input import open_zarr_array
 
     try:
@@ -45,14 +64,24 @@ def open_data(path: str, array: str | None):
 # --------------------------------------------------------------------------
 def add_parser(sub) -> None:
     """Register ``daskgmm fit``."""
-    p = sub.add_parser("fit", help="fit a Gaussian mixture to a Zarr array or .npy file")
+    p = sub.add_parser(
+        "fit",
+        help="fit a Gaussian mixture to a Zarr array or .npy file",
+        description="Fit a Gaussian mixture to DATA on a Dask cluster and print the fitted weights and means "
+        "(or --json). The model options are GaussianMixture's parameters, with its defaults.",
+    )
     p.add_argument("data", help="Zarr array (or group with --array) or .npy file of shape (n_samples, n_features)")
-    p.add_argument("--array", help="array name inside a Zarr group")
-    add_model_options(p, MODEL_OPTIONS)
-    p.add_argument("--save-model", metavar="PATH", help="write the fitted model here (.npz, no pickle)")
-    p.add_argument("--json", action="store_true", help="print the fitted summary as JSON")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint PATH (a new fit if it does not exist yet)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
+    p.add_argument("--array", help="array name inside a Zarr group (default: DATA is an array)")
+    model = p.add_argument_group("model", "GaussianMixture's parameters")
+    add_model_options(model, MODEL_OPTIONS)
+    out = p.add_argument_group("output")
+    out.add_argument("--save-model", metavar="PATH", help="write the fitted model here (.npz, no pickle)")
+    out.add_argument("--json", action="store_true",
+                     help="print the result as one line of JSON on standard output, instead of text")
+    out.add_argument("--resume", action="store_true",
+                     help="continue from --checkpoint PATH (a new fit if it does not exist yet)")
+    out.add_argument("--no-progress", action="store_true",
+                     help="no progress bars (they are drawn only when standard error is a terminal)")
     add_cluster_arguments(p)
     p.set_defaults(func=run_fit)
 
@@ -96,9 +125,9 @@ def run_fit(args) -> int:
     from daskgmm._progress import is_interactive
     from daskgmm.checkpoint import CheckpointError
 
-    X = open_data(args.data, args.array)
     if args.resume and not args.checkpoint:
-        raise SystemExit("error: --resume needs --checkpoint PATH (the checkpoint of the fit to continue)")
+        raise UsageError("--resume needs --checkpoint PATH (the checkpoint of the fit to continue)")
+    X = open_data(args.data, args.array)
     show = is_interactive() and not args.no_progress
     with connect(args) as client:
         if client.dashboard_link:
@@ -109,7 +138,8 @@ def run_fit(args) -> int:
             with warnings.catch_warnings():
                 # a command-line user gets a plain message below, not a Python warning
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                # the engine draws one bar for the fit (a step per pass, all starts together)
+                # the engine draws one bar for the EM passes (a step per pass, all starts
+                # together); the initialisation's passes get dask's bar (daskgmm._progress.compute)
                 with dask.config.set({"daskgmm.progress": show}):
                     model.fit(X, resume=args.resume)
         except CheckpointError as e:

@@ -10,7 +10,7 @@ import sys
 import time
 
 from daskgmm.cli._cluster import add_cluster_arguments, connect
-from daskgmm.cli._options import add_model_options, model_kwargs
+from daskgmm.cli._options import add_model_options, int_at_least, model_kwargs
 
 #: the estimator parameters ``daskgmm segment`` takes as options (from :mod:`daskgmm._params`)
 MODEL_OPTIONS = ("covariance_type", "max_iter", "tol", "reg_covar", "n_init", "init_params", "on_collapse")
@@ -53,19 +53,31 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("image", help="Zarr array (or group with --array) of shape (*spatial, bands)")
     p.add_argument("out", help="output Zarr group (refused if it exists, unless --overwrite)")
-    add_model_options(p, ("n_components",))
-    p.add_argument("--array", help="array name inside a Zarr group")
-    p.add_argument("--feature-axis", type=_feature_axis, default=-1, help="axis holding the bands: an integer, a Zarr dimension name, or 'none' for one band (default -1)")
-    p.add_argument("--nodata", type=_number, default=None, help="pixels equal to this in any band are left out and labelled -1")
-    p.add_argument("--sample", type=float, default=None, help="fit on this fraction of the valid pixels (e.g. 0.01)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the pixel sample and the initialisation")
-    add_model_options(p, MODEL_OPTIONS)
-    p.add_argument("--save-model", metavar="PATH", help="also write the fitted model here (.npz, no pickle)")
-    p.add_argument("--probabilities", action="store_true", help="also write per-pixel probabilities (float32, ..., K)")
-    p.add_argument("--log-density", action="store_true", help="also write the per-pixel log-density (an anomaly map)")
-    p.add_argument("--confidence", action="store_true", help="also write the largest probability per pixel")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary (timings, pixels per second)")
+    data = p.add_argument_group("image")
+    data.add_argument("--array", help="array name inside a Zarr group (default: IMAGE is an array)")
+    data.add_argument("--feature-axis", type=_feature_axis, default=-1,
+                      help="axis holding the bands: an integer, a Zarr dimension name, or 'none' for one band "
+                           "(default: %(default)s, the last)")
+    data.add_argument("--nodata", type=_number, default=None,
+                      help="pixels equal to this in any band are left out and labelled -1 (default: none)")
+    data.add_argument("--sample", type=float, default=None, metavar="FRACTION",
+                      help="fit on this fraction of the valid pixels, e.g. 0.01 (default: all of them)")
+    data.add_argument("--seed", type=int_at_least(0), default=None,
+                      help="seed of the pixel sample and the initialisation (default: none, a new draw each run)")
+    model = p.add_argument_group("model", "GaussianMixture's parameters")
+    add_model_options(model, ("n_components",))
+    add_model_options(model, MODEL_OPTIONS)
+    out = p.add_argument_group("output")
+    out.add_argument("--save-model", metavar="PATH", help="also write the fitted model here (.npz, no pickle)")
+    out.add_argument("--probabilities", action="store_true", help="also write per-pixel probabilities (float32, ..., K)")
+    out.add_argument("--log-density", action="store_true", help="also write the per-pixel log-density (an anomaly map)")
+    out.add_argument("--confidence", action="store_true", help="also write the largest probability per pixel")
+    out.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+    out.add_argument("--json", action="store_true",
+                     help="print the result as one line of JSON on standard output (timings, pixels per second), "
+                          "instead of text")
+    out.add_argument("--no-progress", action="store_true",
+                     help="no progress bars (they are drawn only when standard error is a terminal)")
     add_cluster_arguments(p)
     p.set_defaults(func=run)
 
@@ -81,8 +93,10 @@ def _open_image(path: str, array: str | None):
 
 def run(args) -> int:
     """``daskgmm segment``: fit, then write OUT safely; prints a summary."""
+    import dask
     import numpy as np
 
+    from daskgmm._progress import is_interactive
     from daskgmm.image import Segmentation, as_image, fit_image
 
     out = os.path.abspath(args.out)
@@ -99,7 +113,9 @@ def run(args) -> int:
         raise SystemExit(f"error: {e}") from e
     img.source = source
     n_pixels = int(np.prod(img.spatial_shape))
-    with connect(args) as client:
+    show = is_interactive() and not args.no_progress
+    # progress bars: the engine's for the EM passes, dask's for the initialisation and the writing
+    with connect(args) as client, dask.config.set({"daskgmm.progress": show}):
         if client.dashboard_link:
             print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         t0 = time.perf_counter()

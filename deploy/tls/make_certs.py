@@ -15,7 +15,7 @@ commit the output (deploy/.gitignore ignores the default places).
 
 Usage::
 
-    pip install cryptography
+    pip install "daskgmm[tls]"     # cryptography
     python deploy/tls/make_certs.py deploy/docker/certs --hosts scheduler,localhost,127.0.0.1
 
 ``--hosts`` go into the subjectAltName of every certificate. Dask does not check host names
@@ -51,7 +51,8 @@ def make_certs(outdir: str, hosts: list[str], days: int = 365, force: bool = Fal
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise SystemExit(
-            "error: this script needs the 'cryptography' package: pip install cryptography "
+            "error: this script needs the 'cryptography' package: pip install \"daskgmm[tls]\" "
+            "(or pip install cryptography) "
             "(or use the openssl commands in deploy/README.md)"
         ) from e
 
