@@ -31,15 +31,19 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
 
     def _validate(self, X, reset: bool) -> Input:
         # fitting needs two rows; predicting works row by row
-        return to_dask(X, chunk_rows=self.chunk_size, estimator=self, reset=reset, min_samples=2 if reset else 1)
+        return to_dask(
+            X, chunk_rows=self.chunk_size, estimator=self, reset=reset, min_samples=2 if reset else 1
+        )
 
     # ------------------------------------------------------------------
     # prediction (lazy map_blocks over the same chunks)
     # ------------------------------------------------------------------
     def _fitted_params(self) -> Params:
         """The fitted parameters in float64 (the attributes are float32 after a float32 fit)."""
-        f64 = [np.asarray(a, dtype=np.float64) for a in
-               (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)]
+        f64 = [
+            np.asarray(a, dtype=np.float64)
+            for a in (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
+        ]
         return Params(*f64)
 
     def _predict_input(self, inp: Input, what: Output):
@@ -52,11 +56,15 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         policy = getattr(self, "nan_policy", "raise")
         f = self._fitted_params()  # float64, also when the attributes are float32
         if policy == "marginalize":
-            params = marginal_params(f.weights, f.means, f.covariances, f.precisions_cholesky, self.covariance_type)
+            params = marginal_params(
+                f.weights, f.means, f.covariances, f.precisions_cholesky, self.covariance_type
+            )
         else:
             params = EStepParams(f.weights, f.means, f.precisions_cholesky, self.covariance_type, X.dtype)
         token = dask.base.tokenize(f.weights, f.means, f.precisions_cholesky, X.dtype, policy)
-        out = predict_rows(X, params, what, self.n_components, token, nodata=np.nan if policy == "omit" else None)
+        out = predict_rows(
+            X, params, what, self.n_components, token, nodata=np.nan if policy == "omit" else None
+        )
         return wrap_rows(out, inp, what, self.n_components)
 
     def predict(self, X):
@@ -130,7 +138,9 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         s = self._predict_input(inp, "log_density")
         data = s.data if inp.kind == "xarray" else s
         # lazy input: chunk sums in float64; numpy: numpy's mean in the data's dtype, as scikit-learn
-        mean = np.nanmean if getattr(self, "nan_policy", "raise") == "omit" else np.mean  # omit: NaN rows left out
+        mean = (
+            np.nanmean if getattr(self, "nan_policy", "raise") == "omit" else np.mean
+        )  # omit: NaN rows left out
         if isinstance(data, da.Array):
             return float(getattr(da, mean.__name__)(data, dtype=np.float64).compute())
         return float(mean(data))

@@ -31,7 +31,9 @@ def _is_singular(cov: np.ndarray, covariance_type: str) -> bool:
     return False
 
 
-def _nll_contribution(nk: np.ndarray, covariances: np.ndarray, covariance_type: str, n_features: int) -> np.ndarray:
+def _nll_contribution(
+    nk: np.ndarray, covariances: np.ndarray, covariance_type: str, n_features: int
+) -> np.ndarray:
     """Each component's share of the negative expected complete-data log-likelihood at the M-step optimum:
     ``nk (log det(2 pi e Sigma_k) / 2 - log w_k)``."""
     k = nk.shape[0]
@@ -114,8 +116,9 @@ def make_reseed_hook(covariance_type: str, n_rows: int) -> Callable:
         events = []
         for j in sorted(reasons):
             live = [c for c in range(k) if c not in dead]
-            contrib = _nll_contribution(nk[live], covariances if covariance_type == "tied" else covariances[live],
-                                        covariance_type, d)
+            contrib = _nll_contribution(
+                nk[live], covariances if covariance_type == "tied" else covariances[live], covariance_type, d
+            )
             donor = live[int(np.argmax(contrib))]
             cov_donor = covariances if covariance_type == "tied" else covariances[donor]
             off = _principal_axis(cov_donor, covariance_type, d)
@@ -131,7 +134,9 @@ def make_reseed_hook(covariance_type: str, n_rows: int) -> Callable:
             events.append(event)
             logger.warning(
                 "component %d collapsed (%s); re-seeded by splitting component %d",
-                j, reasons[j], donor,
+                j,
+                reasons[j],
+                donor,
             )
         return nk, means, covariances, events
 

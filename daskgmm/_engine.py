@@ -110,7 +110,9 @@ class DataPlan:
 
     def __post_init__(self):
         self.blocks = self.X.to_delayed(optimize_graph=False).ravel()
-        self.weight_blocks = None if self.weights is None else self.weights.to_delayed(optimize_graph=False).ravel()
+        self.weight_blocks = (
+            None if self.weights is None else self.weights.to_delayed(optimize_graph=False).ravel()
+        )
         self.token = self.X.name + ("" if self.weights is None else self.weights.name) + self.nan_policy
         self.kernel, self.prepare = statistics_kernel(self.nan_policy)
 
@@ -120,8 +122,9 @@ def estep_params(params: Params, covariance_type: str, dtype) -> EStepParams:
 
 
 def _marginal(params: Params, covariance_type: str, dtype):
-    return marginal_params(params.weights, params.means, params.covariances, params.precisions_cholesky,
-                           covariance_type)
+    return marginal_params(
+        params.weights, params.means, params.covariances, params.precisions_cholesky, covariance_type
+    )
 
 
 def statistics_kernel(nan_policy: str) -> tuple[Callable, Callable]:
@@ -136,8 +139,16 @@ def statistics_kernel(nan_policy: str) -> tuple[Callable, Callable]:
 # --------------------------------------------------------------------------
 # one M-step
 # --------------------------------------------------------------------------
-def apply_m_step(state: EMState, stats: dict, p, cfg: EMConfig, dtype, seconds: float,
-                 collapse: Callable | None = None, bytes_read: int = 0) -> dict:
+def apply_m_step(
+    state: EMState,
+    stats: dict,
+    p,
+    cfg: EMConfig,
+    dtype,
+    seconds: float,
+    collapse: Callable | None = None,
+    bytes_read: int = 0,
+) -> dict:
     """The driver half of one EM iteration, in place on ``state``.
 
     The M-step from the reduced statistics, the precisions, the lower bound and the
@@ -263,10 +274,21 @@ class Engine:
         The progress bar's label.
     """
 
-    def __init__(self, data: DataPlan, candidates: Sequence[Candidate], *, incremental: int | None = None,
-                 checkpoint=None, resume: bool = False, random_state=None, verbose: int = 0,
-                 verbose_interval: int = 10, progress: bool = False, callback: Callable | None = None,
-                 desc: str = "GMM"):
+    def __init__(
+        self,
+        data: DataPlan,
+        candidates: Sequence[Candidate],
+        *,
+        incremental: int | None = None,
+        checkpoint=None,
+        resume: bool = False,
+        random_state=None,
+        verbose: int = 0,
+        verbose_interval: int = 10,
+        progress: bool = False,
+        callback: Callable | None = None,
+        desc: str = "GMM",
+    ):
         self.data = data
         self.candidates = list(candidates)
         self.incremental = incremental
@@ -280,10 +302,14 @@ class Engine:
         self.slots = [(ci, s) for ci, c in enumerate(self.candidates) for s in range(len(c.inits))]
         multi = len(self.candidates) > 1
         self.console = VerboseLines(
-            verbose, verbose_interval, [f"[{self.candidates[ci].label}] " if multi else "" for ci, _ in self.slots]
+            verbose,
+            verbose_interval,
+            [f"[{self.candidates[ci].label}] " if multi else "" for ci, _ in self.slots],
         )
         self.hooks = [
-            make_reseed_hook(self.cfgs[i].covariance_type, data.n_rows) if self.candidates[ci].reseed else None
+            make_reseed_hook(self.cfgs[i].covariance_type, data.n_rows)
+            if self.candidates[ci].reseed
+            else None
             for i, (ci, _) in enumerate(self.slots)
         ]
         self.states: list[EMState] = []
@@ -351,16 +377,31 @@ class Engine:
         try:
             while live:
                 t0 = time.perf_counter()
-                ps = [self.data.prepare(self.states[i].params, self.cfgs[i].covariance_type, dtype) for i in live]
+                ps = [
+                    self.data.prepare(self.states[i].params, self.cfgs[i].covariance_type, dtype)
+                    for i in live
+                ]
                 token = tokenize(
                     self.data.token,
-                    [(self.states[i].params.weights, self.states[i].params.means,
-                      self.states[i].params.precisions_cholesky) for i in live],
+                    [
+                        (
+                            self.states[i].params.weights,
+                            self.states[i].params.means,
+                            self.states[i].params.precisions_cholesky,
+                        )
+                        for i in live
+                    ],
                     [self.cfgs[i].covariance_type for i in live],
                 )
                 if self.incr is None:
-                    all_stats = statistics_pass(self.data.kernel, self.data.blocks, self.data.weight_blocks, ps,
-                                                token, self.data.split_every)
+                    all_stats = statistics_pass(
+                        self.data.kernel,
+                        self.data.blocks,
+                        self.data.weight_blocks,
+                        ps,
+                        token,
+                        self.data.split_every,
+                    )
                     n_read = len(self.data.blocks)
                 else:
                     all_stats, n_read = self._incremental_pass(live, ps, token)
@@ -369,8 +410,9 @@ class Engine:
                 self.passes += 1
                 records = []
                 for i, p, stats in zip(live, ps, all_stats):
-                    record = apply_m_step(self.states[i], stats, p, self.cfgs[i], dtype, seconds, self.hooks[i],
-                                          bytes_read)
+                    record = apply_m_step(
+                        self.states[i], stats, p, self.cfgs[i], dtype, seconds, self.hooks[i], bytes_read
+                    )
                     if self.incr is not None:
                         record["chunks"] = n_read
                         self._sweep_convergence(i)
@@ -396,16 +438,22 @@ class Engine:
             return records[0]
         best = max(s.lower_bound for s in self.states)
         change = max(records, key=lambda r: abs(r["change"]))["change"]
-        return {"iteration": self.passes, "lower_bound": best, "change": change, "seconds": seconds,
-                "live": len(live)}
+        return {
+            "iteration": self.passes,
+            "lower_bound": best,
+            "change": change,
+            "seconds": seconds,
+            "live": len(live),
+        }
 
     # -- incremental EM -------------------------------------------------
     def _incremental_pass(self, live, ps, token) -> tuple[list, int]:
         inc = self.incr
         first = any(i not in inc.stored for i in live)
         idx = inc.next_chunks(first)
-        results = statistics_pass(self.data.kernel, self.data.blocks, self.data.weight_blocks, ps, token,
-                                  chunks=idx)
+        results = statistics_pass(
+            self.data.kernel, self.data.blocks, self.data.weight_blocks, ps, token, chunks=idx
+        )
         totals = []
         for j, (i, p) in enumerate(zip(live, ps)):
             c_now = np.asarray(p.stat_centers, dtype=np.float64)
@@ -438,10 +486,17 @@ class Engine:
             self.incr.refreshed = 0  # a sweep is complete (after every start has looked at it)
         if self.checkpoint is None:
             return
-        hooks = [None if h is None else {"counts": dict(h.counts), "init_events": list(h.init_events)}
-                 for h in self.hooks]
-        self.checkpoint.save(self.states, random_state=self.random_state, hooks=hooks,
-                             incremental=None if self.incr is None else self.incr.__dict__, finished=finished)
+        hooks = [
+            None if h is None else {"counts": dict(h.counts), "init_events": list(h.init_events)}
+            for h in self.hooks
+        ]
+        self.checkpoint.save(
+            self.states,
+            random_state=self.random_state,
+            hooks=hooks,
+            incremental=None if self.incr is None else self.incr.__dict__,
+            finished=finished,
+        )
 
 
 def _log_iteration(state: EMState, record: dict, several: bool) -> None:
@@ -460,8 +515,12 @@ def log_likelihoods(data: DataPlan, params: Sequence[Params], covariance_types: 
     """Total log-likelihood of each fitted model on ``data``, in one pass for all of them."""
     dtype = data.X.dtype
     ps = [data.prepare(prm, ct, dtype) for prm, ct in zip(params, covariance_types)]
-    token = tokenize(data.token, "final", [(q.weights, q.means, q.precisions_cholesky) for q in params],
-                     list(covariance_types))
+    token = tokenize(
+        data.token,
+        "final",
+        [(q.weights, q.means, q.precisions_cholesky) for q in params],
+        list(covariance_types),
+    )
     stats = statistics_pass(data.kernel, data.blocks, data.weight_blocks, ps, token, data.split_every)
     return [float(s["loglik"]) for s in stats]
 

@@ -45,8 +45,7 @@ COLLAPSE_MESSAGE = (
     "increase reg_covar, or scale the input data."
 )
 COLLAPSE_MESSAGE_FLOAT32 = (
-    " The numerical accuracy can also be improved by passing float64"
-    " data instead of float32."
+    " The numerical accuracy can also be improved by passing float64 data instead of float32."
 )
 
 
@@ -77,9 +76,7 @@ def _precision_cholesky_one(covariance: np.ndarray) -> np.ndarray:
     except linalg.LinAlgError:
         raise _collapse_error(covariance.dtype) from None
     n_features = covariance.shape[0]
-    return linalg.solve_triangular(
-        cov_chol, np.eye(n_features, dtype=covariance.dtype), lower=True
-    ).T
+    return linalg.solve_triangular(cov_chol, np.eye(n_features, dtype=covariance.dtype), lower=True).T
 
 
 def precision_cholesky_full(covariances: np.ndarray) -> np.ndarray:
@@ -116,7 +113,11 @@ def compute_precision_cholesky(covariances: np.ndarray, covariance_type: str, da
     try:
         return PRECISION_CHOLESKY[covariance_type](covariances)
     except ValueError as e:
-        if data_dtype is not None and np.dtype(data_dtype) == np.float32 and COLLAPSE_MESSAGE_FLOAT32 not in str(e):
+        if (
+            data_dtype is not None
+            and np.dtype(data_dtype) == np.float32
+            and COLLAPSE_MESSAGE_FLOAT32 not in str(e)
+        ):
             raise ValueError(str(e) + COLLAPSE_MESSAGE_FLOAT32) from None
         raise
 
@@ -128,9 +129,7 @@ def _flipudlr(a: np.ndarray) -> np.ndarray:
 def precision_cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
     """Upper-triangular ``U`` with ``precision = U U^T`` (scikit-learn #26415)."""
     if covariance_type == "full":
-        return np.stack(
-            [_flipudlr(linalg.cholesky(_flipudlr(p), lower=True)) for p in precisions]
-        )
+        return np.stack([_flipudlr(linalg.cholesky(_flipudlr(p), lower=True)) for p in precisions])
     if covariance_type == "tied":
         return _flipudlr(linalg.cholesky(_flipudlr(precisions), lower=True))
     return np.sqrt(precisions)
@@ -265,7 +264,9 @@ class EStepParams:
             iu, ju = np.triu_indices(d)
             coef[:, : iu.size] = prec[:, iu, ju] * np.where(iu == ju, -0.5, -1.0)
             lam_m = np.einsum("kij,kj->ki", prec, m)
-            mpm = np.einsum("kd,kd->k", np.einsum("kd,kde->ke", m, prec_chol), np.einsum("kd,kde->ke", m, prec_chol))
+            mpm = np.einsum(
+                "kd,kd->k", np.einsum("kd,kde->ke", m, prec_chol), np.einsum("kd,kde->ke", m, prec_chol)
+            )
             coef[:, iu.size : iu.size + d] = lam_m
         elif covariance_type == "tied":
             prec = prec_chol @ prec_chol.T
@@ -455,11 +456,15 @@ def m_step(stats: dict, centers: np.ndarray, reg_covar: float, covariance_type: 
     centers = np.asarray(centers, dtype=np.float64)
     means = (u + nk_raw[:, None] * centers) / nk[:, None]
     d = means - centers
-    covariances = COVARIANCE_FROM_STATS[covariance_type](stats["s2"], u, d, means, nk_raw, nk, tiny, reg_covar)
+    covariances = COVARIANCE_FROM_STATS[covariance_type](
+        stats["s2"], u, d, means, nk_raw, nk, tiny, reg_covar
+    )
     return nk, means, covariances
 
 
-def sample_mixture(rng: np.random.RandomState, n_samples: int, weights, means, covariances, covariance_type: str):
+def sample_mixture(
+    rng: np.random.RandomState, n_samples: int, weights, means, covariances, covariance_type: str
+):
     """``n_samples`` draws from the mixture, component by component (scikit-learn's random stream).
 
     Returns ``(X, y)``: the samples (n_samples, n_features) and their components (int64).
@@ -468,10 +473,15 @@ def sample_mixture(rng: np.random.RandomState, n_samples: int, weights, means, c
     n_samples_comp = rng.multinomial(n_samples, weights)
     if covariance_type == "full":
         X = np.vstack(
-            [rng.multivariate_normal(mean, cov, int(s)) for mean, cov, s in zip(means, covariances, n_samples_comp)]
+            [
+                rng.multivariate_normal(mean, cov, int(s))
+                for mean, cov, s in zip(means, covariances, n_samples_comp)
+            ]
         )
     elif covariance_type == "tied":
-        X = np.vstack([rng.multivariate_normal(mean, covariances, int(s)) for mean, s in zip(means, n_samples_comp)])
+        X = np.vstack(
+            [rng.multivariate_normal(mean, covariances, int(s)) for mean, s in zip(means, n_samples_comp)]
+        )
     else:
         X = np.vstack(
             [

@@ -198,15 +198,23 @@ class GaussianMixture(BaseMixture):
         return (
             check_weights(self.weights_init, k) if self.weights_init is not None else None,
             check_means(self.means_init, k, n_features) if self.means_init is not None else None,
-            check_precisions(self.precisions_init, ct, k, n_features) if self.precisions_init is not None else None,
+            check_precisions(self.precisions_init, ct, k, n_features)
+            if self.precisions_init is not None
+            else None,
         )
 
     def _config(self) -> EMConfig:
         return EMConfig(self.covariance_type, self.tol, self.reg_covar, self.max_iter)
 
     def _init_spec(self) -> InitSpec:
-        return InitSpec(self.n_components, self.covariance_type, self.init_params, self.reg_covar,
-                        self.init_sample_size, self.split_every)
+        return InitSpec(
+            self.n_components,
+            self.covariance_type,
+            self.init_params,
+            self.reg_covar,
+            self.init_sample_size,
+            self.split_every,
+        )
 
     # ------------------------------------------------------------------
     # fitting
@@ -258,7 +266,9 @@ class GaussianMixture(BaseMixture):
         data = DataPlan(X, w, self.nan_policy, bytes_per_pass, inp.n_samples, self.split_every)
         random_state = check_random_state(self.random_state)
         if do_init:
-            inits = [start_factory(self._init_spec(), X, w, inp, given, random_state, self.nan_policy)] * self.n_init
+            inits = [
+                start_factory(self._init_spec(), X, w, inp, given, random_state, self.nan_policy)
+            ] * self.n_init
         else:
             fitted = EMState(params=self._fitted_params(), lower_bound=self.lower_bound_)
             inits = [lambda reseed: fitted]
@@ -280,11 +290,27 @@ class GaussianMixture(BaseMixture):
         ((best, _),) = engine.run()
         if not best.converged and self.max_iter > 0:
             warn_not_converged()
-        self._set_fitted(best.params, best.converged, best.n_iter, best.lower_bound, best.lower_bounds,
-                         best.history, dtype=inp.dtype)
+        self._set_fitted(
+            best.params,
+            best.converged,
+            best.n_iter,
+            best.lower_bound,
+            best.lower_bounds,
+            best.history,
+            dtype=inp.dtype,
+        )
 
-    def _set_fitted(self, params: Params, converged: bool, n_iter: int, lower_bound: float, lower_bounds,
-                    history, stream=None, dtype=np.float64) -> None:
+    def _set_fitted(
+        self,
+        params: Params,
+        converged: bool,
+        n_iter: int,
+        lower_bound: float,
+        lower_bounds,
+        history,
+        stream=None,
+        dtype=np.float64,
+    ) -> None:
         """Every fitted attribute, set in one place (``fit``, ``partial_fit``, ``select_model``).
 
         The M-step runs in float64; the parameter attributes are returned in the data's
@@ -292,9 +318,16 @@ class GaussianMixture(BaseMixture):
         """
         p = complete_params(params, self.covariance_type)
         dtype = np.float32 if np.dtype(dtype) == np.float32 else np.float64
-        values = (p.weights, p.means, p.covariances, p.precisions_cholesky,
-                  precisions_from_cholesky(p.precisions_cholesky, self.covariance_type))
-        for name, value in zip(("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"), values):
+        values = (
+            p.weights,
+            p.means,
+            p.covariances,
+            p.precisions_cholesky,
+            precisions_from_cholesky(p.precisions_cholesky, self.covariance_type),
+        )
+        for name, value in zip(
+            ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"), values
+        ):
             setattr(self, name, np.asarray(value, dtype=dtype))
         self.converged_ = bool(converged)
         self.n_iter_ = int(n_iter)
@@ -367,19 +400,34 @@ class GaussianMixture(BaseMixture):
         data = DataPlan(inp.data, w, self.nan_policy, 0, inp.n_samples, self.split_every)
         if fitted:
             params = complete_params(self._fitted_params(), self.covariance_type)
-            previous = EMState(params, self.n_iter_, self.lower_bound_, list(self.lower_bounds_),
-                               history=list(getattr(self, "history_", [])))
+            previous = EMState(
+                params,
+                self.n_iter_,
+                self.lower_bound_,
+                list(self.lower_bounds_),
+                history=list(getattr(self, "history_", [])),
+            )
             stream = getattr(self, "_stream", None)  # None after fit(): rebuilt from the parameters
         else:
             check_n_samples(inp.n_samples, self.n_components)
             rs = check_random_state(self.random_state)
-            make = start_factory(self._init_spec(), inp.data, w, inp, self._given(inp.n_features), rs,
-                                 self.nan_policy)
+            make = start_factory(
+                self._init_spec(), inp.data, w, inp, self._given(inp.n_features), rs, self.nan_policy
+            )
             params, previous, stream = complete_params(make(None), self.covariance_type), None, None
         state, stream = stepwise_update(data, params, self._config(), stream, previous)
-        self._set_fitted(state.params, False, state.n_iter, state.lower_bound, state.lower_bounds, state.history,
-                         stream=stream, dtype=inp.dtype)
+        self._set_fitted(
+            state.params,
+            False,
+            state.n_iter,
+            state.lower_bound,
+            state.lower_bounds,
+            state.history,
+            stream=stream,
+            dtype=inp.dtype,
+        )
         return self
+
 
 def load(path) -> GaussianMixture:
     """Load a model written by :meth:`GaussianMixture.save` (never unpickles).

@@ -102,8 +102,13 @@ def statistics_pass(
         return (blocks[i], ps) if weight_blocks is None else (blocks[i], ps, weight_blocks[i])
 
     if chunks is None:
-        graph = map_reduce(kernel, [args(i) for i in range(len(blocks))], f"gmm-em-stats-{token}", split_every,
-                           combine_func=combine_lists)
+        graph = map_reduce(
+            kernel,
+            [args(i) for i in range(len(blocks))],
+            f"gmm-em-stats-{token}",
+            split_every,
+            combine_func=combine_lists,
+        )
         (stats,) = dask.compute(graph)
         return stats
     f = dask.delayed(_chunk_task, pure=True)

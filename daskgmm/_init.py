@@ -158,14 +158,19 @@ def initialize(
             # the weights ride along as one more column: same rows, same random draws
             both = sample_rows(
                 da.concatenate([X.astype(np.float64), sample_weight[:, None]], axis=1),
-                n_samples, init_sample_size, random_state, sample_cache,
+                n_samples,
+                init_sample_size,
+                random_state,
+                sample_cache,
             )
             sample, sw = both[:, :-1].astype(dtype), both[:, -1]
         if init_params == "k-means++":
             _, indices = kmeans_plusplus(sample, n_components, random_state=random_state, sample_weight=sw)
             rows = sample[indices].astype(np.float64)
             return _one_row_params(rows, total, reg_covar, covariance_type, dtype, X, sample_weight)
-        km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state).fit(sample, sample_weight=sw)
+        km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state).fit(
+            sample, sample_weight=sw
+        )
         centers = km.cluster_centers_.astype(np.float64)
         p = _stats_params(centers, covariance_type, dtype)
         args = [
@@ -189,7 +194,9 @@ def initialize(
             R = da.from_array(resp, chunks=(X.chunks[0], n_components))
         else:
             seed = int(random_state.randint(np.iinfo(np.int32).max))
-            R = da.random.RandomState(seed).uniform(size=(n_samples, n_components), chunks=(X.chunks[0], n_components))
+            R = da.random.RandomState(seed).uniform(
+                size=(n_samples, n_components), chunks=(X.chunks[0], n_components)
+            )
             R = R / R.sum(axis=1, keepdims=True)
         rblocks = R.to_delayed(optimize_graph=False).ravel()
         means_guess = np.zeros((n_components, X.shape[1]))
@@ -282,7 +289,9 @@ def complete_rows(X: da.Array, sample_weight: da.Array | None, nan_policy: str, 
         wi = None
     else:
         d = X.shape[1]
-        both = da.concatenate([X.astype(np.float64), sample_weight[:, None]], axis=1)[keep].compute_chunk_sizes()
+        both = da.concatenate([X.astype(np.float64), sample_weight[:, None]], axis=1)[
+            keep
+        ].compute_chunk_sizes()
         Xi, wi = both[:, :d].astype(X.dtype), both[:, d]
     n = int(Xi.shape[0])
     if n < max(n_components, 1):
@@ -294,8 +303,17 @@ def complete_rows(X: da.Array, sample_weight: da.Array | None, nan_policy: str, 
     return Xi, wi, n
 
 
-def start_factory(spec: InitSpec, X: da.Array, sample_weight, inp, given: tuple, random_state,
-                  nan_policy: str = "raise", sample_cache: dict | None = None, rows=None):
+def start_factory(
+    spec: InitSpec,
+    X: da.Array,
+    sample_weight,
+    inp,
+    given: tuple,
+    random_state,
+    nan_policy: str = "raise",
+    sample_cache: dict | None = None,
+    rows=None,
+):
     """The initialisation of one start, as the engine calls it: ``make(reseed) -> Params``.
 
     One factory serves every start of a candidate (called once per start, in order,
@@ -311,7 +329,16 @@ def start_factory(spec: InitSpec, X: da.Array, sample_weight, inp, given: tuple,
     X0, w0, n0 = rows
 
     def make(reseed):
-        return initial_params(X0, spec, random_state, n_samples=n0, in_memory=inp.kind == "numpy",
-                              sample_weight=w0, given=given, reseed=reseed, sample_cache=sample_cache)
+        return initial_params(
+            X0,
+            spec,
+            random_state,
+            n_samples=n0,
+            in_memory=inp.kind == "numpy",
+            sample_weight=w0,
+            given=given,
+            reseed=reseed,
+            sample_cache=sample_cache,
+        )
 
     return make

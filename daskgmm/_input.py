@@ -197,9 +197,7 @@ def to_dask(
         if X.ndim != 2:
             check_shape(X.shape)
         sample_dim = X.dims[0]
-        sample_coords = {
-            name: c for name, c in X.coords.items() if c.dims == (sample_dim,)
-        }
+        sample_coords = {name: c for name, c in X.coords.items() if c.dims == (sample_dim,)}
         data = X.data
         arr = data if isinstance(data, da.Array) else _chunk_in_memory(np.asarray(data), chunk_rows)
     elif kind == "dask":
@@ -283,7 +281,9 @@ def _axis_index(feature_axis, ndim: int, dims: Sequence[str] | None = None) -> i
                 "DataArray or a Zarr array with dimension names has; pass an integer axis."
             )
         if feature_axis not in dims:
-            raise ValueError(f"feature_axis={feature_axis!r} is not a dimension of the image (dims: {tuple(dims)}).")
+            raise ValueError(
+                f"feature_axis={feature_axis!r} is not a dimension of the image (dims: {tuple(dims)})."
+            )
         return list(dims).index(feature_axis)
     if isinstance(feature_axis, bool) or not isinstance(feature_axis, (int, np.integer)):
         raise TypeError(f"feature_axis must be an int, a dimension name or None; got {feature_axis!r}.")
@@ -343,7 +343,10 @@ def as_image(image, feature_axis: int | str | None = -1) -> Image:
         values = values[..., None] if single else np.moveaxis(values, fa, -1)
         bands = values.shape[-1]
         chunks = da.core.normalize_chunks(
-            ("auto",) * (values.ndim - 1) + (bands,), values.shape, limit=IMAGE_CHUNK_BYTES, dtype=values.dtype
+            ("auto",) * (values.ndim - 1) + (bands,),
+            values.shape,
+            limit=IMAGE_CHUNK_BYTES,
+            dtype=values.dtype,
         )
         arr = da.from_array(values, chunks=chunks)
     else:
@@ -352,9 +355,7 @@ def as_image(image, feature_axis: int | str | None = -1) -> Image:
         logger.debug("bringing the band axis to one chunk")
         arr = arr.rechunk({arr.ndim - 1: -1})
     if any(math.isnan(c) for cs in arr.chunks for c in cs):
-        raise ValueError(
-            "The image has unknown chunk sizes; call image.compute_chunk_sizes() first."
-        )
+        raise ValueError("The image has unknown chunk sizes; call image.compute_chunk_sizes() first.")
     if arr.shape[-1] < 1 or any(s == 0 for s in arr.shape[:-1]):
         raise ValueError(f"The image is empty (shape {arr.shape} with the bands last).")
     return Image(arr, kind, spatial_dims, coords, attrs, name, u.source, single)

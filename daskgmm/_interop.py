@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-_FITTED = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
-           "converged_", "n_iter_", "lower_bound_", "n_features_in_")
+_FITTED = (
+    "weights_",
+    "means_",
+    "covariances_",
+    "precisions_",
+    "precisions_cholesky_",
+    "converged_",
+    "n_iter_",
+    "lower_bound_",
+    "n_features_in_",
+)
 
 
 def to_sklearn(est):
@@ -82,8 +91,13 @@ def from_sklearn(cls, model, **params):
     est = cls(**kwargs)
     for name in _FITTED:
         value = getattr(model, name)
-        setattr(est, name, np.array(value, dtype=np.float64, copy=True)
-                if isinstance(value, np.ndarray) and value.dtype.kind == "f" else value)
+        setattr(
+            est,
+            name,
+            np.array(value, dtype=np.float64, copy=True)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f"
+            else value,
+        )
     est.lower_bounds_ = list(getattr(model, "lower_bounds_", []))
     est.history_ = []
     if hasattr(model, "feature_names_in_"):

@@ -126,9 +126,7 @@ def check_finite_block(X: np.ndarray, name: str = "X") -> None:
             "encoded as NaN: drop or impute those rows first."
         )
     if np.isinf(X).any():
-        raise ValueError(
-            f"Input {name} contains infinity or a value too large for {X.dtype!r}."
-        )
+        raise ValueError(f"Input {name} contains infinity or a value too large for {X.dtype!r}.")
 
 
 def empty_stats(n_components: int, n_features: int, covariance_type: str) -> dict:
@@ -163,8 +161,10 @@ def _add_product(out: np.ndarray, A: np.ndarray, B: np.ndarray) -> None:
         return
     nb = n // s
     m = nb * s
-    parts = np.matmul(A[:, :m].reshape(A.shape[0], nb, s).transpose(1, 0, 2),
-                      B[:, :m].reshape(B.shape[0], nb, s).transpose(1, 2, 0))
+    parts = np.matmul(
+        A[:, :m].reshape(A.shape[0], nb, s).transpose(1, 0, 2),
+        B[:, :m].reshape(B.shape[0], nb, s).transpose(1, 2, 0),
+    )
     out += parts.sum(axis=0, dtype=np.float64)
     if m < n:
         out += A[:, m:] @ B[:, m:].T
@@ -319,7 +319,9 @@ def combine(parts: Sequence[dict]) -> dict:
     return out
 
 
-def multi_chunk_stats(X: np.ndarray, ps: Sequence[EStepParams], sample_weight: np.ndarray | None = None) -> list:
+def multi_chunk_stats(
+    X: np.ndarray, ps: Sequence[EStepParams], sample_weight: np.ndarray | None = None
+) -> list:
     """Statistics of every candidate ``ps[i]`` on one chunk read once."""
     X = np.asarray(X)
     return [chunk_stats(X, p, sample_weight) for p in ps]

@@ -53,7 +53,9 @@ class Param:
                 return  # scikit-learn accepts verbose=True/False
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < self.low:
                 extra = " or None" if self.none else ""
-                raise ValueError(f"{head} an int in the range [{self.low}, inf){extra}. Got {value!r} instead.")
+                raise ValueError(
+                    f"{head} an int in the range [{self.low}, inf){extra}. Got {value!r} instead."
+                )
         elif self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= self.low:
                 raise ValueError(f"{head} a float in the range [{self.low}, inf). Got {value!r} instead.")
@@ -87,7 +89,13 @@ PARAMS: dict[str, Param] = {
         _p("n_components", "int", 1, "number of mixture components", low=1),
         _p("covariance_type", "choice", "full", "form of the covariance matrices", choices=COVARIANCE_TYPES),
         _p("tol", "float", 1e-3, "convergence threshold on the change of the lower bound", low=0.0),
-        _p("reg_covar", "float", 1e-6, "non-negative regularisation added to the covariances' diagonal", low=0.0),
+        _p(
+            "reg_covar",
+            "float",
+            1e-6,
+            "non-negative regularisation added to the covariances' diagonal",
+            low=0.0,
+        ),
         _p("max_iter", "int", 100, "EM iterations per start", low=0),
         _p("n_init", "int", 1, "number of starts; the best lower bound is kept", low=1),
         _p("init_params", "choice", "kmeans", "initialisation method", choices=INIT_PARAMS),
@@ -98,17 +106,40 @@ PARAMS: dict[str, Param] = {
         _p("warm_start", "bool", False, "continue from the last fit's parameters"),
         _p("verbose", "int", 0, "1: start and iteration lines, 2: also times and changes", low=0),
         _p("verbose_interval", "int", 10, "iterations between verbose lines", low=1),
-        _p("chunk_size", "int", None, "rows per chunk (default: the input's chunks, or ~32 MiB)", low=1, none=True),
+        _p(
+            "chunk_size",
+            "int",
+            None,
+            "rows per chunk (default: the input's chunks, or ~32 MiB)",
+            low=1,
+            none=True,
+        ),
         _p("init_sample_size", "int", 100_000, "most rows k-means initialisation sees", low=1),
         _p("split_every", "int", 16, "fan-in of the tree reduction", low=2),
-        _p("persist", "choice", "auto", "hold the data in memory across iterations (auto/True/False)",
-           choices=PERSIST),
+        _p(
+            "persist",
+            "choice",
+            "auto",
+            "hold the data in memory across iterations (auto/True/False)",
+            choices=PERSIST,
+        ),
         _p("checkpoint", "path", None, "file the EM state is saved to after every pass", none=True),
         _p("on_collapse", "choice", "raise", "what to do when a component dies", choices=ON_COLLAPSE),
-        _p("nan_policy", "choice", "raise", "rows with NaN: refuse, leave out, or marginalise",
-           choices=NAN_POLICIES),
-        _p("incremental", "int", None, "incremental EM: chunks re-read per iteration (None: full EM)", low=1,
-           none=True),
+        _p(
+            "nan_policy",
+            "choice",
+            "raise",
+            "rows with NaN: refuse, leave out, or marginalise",
+            choices=NAN_POLICIES,
+        ),
+        _p(
+            "incremental",
+            "int",
+            None,
+            "incremental EM: chunks re-read per iteration (None: full EM)",
+            low=1,
+            none=True,
+        ),
     )
 }
 

@@ -89,10 +89,13 @@ def plan_data(X, persist, in_memory: bool):
             return X, 0
         if persist is False:
             logger.info(
-                "persist=False: the in-memory input (%s) is sent to the cluster with every iteration", _gb(nbytes)
+                "persist=False: the in-memory input (%s) is sent to the cluster with every iteration",
+                _gb(nbytes),
             )
             return X, 0
-        logger.info("in-memory input (%s): sent to the workers once and held there across iterations", _gb(nbytes))
+        logger.info(
+            "in-memory input (%s): sent to the workers once and held there across iterations", _gb(nbytes)
+        )
         return X.persist(), 0
     budget, where = memory_budget(client)
     if persist == "auto" and client is None:

@@ -208,7 +208,9 @@ class VerboseLines:
         if self.done[i]:
             return
         if self.verbose:
-            msg = f"{self.prefixes[i]}Initialization {'converged' if state.converged else 'did not converge'}."
+            msg = (
+                f"{self.prefixes[i]}Initialization {'converged' if state.converged else 'did not converge'}."
+            )
             if self.verbose >= 2:
                 seconds = time.perf_counter() - self.began[i]
                 msg += f" time lapse {seconds:.5f}s\t lower bound {state.lower_bound:.5f}."

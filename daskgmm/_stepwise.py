@@ -36,8 +36,9 @@ def stream_from_params(params: Params, covariance_type: str, reg_covar: float) -
     return StreamState(1, stats, centers)
 
 
-def stepwise_update(data: DataPlan, params: Params, cfg: EMConfig, stream: StreamState | None,
-                    previous: EMState | None = None) -> tuple[EMState, StreamState]:
+def stepwise_update(
+    data: DataPlan, params: Params, cfg: EMConfig, stream: StreamState | None, previous: EMState | None = None
+) -> tuple[EMState, StreamState]:
     """One stepwise-EM update from the batch in ``data`` (see :mod:`daskgmm._streaming`).
 
     ``previous`` is where the model stands (None for the first batch, which
@@ -54,7 +55,9 @@ def stepwise_update(data: DataPlan, params: Params, cfg: EMConfig, stream: Strea
     token = tokenize(data.token, params.weights, params.means, params.precisions_cholesky, ct, "partial")
     (batch,) = statistics_pass(data.kernel, data.blocks, data.weight_blocks, [p], token, data.split_every)
     if not batch["n"] > 0:
-        raise ValueError("The batch has no rows with positive weight (after nan_policy): nothing to learn from.")
+        raise ValueError(
+            "The batch has no rows with positive weight (after nan_policy): nothing to learn from."
+        )
     batch = scale(batch, 1.0 / batch["n"])
     t = 0 if stream is None else stream.t
     eta = step_size(t)
@@ -81,8 +84,13 @@ def stepwise_update(data: DataPlan, params: Params, cfg: EMConfig, stream: Strea
         lower_bounds=[*before.lower_bounds, lower_bound],
         history=[*before.history, record],
     )
-    logger.info("partial_fit batch %d: %d rows, step size %.3f, batch mean log-likelihood %.6f",
-                t, record["batch_rows"], eta, lower_bound)
+    logger.info(
+        "partial_fit batch %d: %d rows, step size %.3f, batch mean log-likelihood %.6f",
+        t,
+        record["batch_rows"],
+        eta,
+        lower_bound,
+    )
     return state, StreamState(t + 1, blended, centers_now)
 
 

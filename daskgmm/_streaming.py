@@ -46,7 +46,9 @@ def recenter(stats: dict, old_centers: np.ndarray, new_centers: np.ndarray, cova
     out["u"] = u - nk[:, None] * delta
     if covariance_type == "full":
         ud = np.einsum("ki,kj->kij", u, delta)
-        out["s2"] = s2 - ud - np.swapaxes(ud, 1, 2) + nk[:, None, None] * np.einsum("ki,kj->kij", delta, delta)
+        out["s2"] = (
+            s2 - ud - np.swapaxes(ud, 1, 2) + nk[:, None, None] * np.einsum("ki,kj->kij", delta, delta)
+        )
     elif covariance_type == "tied":
         ud = u.T @ delta
         out["s2"] = s2 - ud - ud.T + (nk[:, None] * delta).T @ delta
@@ -81,7 +83,9 @@ def stats_from_params(params: Params, covariance_type: str, reg_covar: float) ->
     return stats, means
 
 
-def params_from_stats(stats: dict, centers: np.ndarray, covariance_type: str, reg_covar: float, dtype) -> Params:
+def params_from_stats(
+    stats: dict, centers: np.ndarray, covariance_type: str, reg_covar: float, dtype
+) -> Params:
     nk, means, covariances = m_step(stats, centers, reg_covar, covariance_type, dtype)
     weights = nk / nk.sum()
     return Params(weights, means, covariances, compute_precision_cholesky(covariances, covariance_type))

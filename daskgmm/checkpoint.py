@@ -219,8 +219,15 @@ class Checkpoint:
         self.n_saved = 0
 
     # -- writing --------------------------------------------------------
-    def save(self, states: list, *, random_state=None, hooks: list | None = None,
-             incremental: dict | None = None, finished: bool = False) -> None:
+    def save(
+        self,
+        states: list,
+        *,
+        random_state=None,
+        hooks: list | None = None,
+        incremental: dict | None = None,
+        finished: bool = False,
+    ) -> None:
         """Atomically write where the fit stands (write to a temporary name, then rename).
 
         ``states`` are every start of every candidate (:class:`~daskgmm._engine.EMState`),
@@ -231,7 +238,12 @@ class Checkpoint:
         if random_state is not None:
             name, keys, pos, has_gauss, cached = random_state.get_state()
             arrays["rng_keys"] = np.asarray(keys, dtype=np.uint32)
-            rng = {"name": name, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+            rng = {
+                "name": name,
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            }
         best = None
         first = [s for s in states if s.candidate == 0]
         if first:
@@ -253,7 +265,9 @@ class Checkpoint:
         }
         write_container(self.path, arrays, meta)
         self.n_saved += 1
-        logger.debug("checkpoint %s: %d start(s), iterations %s", self.path, len(states), [s.n_iter for s in states])
+        logger.debug(
+            "checkpoint %s: %d start(s), iterations %s", self.path, len(states), [s.n_iter for s in states]
+        )
 
     # -- reading --------------------------------------------------------
     def load(self) -> Resumed | None:
@@ -274,11 +288,24 @@ class Checkpoint:
             rng = meta["rng"]
             rng_state = None
             if rng is not None:
-                rng_state = (rng["name"], arrays["rng_keys"], rng["pos"], rng["has_gauss"], rng["cached_gaussian"])
+                rng_state = (
+                    rng["name"],
+                    arrays["rng_keys"],
+                    rng["pos"],
+                    rng["has_gauss"],
+                    rng["cached_gaussian"],
+                )
             states = [_state_from(f"state{i}", m, arrays) for i, m in enumerate(meta["states"])]
-            incremental = None if meta["incremental"] is None else _incremental_from(meta["incremental"], arrays)
-            resumed = Resumed(states=states, rng_state=rng_state, hooks=list(meta["hooks"]),
-                              incremental=incremental, finished=bool(meta["finished"]))
+            incremental = (
+                None if meta["incremental"] is None else _incremental_from(meta["incremental"], arrays)
+            )
+            resumed = Resumed(
+                states=states,
+                rng_state=rng_state,
+                hooks=list(meta["hooks"]),
+                incremental=incremental,
+                finished=bool(meta["finished"]),
+            )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise CheckpointError(
                 f"{self.path!r} is a damaged daskgmm checkpoint ({type(e).__name__}: {e}). "
@@ -315,8 +342,14 @@ class Checkpoint:
 
 def read_checkpoint(path) -> tuple[dict, dict]:
     """Read a checkpoint file into (metadata, arrays) without pickle; refuse anything else."""
-    arrays, meta = read_container(path, FORMAT_NAME, FORMAT_VERSION, "checkpoint", CheckpointError,
-                                  " Delete it, or fit without resume to start over.")
+    arrays, meta = read_container(
+        path,
+        FORMAT_NAME,
+        FORMAT_VERSION,
+        "checkpoint",
+        CheckpointError,
+        " Delete it, or fit without resume to start over.",
+    )
     if meta["format_version"] < FORMAT_VERSION:
         raise CheckpointError(
             f"{os.fspath(path)!r} was written by daskgmm {meta.get('daskgmm_version')} in checkpoint format "

@@ -53,7 +53,11 @@ def _rng(seed: SeedLike):
 
 
 def _integers(rng, high: int, size: int) -> np.ndarray:
-    return rng.randint(high, size=size) if isinstance(rng, np.random.RandomState) else rng.integers(high, size=size)
+    return (
+        rng.randint(high, size=size)
+        if isinstance(rng, np.random.RandomState)
+        else rng.integers(high, size=size)
+    )
 
 
 # --------------------------------------------------------------------------
@@ -291,7 +295,12 @@ def blobs_array(
     if seed_by not in ("chunk", "row"):
         raise ValueError(f"seed_by must be 'chunk' or 'row', got {seed_by!r}.")
     params = blob_parameters(
-        n_features, n_components, seed, separation=separation, scale_range=scale_range, concentration=concentration
+        n_features,
+        n_components,
+        seed,
+        separation=separation,
+        scale_range=scale_range,
+        concentration=concentration,
     )
     n_full, rest = divmod(n_samples, chunk_rows)
     rows = (chunk_rows,) * n_full + ((rest,) if rest else ())
@@ -443,7 +452,9 @@ def _raster_block(block_info=None, *, n_classes, seed, cell, means, scales, noda
     ny, nx = y1 - y0, x1 - x0
     classes = _class_map(y0, x0, ny, nx, n_classes, seed, cell)
     rng = np.random.default_rng([seed, y0, x0])
-    values = means[classes] + rng.standard_normal((ny, nx, means.shape[1]), dtype=np.float32) * scales[classes]
+    values = (
+        means[classes] + rng.standard_normal((ny, nx, means.shape[1]), dtype=np.float32) * scales[classes]
+    )
     out = np.clip(np.rint(values), 1, 65535).astype(np.uint16)
     if nodata is not None:
         # a nodata stripe: the first row of every 7th block row of cells
@@ -534,7 +545,9 @@ def make_raster(
     return {"means": means, "scales": scales, "path": path}
 
 
-def true_classes(shape, n_classes: int, seed: int = 0, cell: int = 64, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+def true_classes(
+    shape, n_classes: int, seed: int = 0, cell: int = 64, origin: tuple[int, int] = (0, 0)
+) -> np.ndarray:
     """The true class map (int16) of the window of ``shape`` pixels starting at ``origin``
     (row, column) of a :func:`make_raster` raster, in memory.
 

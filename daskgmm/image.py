@@ -52,7 +52,6 @@ from daskgmm.segmentation import (  # noqa: F401  (re-exported: daskgmm.image is
 logger = logging.getLogger("daskgmm")
 
 
-
 # --------------------------------------------------------------------------
 # fitting
 # --------------------------------------------------------------------------
@@ -109,10 +108,15 @@ def pixel_table(img: Image, nodata=None, sample: float | None = None, seed: int 
     needs_filter = sample is not None or nodata is not None or data.dtype.kind == "f"
     token = dask.base.tokenize(data.name, nodata, sample, seed)
     if not needs_filter:
-        sizes = [int(np.prod([c[i] for c, i in zip(data.chunks[:-1], idx)])) for idx in np.ndindex(data.numblocks[:-1])]
+        sizes = [
+            int(np.prod([c[i] for c, i in zip(data.chunks[:-1], idx)]))
+            for idx in np.ndindex(data.numblocks[:-1])
+        ]
         parts = [
             da.from_delayed(
-                dask.delayed(valid_pixels_block, pure=True)(b, None, None, 0, i, dtype, dask_key_name=f"gmm-pixels-{token}-{i}"),
+                dask.delayed(valid_pixels_block, pure=True)(
+                    b, None, None, 0, i, dtype, dask_key_name=f"gmm-pixels-{token}-{i}"
+                ),
                 shape=(n, bands),
                 dtype=dtype,
             )

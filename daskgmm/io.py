@@ -91,8 +91,9 @@ def write_container(path, arrays: Mapping[str, np.ndarray], meta: dict) -> None:
     atomic_write_bytes(path, lambda f: np.savez(f, **payload))
 
 
-def read_container(path, format_name: str, format_version: int, what: str, error: type = ValueError,
-                   remedy: str = "") -> tuple[dict, dict]:
+def read_container(
+    path, format_name: str, format_version: int, what: str, error: type = ValueError, remedy: str = ""
+) -> tuple[dict, dict]:
     """``(arrays, metadata)`` of a container written by :func:`write_container`; never unpickles.
 
     Refuses, with ``error`` and a message naming ``what`` the file should be (plus
@@ -130,7 +131,9 @@ def read_container(path, format_name: str, format_version: int, what: str, error
         raise error(f"{path!r} is not a daskgmm {what} (format {meta.get('format')!r}).{remedy}")
     version = meta.get("format_version", -1)
     if not isinstance(version, int):
-        raise error(f"{path!r} is not a daskgmm {what}: its format version {version!r} is not a number.{remedy}")
+        raise error(
+            f"{path!r} is not a daskgmm {what}: its format version {version!r} is not a number.{remedy}"
+        )
     if version > format_version:
         raise error(
             f"{path!r} was written by daskgmm {meta.get('daskgmm_version')} in {what.split()[0]} format "
@@ -301,7 +304,9 @@ def write_zarr(
 
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite).")
+        raise FileExistsError(
+            f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite)."
+        )
     if source and os.path.abspath(source).rstrip(os.sep) == path.rstrip(os.sep):
         raise ValueError("The output path is the input image itself; choose another output path.")
     parent, base = os.path.split(path.rstrip(os.sep))

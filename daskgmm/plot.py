@@ -279,9 +279,7 @@ def plot_ellipses(
     if X is not None:
         pts = _sample_rows(X, max_points, random_state)
         if pts.shape[1] != n_features:
-            raise ValueError(
-                f"X has {pts.shape[1]} features but the model was fitted on {n_features}."
-            )
+            raise ValueError(f"X has {pts.shape[1]} features but the model was fitted on {n_features}.")
         if color_points:
             labels = np.asarray(model.predict(pts))
             c = np.asarray(colors)[labels]
@@ -366,7 +364,11 @@ def plot_density_1d(
         lo, hi = min(lo, float(pts.min())), max(hi, float(pts.max()))
     x = np.linspace(lo, hi, n_grid)
     w = np.asarray(model.weights_)
-    comps = w[:, None] * np.exp(-0.5 * (x[None] - mu[:, None]) ** 2 / var[:, None]) / np.sqrt(2 * np.pi * var[:, None])
+    comps = (
+        w[:, None]
+        * np.exp(-0.5 * (x[None] - mu[:, None]) ** 2 / var[:, None])
+        / np.sqrt(2 * np.pi * var[:, None])
+    )
     colors = component_colors(k)
     for j in range(k):
         ax.plot(x, comps[j], color=colors[j], linewidth=1.5, label=f"component {j}")
@@ -485,7 +487,9 @@ def plot_label_map(
     valid = arr[~missing]
     k = int(n_components) if n_components is not None else (int(valid.max()) + 1 if valid.size else 0)
     if valid.size and valid.max() >= k:
-        raise ValueError(f"labels go up to {int(valid.max())} but n_components={k}: pass the model's n_components.")
+        raise ValueError(
+            f"labels go up to {int(valid.max())} but n_components={k}: pass the model's n_components."
+        )
     if names is not None and len(names) != k:
         raise ValueError(f"names has {len(names)} entries for {k} classes: give one name per class.")
     colors = np.asarray(component_colors(k)) if k else np.zeros((0, 4))
@@ -501,12 +505,18 @@ def plot_label_map(
         ax.set_title(title)
     if legend:
         handles = [
-            Patch(facecolor=colors[j], edgecolor="k", linewidth=0.5, label=names[j] if names else f"class {j}")
+            Patch(
+                facecolor=colors[j], edgecolor="k", linewidth=0.5, label=names[j] if names else f"class {j}"
+            )
             for j in range(k)
         ]
         if missing.any():
-            handles.append(Patch(facecolor=to_rgba(nodata_color), edgecolor="k", linewidth=0.5, label="nodata"))
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+            handles.append(
+                Patch(facecolor=to_rgba(nodata_color), edgecolor="k", linewidth=0.5, label="nodata")
+            )
+        ax.legend(
+            handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False
+        )
     return ax
 
 

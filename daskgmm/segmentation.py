@@ -149,7 +149,12 @@ class Segmentation:
         k = self.n_components
         params = model_params(self.model, data.dtype)
         token = dask.base.tokenize(
-            data.name, self.model.weights_, self.model.means_, self.model.precisions_cholesky_, names, self.nodata
+            data.name,
+            self.model.weights_,
+            self.model.means_,
+            self.model.precisions_cholesky_,
+            names,
+            self.nodata,
         )
         p = shared(params, name=f"gmm-segment-params-{token}")
         spatial = data.chunks[:-1]
@@ -248,12 +253,26 @@ class Segmentation:
             The absolute path written.
         """
         names = ["labels"]
-        names += [n for n, on in (("probabilities", probabilities), ("log_density", log_density), ("confidence", confidence)) if on]
+        names += [
+            n
+            for n, on in (
+                ("probabilities", probabilities),
+                ("log_density", log_density),
+                ("confidence", confidence),
+            )
+            if on
+        ]
         return write_zarr(self, path, names, overwrite=overwrite, attrs=attrs)
 
 
-def write_zarr(seg: Segmentation, path, names: Sequence[Output] = ("labels",), *, overwrite: bool = False,
-               attrs: dict | None = None) -> str:
+def write_zarr(
+    seg: Segmentation,
+    path,
+    names: Sequence[Output] = ("labels",),
+    *,
+    overwrite: bool = False,
+    attrs: dict | None = None,
+) -> str:
     """Write the outputs ``names`` of ``seg`` to a new Zarr group at ``path``, safely.
 
     The store holds the outputs (chunked like the image's spatial chunks; probabilities add
@@ -288,7 +307,9 @@ def write_zarr(seg: Segmentation, path, names: Sequence[Output] = ("labels",), *
         "spatial_dims": list(seg.image.spatial_dims),
     }
     meta.update(attrs or {})
-    dims = {name: seg.image.spatial_dims + (("component",) if name == "probabilities" else ()) for name in names}
+    dims = {
+        name: seg.image.spatial_dims + (("component",) if name == "probabilities" else ()) for name in names
+    }
     return io.write_zarr(
         path,
         seg.outputs(names, wrap=False),

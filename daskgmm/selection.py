@@ -134,8 +134,15 @@ def select_model(
     bad = [c for c in cts if c not in COVARIANCE_TYPES]
     if bad:
         raise ValueError(f"Unknown covariance type(s) {bad}: choose among {list(COVARIANCE_TYPES)}.")
-    for name in ("n_components", "covariance_type", "weights_init", "means_init", "precisions_init",
-                 "warm_start", "incremental"):
+    for name in (
+        "n_components",
+        "covariance_type",
+        "weights_init",
+        "means_init",
+        "precisions_init",
+        "warm_start",
+        "incremental",
+    ):
         if params.get(name) is not None and not (name == "warm_start" and params[name] is False):
             raise ValueError(
                 f"select_model does not take {name!r}: the candidates are set by n_components and "
@@ -168,10 +175,15 @@ def select_model(
         if hasattr(template, "feature_names_in_"):
             est.feature_names_in_ = template.feature_names_in_
         rs = shared_rs if shared_rs is not None else check_random_state(seed)
-        make = start_factory(est._init_spec(), X_, w, inp, (None, None, None), rs, est.nan_policy, cache, rows)
+        make = start_factory(
+            est._init_spec(), X_, w, inp, (None, None, None), rs, est.nan_policy, cache, rows
+        )
         ests.append(est)
-        plan.append(Candidate(est._config(), [make] * est.n_init, reseed=est.on_collapse == "reseed",
-                              label=f"K={k} {ct}"))
+        plan.append(
+            Candidate(
+                est._config(), [make] * est.n_init, reseed=est.on_collapse == "reseed", label=f"K={k} {ct}"
+            )
+        )
     engine = Engine(
         data,
         plan,
@@ -186,8 +198,15 @@ def select_model(
     )
     results = engine.run()
     for est, (best, _) in zip(ests, results):
-        est._set_fitted(best.params, best.converged, best.n_iter, best.lower_bound, best.lower_bounds, best.history,
-                        dtype=inp.dtype)
+        est._set_fitted(
+            best.params,
+            best.converged,
+            best.n_iter,
+            best.lower_bound,
+            best.lower_bounds,
+            best.history,
+            dtype=inp.dtype,
+        )
     # one last pass: every candidate's log-likelihood at its fitted parameters
     logliks = log_likelihoods(data, [est._fitted_params() for est in ests], [ct for _, ct in candidates])
     n = inp.n_samples if w is None else float(w.sum().compute())
@@ -216,7 +235,6 @@ def select_model(
         warn_not_converged()
     logger.info("select_model: %d candidates, best %s", len(table), candidates[best])
     return ModelSelection(ests[best], best, criterion, table, ests)
-
 
 
 __all__ = ["select_model", "ModelSelection"]

@@ -20,7 +20,9 @@ def tile(tmp_path_factory):
     """A (band, y, x) DataArray like rioxarray.open_rasterio(..., chunks=...): coordinates on
     every dim, a scalar ``spatial_ref`` coordinate, attributes, bands split over chunks."""
     path = str(tmp_path_factory.mktemp("tile") / "tile.zarr")
-    info = datasets.make_raster(path, shape=SHAPE, n_bands=4, n_classes=3, chunks=(50, 40), seed=2, cell=24, nodata=0)
+    info = datasets.make_raster(
+        path, shape=SHAPE, n_bands=4, n_classes=3, chunks=(50, 40), seed=2, cell=24, nodata=0
+    )
     data = da.from_zarr(path).transpose(2, 0, 1).rechunk({0: 2})  # band axis in two chunks
     arr = xr.DataArray(
         data,

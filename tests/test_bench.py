@@ -31,7 +31,9 @@ def test_rows_cover_every_case(result):
 
 
 def test_daskgmm_parameters_equal_sklearn_in_the_table(result):
-    compared = [row for row in result["rows"] if row["dtype"] == "float64" and row["max_rel_diff"] is not None]
+    compared = [
+        row for row in result["rows"] if row["dtype"] == "float64" and row["max_rel_diff"] is not None
+    ]
     assert {row["covariance_type"] for row in compared} == {"full", "tied", "diag", "spherical"}
     assert len(compared) == 5  # four types on the first shape, full on the second
     for row in compared:
@@ -70,21 +72,44 @@ def test_markdown_table_and_report(result):
 
 def test_max_rel_diff_against_a_closed_form():
     a = SimpleNamespace(weights_=np.array([0.5, 0.5]), means_=np.zeros((2, 2)), covariances_=np.ones((2, 2)))
-    b = SimpleNamespace(weights_=np.array([0.5, 0.5]), means_=np.full((2, 2), 2.0), covariances_=np.ones((2, 2)))
+    b = SimpleNamespace(
+        weights_=np.array([0.5, 0.5]), means_=np.full((2, 2), 2.0), covariances_=np.ones((2, 2))
+    )
     assert bench.max_rel_diff(a, b) == pytest.approx(1.0)  # |0 - 2| / 2
 
 
 def test_init_precisions_match_the_covariances():
     _, start = bench.make_data(200, 3, 2, seed=0)
     cov = start["covariances"]
-    np.testing.assert_allclose(bench.init_kwargs(start, "full")["precisions_init"] @ cov, np.broadcast_to(np.eye(3), cov.shape), atol=1e-10)
-    np.testing.assert_allclose(bench.init_kwargs(start, "diag")["precisions_init"], 1 / np.einsum("kii->ki", cov))
+    np.testing.assert_allclose(
+        bench.init_kwargs(start, "full")["precisions_init"] @ cov,
+        np.broadcast_to(np.eye(3), cov.shape),
+        atol=1e-10,
+    )
+    np.testing.assert_allclose(
+        bench.init_kwargs(start, "diag")["precisions_init"], 1 / np.einsum("kii->ki", cov)
+    )
 
 
 def test_cli_bench_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--shape", "2000,2,2", "--iters", "1", "--chunks", "none", "--no-other-types",
-               "--no-float32", "--gemm-size", "128", "--json", str(out)])
+    rc = main(
+        [
+            "bench",
+            "--shape",
+            "2000,2,2",
+            "--iters",
+            "1",
+            "--chunks",
+            "none",
+            "--no-other-types",
+            "--no-float32",
+            "--gemm-size",
+            "128",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| full | 2,000 | 2 | 2 | full | float64 |" in printed

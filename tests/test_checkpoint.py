@@ -58,14 +58,17 @@ def test_driver_killed_mid_fit_resumes_to_the_uninterrupted_result(cluster, stor
     # the uninterrupted reference: the same command (the driver's k-means sample step runs in the
     # command's process; its OpenMP thread count changes the last bit, so compare like with like)
     ref_model = tmp_path / "ref.npz"
-    r = subprocess.run(DASKGMM_FIT + common + ["--save-model", str(ref_model)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        DASKGMM_FIT + common + ["--save-model", str(ref_model)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
 
     ckpt, out = tmp_path / "fit.ckpt.npz", tmp_path / "out.npz"
     args = common + ["--checkpoint", str(ckpt), "--save-model", str(out)]
     # the killed run holds the data in cluster memory, the resumed one streams it: same numbers
-    proc = subprocess.Popen(DASKGMM_FIT + args + ["--persist", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        DASKGMM_FIT + args + ["--persist", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     n_iter = 0
     try:
         deadline = time.monotonic() + 240
@@ -84,7 +87,9 @@ def test_driver_killed_mid_fit_resumes_to_the_uninterrupted_result(cluster, stor
     meta, _ = read_checkpoint(ckpt)
     assert 3 <= meta["states"][0]["n_iter"] < 12 and not meta["finished"]
 
-    r = subprocess.run(DASKGMM_FIT + args + ["--resume", "--json"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        DASKGMM_FIT + args + ["--resume", "--json"], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert "it/s" not in r.stderr and "s/it" not in r.stderr  # no progress bar without a terminal
     assert "resuming from checkpoint" in r.stderr and "persist='auto'" in r.stderr
@@ -93,8 +98,12 @@ def test_driver_killed_mid_fit_resumes_to_the_uninterrupted_result(cluster, stor
     assert read_checkpoint(ckpt)[0]["finished"]
 
     # a checkpoint of other settings is refused by the command, with the reason
-    r = subprocess.run(DASKGMM_FIT + [a if a != "3" else "4" for a in args] + ["--resume"], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        DASKGMM_FIT + [a if a != "3" else "4" for a in args] + ["--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0
     assert "other settings" in r.stderr and "n_components=3 in the checkpoint, 4 now" in r.stderr
 
@@ -145,7 +154,9 @@ def test_resume_of_a_finished_fit_does_no_work(X, tmp_path):
     ckpt = tmp_path / "c.npz"
     first = GaussianMixture(3, random_state=0, checkpoint=ckpt).fit(X)
     calls = []
-    again = GaussianMixture(3, random_state=0, checkpoint=ckpt).fit(X, resume=True, callback=lambda s, r: calls.append(r))
+    again = GaussianMixture(3, random_state=0, checkpoint=ckpt).fit(
+        X, resume=True, callback=lambda s, r: calls.append(r)
+    )
     assert calls == []
     _same(again, first)
 
@@ -191,7 +202,9 @@ def test_checkpoint_of_other_data_is_refused(X, tmp_path):
     other[0, 0] += 1.0  # same shape, dtype and chunks; other content
     with pytest.raises(CheckpointError, match=r"belongs to other data: content=.*fit without resume"):
         GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(other, resume=True)
-    with pytest.raises(CheckpointError, match=r"belongs to other data: shape=\[3000, 3\] in the checkpoint, \[2999, 3\] now"):
+    with pytest.raises(
+        CheckpointError, match=r"belongs to other data: shape=\[3000, 3\] in the checkpoint, \[2999, 3\] now"
+    ):
         GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(X[:-1], resume=True)
     with pytest.raises(CheckpointError, match=r"dtype='float64' in the checkpoint, 'float32' now"):
         GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(X.astype(np.float32), resume=True)
@@ -232,7 +245,9 @@ def test_damaged_or_foreign_files_are_refused(X, tmp_path):
 
 
 def test_resume_needs_a_checkpoint(X):
-    with pytest.raises(ValueError, match="resume=True needs a checkpoint to resume from: set checkpoint=PATH"):
+    with pytest.raises(
+        ValueError, match="resume=True needs a checkpoint to resume from: set checkpoint=PATH"
+    ):
         GaussianMixture(3).fit(X, resume=True)
 
 
@@ -315,8 +330,15 @@ def test_reseed_resumes_to_the_uninterrupted_result(tmp_path):
     from tests.test_collapse import saturated_image
 
     X = saturated_image()
-    kw = dict(n_components=5, reg_covar=0.0, random_state=0, on_collapse="reseed", chunk_size=1000, tol=0.0,
-              max_iter=10)
+    kw = dict(
+        n_components=5,
+        reg_covar=0.0,
+        random_state=0,
+        on_collapse="reseed",
+        chunk_size=1000,
+        tol=0.0,
+        max_iter=10,
+    )
     ref = GaussianMixture(**kw).fit(X)
     events = [e for h in ref.history_ for e in h.get("reseeded", [])]
     assert events and events[0]["at"] == "initialisation"  # the reseed state must survive the checkpoint
@@ -332,8 +354,14 @@ def test_reseed_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def test_select_model_resumes_to_the_uninterrupted_result(X, tmp_path):
-    kw = dict(n_components=[1, 2, 3], covariance_types=["full", "diag"], random_state=0, max_iter=6, tol=0.0,
-              n_init=2)
+    kw = dict(
+        n_components=[1, 2, 3],
+        covariance_types=["full", "diag"],
+        random_state=0,
+        max_iter=6,
+        tol=0.0,
+        n_init=2,
+    )
     ref = daskgmm.select_model(X, **kw)
     ckpt = tmp_path / "sweep.npz"
 
@@ -345,7 +373,9 @@ def test_select_model_resumes_to_the_uninterrupted_result(X, tmp_path):
     for a, b in zip(resumed.estimators, ref.estimators):
         _same(a, b)
     # another sweep is refused with what differs
-    with pytest.raises(CheckpointError, match=r"other settings: .*candidates=\[\[1, .full.\], \[2, .full.\], \[3"):
+    with pytest.raises(
+        CheckpointError, match=r"other settings: .*candidates=\[\[1, .full.\], \[2, .full.\], \[3"
+    ):
         daskgmm.select_model(X, checkpoint=ckpt, resume=True, **dict(kw, n_components=[1, 2]))
 
 
@@ -355,5 +385,7 @@ def test_a_checkpoint_of_the_old_format_is_refused_with_a_remedy(X, tmp_path):
     meta, arrays = read_checkpoint(ckpt)
     meta["format_version"] = 1
     np.savez(ckpt, metadata=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-    with pytest.raises(CheckpointError, match="checkpoint format 1, which this daskgmm cannot continue: fit without"):
+    with pytest.raises(
+        CheckpointError, match="checkpoint format 1, which this daskgmm cannot continue: fit without"
+    ):
         GaussianMixture(2, random_state=0, max_iter=2, checkpoint=ckpt).fit(X, resume=True)

@@ -18,7 +18,9 @@ from tests.conftest import make_mixture
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    X, labels, weights, means, _ = make_mixture(n_samples=3000, n_features=3, n_components=3, seed=7, separation=6)
+    X, labels, weights, means, _ = make_mixture(
+        n_samples=3000, n_features=3, n_components=3, seed=7, separation=6
+    )
     d = tmp_path_factory.mktemp("cli")
     z = zarr.open_array(str(d / "x.zarr"), mode="w", shape=X.shape, chunks=(700, 3), dtype="f8")
     z[:] = X
@@ -43,7 +45,20 @@ def _fit(argv, capsys):
 
 def test_fit_zarr_group_and_npy_agree_and_recover_the_means(data, capsys):
     d, X, means = data
-    out_group = _fit([str(d / "g.zarr"), "--array", "features", "-k", "3", "--seed", "0", "--save-model", str(d / "m.npz")], capsys)
+    out_group = _fit(
+        [
+            str(d / "g.zarr"),
+            "--array",
+            "features",
+            "-k",
+            "3",
+            "--seed",
+            "0",
+            "--save-model",
+            str(d / "m.npz"),
+        ],
+        capsys,
+    )
     out_npy = _fit([str(d / "x.npy"), "-k", "3", "--seed", "0"], capsys)
     assert out_group["converged"]
     fitted = np.array(out_group["means"])
@@ -58,7 +73,24 @@ def test_fit_zarr_group_and_npy_agree_and_recover_the_means(data, capsys):
 
 def test_fit_options_reach_the_model(data, capsys):
     d, X, _ = data
-    out = _fit([str(d / "x.zarr"), "-k", "2", "--covariance-type", "diag", "--max-iter", "3", "--tol", "0", "--init", "random_from_data", "--seed", "1"], capsys)
+    out = _fit(
+        [
+            str(d / "x.zarr"),
+            "-k",
+            "2",
+            "--covariance-type",
+            "diag",
+            "--max-iter",
+            "3",
+            "--tol",
+            "0",
+            "--init",
+            "random_from_data",
+            "--seed",
+            "1",
+        ],
+        capsys,
+    )
     assert out["covariance_type"] == "diag" and out["n_iter"] == 3 and out["n_components"] == 2
     assert not out["converged"]
     assert "did not converge in 3 iterations" in out["stderr"]
@@ -115,14 +147,24 @@ def test_building_the_parser_imports_only_the_cli_modules():
         "import sys, daskgmm; before = set(sys.modules); from daskgmm.cli import build_parser; build_parser(); "
         "print(sorted(set(sys.modules) - before))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     new = __import__("ast").literal_eval(out.stdout.strip().splitlines()[-1])
     # ``import daskgmm`` itself is lazy now: the parser also brings the parameter table the model
     # options come from, and standard-library modules, but no third-party package
     ours = [m for m in new if m.split(".")[0] == "daskgmm"]
     light = ("daskgmm.benchmarks", "daskgmm._params", "daskgmm._typing")
     assert ours and all(m in light or m.startswith("daskgmm.cli") for m in ours), ours
-    assert not {m.split(".")[0] for m in new} & {"numpy", "scipy", "dask", "distributed", "zarr", "xarray", "sklearn"}
+    assert not {m.split(".")[0] for m in new} & {
+        "numpy",
+        "scipy",
+        "dask",
+        "distributed",
+        "zarr",
+        "xarray",
+        "sklearn",
+    }
 
 
 def test_segment_states_the_image_order_rule():
@@ -139,7 +181,9 @@ def test_library_modules_import_no_application_code():
     root = pathlib.Path(daskgmm.__file__).parent
     for path in root.glob("*.py"):
         text = path.read_text()
-        assert not re.search(r"daskgmm(\.|/)(cli|benchmarks)\b|from daskgmm import (cli|benchmarks)", text), path.name
+        assert not re.search(r"daskgmm(\.|/)(cli|benchmarks)\b|from daskgmm import (cli|benchmarks)", text), (
+            path.name
+        )
 
 
 def on_a_terminal(cmd: list[str]) -> tuple[int, str, str]:
@@ -171,8 +215,28 @@ def test_fit_on_a_terminal_draws_one_bar_for_all_starts(data):
     """``daskgmm fit --n-init 3`` with standard error on a terminal: one bar that steps once per
     pass for all three starts (issue 12: the command opened 7 bars)."""
     d, *_ = data
-    cmd = [sys.executable, "-m", "daskgmm.cli", "fit", str(d / "x.zarr"), "-k", "3", "--n-init", "3", "--seed", "0",
-           "--max-iter", "5", "--tol", "0", "--workers", "1", "--threads-per-worker", "1", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "daskgmm.cli",
+        "fit",
+        str(d / "x.zarr"),
+        "-k",
+        "3",
+        "--n-init",
+        "3",
+        "--seed",
+        "0",
+        "--max-iter",
+        "5",
+        "--tol",
+        "0",
+        "--workers",
+        "1",
+        "--threads-per-worker",
+        "1",
+        "--json",
+    ]
     returncode, out, screen = on_a_terminal(cmd)
     assert returncode == 0
     assert json.loads(out.strip().splitlines()[-1])["n_iter"] == 5
@@ -194,7 +258,10 @@ USAGE_MISTAKES = [
     (["fit", "x.npy", "-k", "0"], "argument --n-components/-k: must be >= 1, got 0"),
     (["fit", "x.npy", "-k", "2", "--chunk-size", "0"], "argument --chunk-size: must be >= 1, got 0"),
     (["fit", "x.npy", "-k", "2", "--tol", "-1"], "argument --tol: must be >= 0"),
-    (["fit", "x.npy", "-k", "2", "--memory-limit", "lots"], "argument --memory-limit: 'lots' is not a memory size"),
+    (
+        ["fit", "x.npy", "-k", "2", "--memory-limit", "lots"],
+        "argument --memory-limit: 'lots' is not a memory size",
+    ),
     (["demo", "--chunk-rows", "0"], "argument --chunk-rows: must be >= 1, got 0"),
     (["demo", "--chunk-size", "0"], "argument --chunk-size: must be >= 1, got 0"),
     (["demo", "--n-samples", "3", "-k", "5"], "--n-samples 3 is fewer than the 5 components"),
@@ -202,10 +269,19 @@ USAGE_MISTAKES = [
     (["fit", "x.npy", "-k", "2", "--nworkers", "0"], "argument --nworkers: must be >= 1, got 0"),
     (["segment", "a", "b", "-k", "2", "--nthreads", "0"], "argument --nthreads: must be >= 1, got 0"),
     (["segment-bench", "w", "--workers", "x"], "argument --workers: 'x' is not an integer"),
-    (["fit", "x.npy", "-k", "2", "--log-level", "LOUD"], "argument --log-level: 'LOUD' is not a logging level"),
-    (["--log-level", "chatty", "fit", "x.npy", "-k", "2"], "'chatty' is not a logging level; choose from DEBUG"),
+    (
+        ["fit", "x.npy", "-k", "2", "--log-level", "LOUD"],
+        "argument --log-level: 'LOUD' is not a logging level",
+    ),
+    (
+        ["--log-level", "chatty", "fit", "x.npy", "-k", "2"],
+        "'chatty' is not a logging level; choose from DEBUG",
+    ),
     (["fit", "x.npy", "-k", "2", "--connect-timeout", "soon"], "'soon' is not a positive duration"),
-    (["fit", "x.npy", "-k", "2", "--scheduler", "tcp://a:1", "--scheduler-file", "s.json"], "not allowed with"),
+    (
+        ["fit", "x.npy", "-k", "2", "--scheduler", "tcp://a:1", "--scheduler-file", "s.json"],
+        "not allowed with",
+    ),
     (["fit", "x.npy", "-k", "2", "--resume"], "--resume needs --checkpoint PATH"),
 ]
 
@@ -221,10 +297,17 @@ def test_usage_mistakes_are_one_line_errors(argv, message, capsys):
 
 
 def test_a_usage_mistake_from_the_shell():
-    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "fit", "data.zarr", "-k", "0"], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "daskgmm.cli", "fit", "data.zarr", "-k", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == "daskgmm fit: error: argument --n-components/-k: must be >= 1, got 0 (see 'daskgmm fit --help')\n"
+    assert (
+        r.stderr
+        == "daskgmm fit: error: argument --n-components/-k: must be >= 1, got 0 (see 'daskgmm fit --help')\n"
+    )
 
 
 def test_runtime_errors_name_the_command(data, capsys):
@@ -260,7 +343,9 @@ def test_help_imports_none_of_the_heavy_stack():
 def test_version():
     from importlib.metadata import version
 
-    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "--version"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "daskgmm.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and r.stdout == f"daskgmm {version('daskgmm')}\n"
 
 
@@ -292,7 +377,11 @@ def test_option_names_and_their_older_spellings(tmp_path):
     new = parse(["fit", "x.npy", "-k", "2", "--nworkers", "3", "--nthreads", "2"])
     old = parse(["fit", "x.npy", "-k", "2", "--workers", "3", "--threads-per-worker", "2"])
     assert (new.workers, new.threads_per_worker) == (old.workers, old.threads_per_worker) == (3, 2)
-    assert parse(["demo", "--chunk-rows", "7"]).chunk_size == parse(["demo", "--chunk-size", "7"]).chunk_size == 7
+    assert (
+        parse(["demo", "--chunk-rows", "7"]).chunk_size
+        == parse(["demo", "--chunk-size", "7"]).chunk_size
+        == 7
+    )
     assert parse(["segment-bench", "w", "--workers", "1"]).workers == 1
     # --log-level before or after the command, any case; WARNING by default
     assert parse(["fit", "x.npy", "-k", "2"]).log_level == "WARNING"
@@ -311,16 +400,34 @@ def test_option_names_and_their_older_spellings(tmp_path):
 def test_a_refused_scheduler_fails_fast_with_what_to_do(data):
     d, *_ = data
     t0 = __import__("time").monotonic()
-    with pytest.raises(SystemExit, match=r"could not connect to the scheduler at tcp://127\.0\.0\.1:1 within 1s"):
-        main(["fit", str(d / "x.npy"), "-k", "2", "--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "1s"])
+    with pytest.raises(
+        SystemExit, match=r"could not connect to the scheduler at tcp://127\.0\.0\.1:1 within 1s"
+    ):
+        main(
+            [
+                "fit",
+                str(d / "x.npy"),
+                "-k",
+                "2",
+                "--scheduler",
+                "tcp://127.0.0.1:1",
+                "--connect-timeout",
+                "1s",
+            ]
+        )
     assert __import__("time").monotonic() - t0 < 20
 
 
 def test_dask_scheduler_address_from_the_environment_is_used(data):
     d, *_ = data
     env = dict(os.environ, DASK_SCHEDULER_ADDRESS="tcp://127.0.0.1:1")
-    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "fit", str(d / "x.npy"), "-k", "2", "--connect-timeout", "1"],
-                       capture_output=True, text=True, timeout=60, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "daskgmm.cli", "fit", str(d / "x.npy"), "-k", "2", "--connect-timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 1
     assert "tcp://127.0.0.1:1 (dask's scheduler-address configuration) within 1s" in r.stderr
     assert "Traceback" not in r.stderr
@@ -349,8 +456,26 @@ def test_fit_computes_on_the_configured_scheduler(data, local_cluster, monkeypat
 # --------------------------------------------------------------------------
 def test_fit_on_a_local_cluster_is_quiet(data):
     d, *_ = data
-    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "fit", str(d / "x.zarr"), "-k", "3", "--seed", "0",
-                        "--nworkers", "2", "--nthreads", "1"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daskgmm.cli",
+            "fit",
+            str(d / "x.zarr"),
+            "-k",
+            "3",
+            "--seed",
+            "0",
+            "--nworkers",
+            "2",
+            "--nthreads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "converged: True" in r.stdout and "fitted in" in r.stdout
     assert_quiet(r.stderr)
@@ -369,17 +494,54 @@ def raster(tmp_path_factory):
 
 def test_segment_on_a_local_cluster_is_quiet(raster, tmp_path):
     out = tmp_path / "seg.zarr"
-    r = subprocess.run([sys.executable, "-m", "daskgmm.cli", "segment", raster, str(out), "-k", "3", "--nodata", "0",
-                        "--seed", "0", "--nworkers", "2", "--nthreads", "1"], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daskgmm.cli",
+            "segment",
+            raster,
+            str(out),
+            "-k",
+            "3",
+            "--nodata",
+            "0",
+            "--seed",
+            "0",
+            "--nworkers",
+            "2",
+            "--nthreads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "labelled 3,000 pixels" in r.stdout and out.exists()
     assert_quiet(r.stderr)
 
 
 def test_segment_on_a_terminal_shows_progress_of_the_writing(raster, tmp_path):
-    cmd = [sys.executable, "-m", "daskgmm.cli", "segment", raster, str(tmp_path / "seg.zarr"), "-k", "3",
-           "--nodata", "0", "--seed", "0", "--nworkers", "1", "--nthreads", "1", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "daskgmm.cli",
+        "segment",
+        raster,
+        str(tmp_path / "seg.zarr"),
+        "-k",
+        "3",
+        "--nodata",
+        "0",
+        "--seed",
+        "0",
+        "--nworkers",
+        "1",
+        "--nthreads",
+        "1",
+        "--json",
+    ]
     returncode, out, screen = on_a_terminal(cmd)
     assert returncode == 0, screen
     assert json.loads(out.strip().splitlines()[-1])["n_pixels"] == 3000
@@ -389,9 +551,27 @@ def test_segment_on_a_terminal_shows_progress_of_the_writing(raster, tmp_path):
 
 def test_demo_keep_open_waits_for_enter():
     r = subprocess.run(
-        [sys.executable, "-m", "daskgmm.cli", "demo", "--n-samples", "4000", "--chunk-size", "1000", "-k", "2",
-         "--n-features", "2", "--nworkers", "1", "--keep-open"],
-        input="\n", capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "daskgmm.cli",
+            "demo",
+            "--n-samples",
+            "4000",
+            "--chunk-size",
+            "1000",
+            "-k",
+            "2",
+            "--n-features",
+            "2",
+            "--nworkers",
+            "1",
+            "--keep-open",
+        ],
+        input="\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert "the dashboard stays open at http://" in r.stdout and "press Enter (or Ctrl-C)" in r.stdout

@@ -55,19 +55,49 @@ def cli_cluster(tmp_path_factory):
     env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
     procs = [
         subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
-             "--scheduler-file", sched_file],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            [
+                DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--scheduler-file",
+                sched_file,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
         )
     ]
     try:
-        _wait_for(lambda: os.path.exists(sched_file) and os.path.getsize(sched_file) > 0, 60, "the scheduler file")
+        _wait_for(
+            lambda: os.path.exists(sched_file) and os.path.getsize(sched_file) > 0, 60, "the scheduler file"
+        )
         for _ in range(2):
             procs.append(
                 subprocess.Popen(
-                    [DASK, "worker", "--scheduler-file", sched_file, "--nthreads", "1", "--nworkers", "1",
-                     "--memory-limit", "1GiB", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                    [
+                        DASK,
+                        "worker",
+                        "--scheduler-file",
+                        sched_file,
+                        "--nthreads",
+                        "1",
+                        "--nworkers",
+                        "1",
+                        "--memory-limit",
+                        "1GiB",
+                        "--host",
+                        "127.0.0.1",
+                        "--dashboard-address",
+                        "127.0.0.1:0",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
                 )
             )
         with Client(scheduler_file=sched_file, timeout="60s", set_as_default=False) as client:
@@ -125,8 +155,24 @@ def _run_cli(args, timeout=120):
 def test_cli_fits_through_a_command_line_cluster(cli_cluster, data, tmp_path):
     # --scheduler ADDRESS is exercised by tests/test_checkpoint.py
     out = tmp_path / "model.npz"
-    r = _run_cli([data["path"], "-k", "4", "--seed", "0", "--max-iter", "5", "--tol", "0",
-                  "--scheduler-file", cli_cluster["scheduler_file"], "--save-model", str(out), "--json"])
+    r = _run_cli(
+        [
+            data["path"],
+            "-k",
+            "4",
+            "--seed",
+            "0",
+            "--max-iter",
+            "5",
+            "--tol",
+            "0",
+            "--scheduler-file",
+            cli_cluster["scheduler_file"],
+            "--save-model",
+            str(out),
+            "--json",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["n_iter"] == 5
@@ -159,6 +205,7 @@ def test_worker_killed_mid_fit_gives_the_undisturbed_result(cli_cluster, data):
         def kill_soon(state, record):
             # during iteration 3: the worker dies while it holds data and runs tasks
             if record["iteration"] == 2:
+
                 def kill():
                     os.kill(pids[victim_addr], signal.SIGKILL)
                     killed["iteration"] = state.n_iter

@@ -91,8 +91,9 @@ def test_default_is_parity_when_nothing_collapses():
 
 def test_select_model_reseeds_each_candidate():
     X = saturated_image()
-    res = select_model(X, [3, 5], covariance_types=("full", "diag"), reg_covar=0.0, random_state=0,
-                       on_collapse="reseed")
+    res = select_model(
+        X, [3, 5], covariance_types=("full", "diag"), reg_covar=0.0, random_state=0, on_collapse="reseed"
+    )
     for est in res.estimators:
         if est.covariance_type == "full":
             _valid(est, len(X))

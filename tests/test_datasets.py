@@ -55,7 +55,9 @@ def test_make_blobs_continues_one_stream():
     again = datasets.make_blobs(1000, 2, 3, 0, separation=4.0)
     np.testing.assert_array_equal(first.X, again.X)
     assert not np.array_equal(first.means, second.means)
-    assert first.covariances.shape == (3,) and np.all((first.covariances >= 0.49) & (first.covariances <= 1.69))
+    assert first.covariances.shape == (3,) and np.all(
+        (first.covariances >= 0.49) & (first.covariances <= 1.69)
+    )
 
 
 @pytest.mark.parametrize("seed_by, concentration", [("chunk", None), ("row", 10.0)])
@@ -66,7 +68,9 @@ def test_blobs_array_blocks_are_pure_and_written_as_generated(tmp_path, seed_by,
     with dask.config.set(scheduler="sync"):
         full = X.compute()
         np.testing.assert_array_equal(X.blocks[2].compute(), full[6000:9000])  # a block alone: same rows
-    for got, want in zip(params, datasets.blob_parameters(3, 4, 5, separation=5.0, concentration=concentration)):
+    for got, want in zip(
+        params, datasets.blob_parameters(3, 4, 5, separation=5.0, concentration=concentration)
+    ):
         np.testing.assert_array_equal(got, want)
     if concentration is None:
         np.testing.assert_array_equal(params.weights, np.full(4, 0.25))
@@ -83,15 +87,21 @@ def test_blobs_array_blocks_are_pure_and_written_as_generated(tmp_path, seed_by,
 
 def test_demo_stream_means_are_the_first_draws_of_the_seed():
     # the compose make-data service and tests/test_tls.py rely on this
-    np.testing.assert_array_equal(datasets.blob_parameters(8, 5, 0).means, np.random.RandomState(0).uniform(-3, 3, (5, 8)))
+    np.testing.assert_array_equal(
+        datasets.blob_parameters(8, 5, 0).means, np.random.RandomState(0).uniform(-3, 3, (5, 8))
+    )
     with pytest.raises(ValueError, match="seed_by must be"):
         datasets.blobs_array(10, 2, 2, 5, seed_by="block")
 
 
 def test_true_classes_windows_agree_with_the_whole_map(tmp_path):
     whole = datasets.true_classes((200, 150), 5, seed=1, cell=24)
-    np.testing.assert_array_equal(datasets.true_classes((50, 40), 5, seed=1, cell=24, origin=(37, 91)), whole[37:87, 91:131])
-    info = datasets.make_raster(tmp_path / "r.zarr", shape=(64, 48), n_bands=2, n_classes=3, chunks=(32, 32), seed=1)
+    np.testing.assert_array_equal(
+        datasets.true_classes((50, 40), 5, seed=1, cell=24, origin=(37, 91)), whole[37:87, 91:131]
+    )
+    info = datasets.make_raster(
+        tmp_path / "r.zarr", shape=(64, 48), n_bands=2, n_classes=3, chunks=(32, 32), seed=1
+    )
     values = zarr.open_array(info["path"], mode="r")[:]
     assert values.shape == (64, 48, 2) and values.dtype == np.uint16
     truth = datasets.true_classes((64, 48), 3, seed=1)

@@ -33,7 +33,15 @@ VERSION = re.search(r'^version = "([^"]+)"', PYPROJECT, re.M).group(1)
 IMAGE = f"daskgmm:{VERSION}"
 REMOVED = re.compile(r"(?<![\w/.-])dask-(scheduler|worker)(?![\w.-])")  # console scripts gone in 2026.6
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
-CERT_FILES = {"ca.pem", "scheduler.pem", "scheduler-key.pem", "worker.pem", "worker-key.pem", "client.pem", "client-key.pem"}
+CERT_FILES = {
+    "ca.pem",
+    "scheduler.pem",
+    "scheduler-key.pem",
+    "worker.pem",
+    "worker-key.pem",
+    "client.pem",
+    "client-key.pem",
+}
 
 
 def load(path):
@@ -68,8 +76,12 @@ def check_command(argv: list[str]) -> str:
 def test_every_yaml_file_parses():
     names = {p.relative_to(DEPLOY).as_posix() for p in YAML_FILES}
     assert {
-        "dask/dask.yaml", "docker/compose.yaml", "kubernetes/daskcluster.yaml",
-        "kubernetes/daskjob.yaml", "kubernetes/helm-values.yaml", "hpc/jobqueue.yaml",
+        "dask/dask.yaml",
+        "docker/compose.yaml",
+        "kubernetes/daskcluster.yaml",
+        "kubernetes/daskjob.yaml",
+        "kubernetes/helm-values.yaml",
+        "hpc/jobqueue.yaml",
     } <= names
     for p in YAML_FILES:
         assert load(p), p
@@ -100,8 +112,16 @@ def test_no_secrets_or_generated_material_committed():
         assert not re.search(r"(?i)(token|password)\s*[:=]\s*['\"]?\w{8,}", text), f
     # where the README tells people to put certificates is ignored by git
     ignored = subprocess.run(
-        ["git", "check-ignore", "deploy/docker/certs/ca.pem", "deploy/docker/data/x", "deploy/docker/output/model.npz"],
-        cwd=ROOT, capture_output=True, text=True,
+        [
+            "git",
+            "check-ignore",
+            "deploy/docker/certs/ca.pem",
+            "deploy/docker/data/x",
+            "deploy/docker/output/model.npz",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert len(ignored.stdout.split()) == 3
 
@@ -142,7 +162,13 @@ def test_dockerignore_keeps_keys_out_of_the_image():
         assert pattern in ignore
 
 
-@pytest.mark.parametrize("old, new, expect", [("dask-worker", "worker", "Launch a Dask worker"), ("dask-scheduler", "scheduler", "Launch a Dask scheduler")])
+@pytest.mark.parametrize(
+    "old, new, expect",
+    [
+        ("dask-worker", "worker", "Launch a Dask worker"),
+        ("dask-scheduler", "scheduler", "Launch a Dask scheduler"),
+    ],
+)
 def test_entrypoint_translates_the_helm_charts_commands(old, new, expect):
     sh = shutil.which("sh")
     if sh is None:
@@ -151,7 +177,13 @@ def test_entrypoint_translates_the_helm_charts_commands(old, new, expect):
     if not os.path.exists(os.path.join(scripts, "dask")):
         pytest.skip("the dask console script is not installed beside this interpreter")
     env = {**os.environ, "PATH": scripts + os.pathsep + os.environ.get("PATH", "")}
-    r = subprocess.run([sh, str(DEPLOY / "docker" / "entrypoint.sh"), old, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sh, str(DEPLOY / "docker" / "entrypoint.sh"), old, "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert expect in r.stdout
     assert f"Usage: dask {new}" in r.stdout
@@ -186,7 +218,9 @@ def test_compose_services_run_the_package_image_with_valid_commands():
         # two workers with memory limits; the container's is above Dask's
         from dask.utils import parse_bytes
 
-        assert parse_bytes(opt(w["command"], "--memory-limit")) < parse_bytes(w["mem_limit"].replace("m", "MiB"))
+        assert parse_bytes(opt(w["command"], "--memory-limit")) < parse_bytes(
+            w["mem_limit"].replace("m", "MiB")
+        )
         assert opt(w["command"], "--tls-cert") == "/certs/worker.pem"
     assert opt(services["fit"]["command"], "--scheduler") == f"tls://scheduler:{port}"
     assert opt(services["fit"]["command"], "--tls-cert") == "/certs/client.pem"
@@ -280,7 +314,17 @@ def test_daskcluster_manifest_and_its_fit_job():
 # Value keys of the dask Helm chart (helm.dask.org, chart "dask", values.yaml) used here.
 HELM_KEYS = {
     "scheduler": {"image", "serviceType", "servicePort", "extraArgs", "env", "resources", "securityContext"},
-    "worker": {"image", "replicas", "custom_scheduler_url", "threads_per_worker", "resources", "extraArgs", "env", "mounts", "securityContext"},
+    "worker": {
+        "image",
+        "replicas",
+        "custom_scheduler_url",
+        "threads_per_worker",
+        "resources",
+        "extraArgs",
+        "env",
+        "mounts",
+        "securityContext",
+    },
     "jupyter": {"enabled"},
 }
 
@@ -299,8 +343,13 @@ def test_helm_values():
         assert "DASK_DISTRIBUTED__COMM__TLS__CA_FILE" in env
         assert f"DASK_DISTRIBUTED__COMM__TLS__{part.upper()}__CERT" in env
     assert values["scheduler"]["extraArgs"] == ["--protocol", "tls"]
-    assert values["worker"]["custom_scheduler_url"] == f"tls://daskgmm-scheduler:{values['scheduler']['servicePort']}"
-    check_command(["dask", "worker", values["worker"]["custom_scheduler_url"], *values["worker"]["extraArgs"]])
+    assert (
+        values["worker"]["custom_scheduler_url"]
+        == f"tls://daskgmm-scheduler:{values['scheduler']['servicePort']}"
+    )
+    check_command(
+        ["dask", "worker", values["worker"]["custom_scheduler_url"], *values["worker"]["extraArgs"]]
+    )
     check_command(["dask", "scheduler", *values["scheduler"]["extraArgs"]])
     assert values["jupyter"]["enabled"] is False  # the chart's default password is public
 
@@ -386,7 +435,13 @@ def test_batch_scripts_are_valid_bash_and_their_fit_line_parses(name):
     assert r.returncode == 0, r.stderr
     (line,) = fit_lines(script)
     # shell variables -> example values, then through the real parser
-    values = {"DATA": "data.zarr", "K": "3", "SCHEDULER_FILE": "run/scheduler.json", "MODEL": "model.npz", "DASKGMM_FIT_ARGS": ""}
+    values = {
+        "DATA": "data.zarr",
+        "K": "3",
+        "SCHEDULER_FILE": "run/scheduler.json",
+        "MODEL": "model.npz",
+        "DASKGMM_FIT_ARGS": "",
+    }
     argv = shlex.split(re.sub(r"\$\{?(\w+)(:-)?\}?", lambda m: values[m.group(1)], line))
     assert check_command(argv) == "daskgmm fit"
     assert "--scheduler-file" in argv and "--save-model" in argv
@@ -430,7 +485,11 @@ def test_slurm_batch_script_runs_a_fit(tmp_path):
     scripts = sysconfig.get_path("scripts")
     if bash is None or not os.path.exists(os.path.join(scripts, "dask")):
         pytest.skip("needs bash and the dask/daskgmm console scripts beside this interpreter")
-    subprocess.run([sys.executable, str(DEPLOY / "tls" / "make_certs.py"), str(tmp_path / "tls")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(DEPLOY / "tls" / "make_certs.py"), str(tmp_path / "tls")],
+        check=True,
+        capture_output=True,
+    )
     true_means = write_blobs_zarr(str(tmp_path / "blobs.zarr"), 20_000, 8, 3, 5_000, 1).means
     assert zarr.open(str(tmp_path / "blobs.zarr"), mode="r").shape == (20_000, 8)
     bin_dir = tmp_path / "bin"
@@ -440,14 +499,26 @@ def test_slurm_batch_script_runs_a_fit(tmp_path):
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "SLURM_"))},
         "PATH": os.pathsep.join([str(bin_dir), scripts, os.environ.get("PATH", "")]),
-        "SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_CPUS_PER_TASK": "1", "SLURM_MEM_PER_NODE": "1024",
-        "DASKGMM_TLS_DIR": str(tmp_path / "tls"), "DASKGMM_RUN_DIR": str(tmp_path / "run"),
-        "DASKGMM_INTERFACE": "lo", "DASKGMM_FIT_ARGS": "--seed 0", "DASKGMM_WORKER_ARGS": "--no-nanny", "TMPDIR": str(tmp_path),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NNODES": "2",
+        "SLURM_CPUS_PER_TASK": "1",
+        "SLURM_MEM_PER_NODE": "1024",
+        "DASKGMM_TLS_DIR": str(tmp_path / "tls"),
+        "DASKGMM_RUN_DIR": str(tmp_path / "run"),
+        "DASKGMM_INTERFACE": "lo",
+        "DASKGMM_FIT_ARGS": "--seed 0",
+        "DASKGMM_WORKER_ARGS": "--no-nanny",
+        "TMPDIR": str(tmp_path),
     }
     model_path = tmp_path / "model.npz"
     p = subprocess.Popen(
         [bash, str(DEPLOY / "hpc" / "fit-slurm.sh"), str(tmp_path / "blobs.zarr"), "3", str(model_path)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         try:
@@ -455,7 +526,9 @@ def test_slurm_batch_script_runs_a_fit(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             out, err = p.communicate()
-            pytest.fail(f"fit-slurm.sh did not finish in 100 s; its stderr ends with:\n{err[-4000:]}\nstdout:\n{out[-2000:]}")
+            pytest.fail(
+                f"fit-slurm.sh did not finish in 100 s; its stderr ends with:\n{err[-4000:]}\nstdout:\n{out[-2000:]}"
+            )
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)

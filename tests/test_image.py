@@ -95,7 +95,9 @@ def test_grayscale_photo_single_band():
     camera = skdata.camera()[::2, ::2]  # (256, 256) uint8
     labels, model = daskgmm.segment(camera, 3, feature_axis=None, random_state=0)
     assert labels.shape == camera.shape
-    np.testing.assert_array_equal(labels.compute().ravel(), model.predict(camera.reshape(-1, 1).astype(float)))
+    np.testing.assert_array_equal(
+        labels.compute().ravel(), model.predict(camera.reshape(-1, 1).astype(float))
+    )
     assert np.all(np.diff(model.means_[:, 0]) > 0)  # label 0 is the darkest
 
 
@@ -106,7 +108,9 @@ def test_grayscale_photo_single_band():
 def raster(tmp_path_factory):
     """A (300, 260, 4) uint16 Zarr raster, 4 known classes, nodata=0 stripes, chunks 128 x 100."""
     path = str(tmp_path_factory.mktemp("raster") / "raster.zarr")
-    info = datasets.make_raster(path, shape=(300, 260), n_bands=4, n_classes=4, chunks=(128, 100), seed=5, cell=32, nodata=0)
+    info = datasets.make_raster(
+        path, shape=(300, 260), n_bands=4, n_classes=4, chunks=(128, 100), seed=5, cell=32, nodata=0
+    )
     info["truth"] = datasets.true_classes((300, 260), 4, seed=5, cell=32)
     info["values"] = zarr.open_array(path, mode="r")[:]
     return info
@@ -128,7 +132,9 @@ def test_raster_known_classes_and_nodata(raster):
     # component order: by the mean of band 0, so label j is the class with the j-th darkest band 0
     true_means = raster["means"]
     np.testing.assert_allclose(model.means_, true_means[np.argsort(true_means[:, 0])], rtol=0.01)
-    np.testing.assert_array_equal(lab[valid], np.argsort(np.argsort(true_means[:, 0]))[raster["truth"][valid]])
+    np.testing.assert_array_equal(
+        lab[valid], np.argsort(np.argsort(true_means[:, 0]))[raster["truth"][valid]]
+    )
     np.testing.assert_array_equal(lab[valid], model.predict(values[valid].astype(float)))
 
 
@@ -153,7 +159,9 @@ def test_nodata_pixels_do_not_touch_the_fit(raster):
 
 
 def test_component_order_is_the_same_across_runs(raster):
-    a, _ = daskgmm.segment(raster["path"], 4, nodata=0, sample=0.5, random_state=1, init_params="random_from_data")
+    a, _ = daskgmm.segment(
+        raster["path"], 4, nodata=0, sample=0.5, random_state=1, init_params="random_from_data"
+    )
     b, _ = daskgmm.segment(raster["path"], 4, nodata=0, sample=0.5, random_state=7, init_params="k-means++")
     np.testing.assert_array_equal(a.compute(), b.compute())
 
@@ -231,7 +239,11 @@ def test_written_zarr_reads_back_identical(raster, tmp_path):
     g = zarr.open_group(out, mode="r")
     assert g["labels"].chunks == (128, 100) and g["probabilities"].chunks == (128, 100, 4)
     attrs = back["attrs"]
-    assert attrs["n_components"] == 4 and attrs["nodata"] == 0 and attrs["daskgmm_version"] == daskgmm.__version__
+    assert (
+        attrs["n_components"] == 4
+        and attrs["nodata"] == 0
+        and attrs["daskgmm_version"] == daskgmm.__version__
+    )
     assert attrs[im.COMPLETE_ATTR] is True
     # the model stored in the attributes is the fitted model
     X = raster["values"].reshape(-1, 4)[:5000].astype(float)
@@ -317,14 +329,36 @@ def test_cli_segment(raster, tmp_path, cluster, capsys):
     out = str(tmp_path / "seg.zarr")
     model_path = str(tmp_path / "model.npz")
     address = cluster.scheduler_address
-    args = ["segment", raster["path"], out, "-k", "4", "--nodata", "0", "--sample", "0.5", "--seed", "2",
-            "--save-model", model_path, "--probabilities", "--log-density", "--scheduler", address, "--json"]
+    args = [
+        "segment",
+        raster["path"],
+        out,
+        "-k",
+        "4",
+        "--nodata",
+        "0",
+        "--sample",
+        "0.5",
+        "--seed",
+        "2",
+        "--save-model",
+        model_path,
+        "--probabilities",
+        "--log-density",
+        "--scheduler",
+        address,
+        "--json",
+    ]
     assert cli.main(args) == 0
     summary = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n_pixels"] == 300 * 260 and summary["n_components"] == 4
 
     back = im.open_segmentation(out)
-    assert sorted(k for k in back if k not in ("model", "attrs")) == ["labels", "log_density", "probabilities"]
+    assert sorted(k for k in back if k not in ("model", "attrs")) == [
+        "labels",
+        "log_density",
+        "probabilities",
+    ]
     model = daskgmm.load(model_path)
     np.testing.assert_array_equal(back["model"].means_, model.means_)
     lab = back["labels"].compute()
@@ -341,22 +375,45 @@ def test_cli_segment(raster, tmp_path, cluster, capsys):
     group = str(tmp_path / "group.zarr")
     g = zarr.open_group(group, mode="w")
     g.create_array("bands", data=values)
-    with pytest.raises(SystemExit, match=r"is a Zarr group; choose an array with --array \(one of \['bands'\]\)"):
+    with pytest.raises(
+        SystemExit, match=r"is a Zarr group; choose an array with --array \(one of \['bands'\]\)"
+    ):
         cli.main(["segment", group, str(tmp_path / "o2.zarr"), "-k", "4", "--scheduler", address])
     node, source = _open_image(group, "bands")
     assert node.shape == values.shape and source == os.path.join(group, "bands")
     with pytest.raises(SystemExit, match=r"no array 'b' in .* \(arrays: \['bands'\]\)"):
         cli.main(["segment", group, str(tmp_path / "o2.zarr"), "-k", "4", "--array", "b"])
     with pytest.raises(SystemExit, match="must be a fraction in"):
-        cli.main(["segment", group, str(tmp_path / "o3.zarr"), "-k", "4", "--array", "bands", "--sample", "2"])
+        cli.main(
+            ["segment", group, str(tmp_path / "o3.zarr"), "-k", "4", "--array", "bands", "--sample", "2"]
+        )
 
 
 def test_segment_bench_command_runs_small(tmp_path, capsys):
     """The documented scale-run command, at a small size: labels match the true classes, and
     the generated raster and the output are deleted afterwards."""
     work = tmp_path / "bench"
-    assert cli.main(["segment-bench", str(work), "--height", "400", "--width", "300", "--chunk", "200",
-                     "--sample", "0.5", "--workers", "1", "--memory-limit", "1GiB"]) == 0
+    assert (
+        cli.main(
+            [
+                "segment-bench",
+                str(work),
+                "--height",
+                "400",
+                "--width",
+                "300",
+                "--chunk",
+                "200",
+                "--sample",
+                "0.5",
+                "--workers",
+                "1",
+                "--memory-limit",
+                "1GiB",
+            ]
+        )
+        == 0
+    )
     report = __import__("json").loads(capsys.readouterr().out)
     assert report["n_pixels"] == 400 * 300 and report["shape"] == [400, 300, 4]
     assert report["adjusted_rand_index_windows"] == [1.0] * 4

@@ -12,15 +12,16 @@ HEAVY = ("dask", "distributed", "zarr", "xarray", "sklearn", "scipy", "numpy")
 
 
 def _run(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_import_daskgmm_imports_no_heavy_package():
     got = _run(
-        "import sys, json, daskgmm; "
-        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+        f"import sys, json, daskgmm; print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     )
     assert got == []
 
@@ -62,7 +63,10 @@ def test_import_daskgmm_registers_the_accessor_in_any_order(imports):
 
 
 def test_the_hook_is_gone_once_xarray_is_imported():
-    assert _run(
-        "import json, sys, daskgmm, daskgmm._accessor_hook as h, xarray; "
-        "print(json.dumps(h._finder in sys.meta_path))"
-    ) is False
+    assert (
+        _run(
+            "import json, sys, daskgmm, daskgmm._accessor_hook as h, xarray; "
+            "print(json.dumps(h._finder in sys.meta_path))"
+        )
+        is False
+    )

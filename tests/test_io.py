@@ -73,7 +73,9 @@ def _rewrite_metadata(src, dst, **changes):
 def test_newer_format_is_refused_with_upgrade_hint(tmp_path, X):
     gm = GaussianMixture(2, random_state=0).fit(X)
     gm.save(tmp_path / "m.npz")
-    _rewrite_metadata(tmp_path / "m.npz", tmp_path / "new.npz", format_version=FORMAT_VERSION + 1, daskgmm_version="9.0")
+    _rewrite_metadata(
+        tmp_path / "m.npz", tmp_path / "new.npz", format_version=FORMAT_VERSION + 1, daskgmm_version="9.0"
+    )
     with pytest.raises(ValueError, match="written by daskgmm 9.0 in model format .*Upgrade daskgmm"):
         daskgmm.load(tmp_path / "new.npz")
 
@@ -107,7 +109,9 @@ def test_saving_an_unfitted_model_is_refused(tmp_path):
 def test_float32_attributes_round_trip(tmp_path, X):
     """A model fitted on float32 data has float32 attributes (as scikit-learn); the file keeps them."""
     X32 = X.astype(np.float32)
-    gm = GaussianMixture(3, covariance_type="diag", random_state=0, weights_init=np.full(3, 1 / 3, np.float32)).fit(X32)
+    gm = GaussianMixture(
+        3, covariance_type="diag", random_state=0, weights_init=np.full(3, 1 / 3, np.float32)
+    ).fit(X32)
     gm.save(tmp_path / "model.npz")
     loaded = daskgmm.load(tmp_path / "model.npz")
     for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):

@@ -57,7 +57,10 @@ def _case(covariance_type, n=None, seed=0):
 
 def _reference(X, weights, means, cov_full, w=None):
     wlp = np.stack(
-        [np.log(weights[j]) + multivariate_normal(means[j], cov_full[j]).logpdf(X) for j in range(len(weights))],
+        [
+            np.log(weights[j]) + multivariate_normal(means[j], cov_full[j]).logpdf(X)
+            for j in range(len(weights))
+        ],
         axis=1,
     )
     log_norm = logsumexp(wlp, axis=1)
@@ -95,7 +98,9 @@ def test_chunk_stats_equal_direct_sums_across_blocks(covariance_type):
 def test_float32_compute_accumulates_in_float64(covariance_type):
     X, weights, means, _, prec_chol = _case(covariance_type)
     s64 = chunk_stats(X, EStepParams(weights, means, prec_chol, covariance_type, np.float64))
-    s32 = chunk_stats(X.astype(np.float32), EStepParams(weights, means, prec_chol, covariance_type, np.float32))
+    s32 = chunk_stats(
+        X.astype(np.float32), EStepParams(weights, means, prec_chol, covariance_type, np.float32)
+    )
     for key in ("nk", "u", "s2"):
         assert s32[key].dtype == np.float64
         scale = np.abs(s64[key]).max()
@@ -124,7 +129,9 @@ def test_empty_chunk_gives_zero_statistics():
     X, weights, means, _, prec_chol = _case("full", n=50)
     stats = chunk_stats(X[:0], EStepParams(weights, means, prec_chol, "full", np.float64))
     assert stats["n"] == 0 and stats["loglik"] == 0 and not stats["s2"].any()
-    assert predict_output(X[:0], EStepParams(weights, means, prec_chol, "full", np.float64), "labels").shape == (0,)
+    assert predict_output(
+        X[:0], EStepParams(weights, means, prec_chol, "full", np.float64), "labels"
+    ).shape == (0,)
 
 
 def _blas_threads():
@@ -137,8 +144,12 @@ def test_blas_uses_one_thread_inside_tasks_and_is_restored():
         pytest.skip("threadpoolctl sees no BLAS library in this process")
     X, weights, means, _, prec_chol = _case("full", n=4000)
     p = EStepParams(weights, means, prec_chol, "full", np.float64)
-    graph = map_reduce(chunk_stats, [(X[i : i + 1000], shared(p, "gmm-params-kt")) for i in range(0, 4000, 1000)],
-                       "gmm-em-stats-kt", 2)
+    graph = map_reduce(
+        chunk_stats,
+        [(X[i : i + 1000], shared(p, "gmm-params-kt")) for i in range(0, 4000, 1000)],
+        "gmm-em-stats-kt",
+        2,
+    )
     for _ in range(2):
         # tasks on pool threads change BLAS first; those threads stay alive afterwards
         (stats,) = dask.compute(graph, scheduler="threads", num_workers=2)
@@ -159,8 +170,13 @@ def test_blas_uses_one_thread_inside_tasks_and_is_restored():
 def test_map_reduce_keeps_container_arguments_literal():
     X, weights, means, _, prec_chol = _case("diag", n=600)
     p = EStepParams(weights, means, prec_chol, "diag", np.float64)
-    graph = map_reduce(predict_output, [(X[:300], p, "labels"), (X[300:], p, "labels")], "kt-labels", 2,
-                       combine_func=np.concatenate)
+    graph = map_reduce(
+        predict_output,
+        [(X[:300], p, "labels"), (X[300:], p, "labels")],
+        "kt-labels",
+        2,
+        combine_func=np.concatenate,
+    )
     (labels,) = dask.compute(graph, scheduler="sync")
     np.testing.assert_array_equal(labels, predict_output(X, p, "labels"))
     with pytest.raises(ValueError, match="The data has no chunks: nothing to fit."):
@@ -179,7 +195,9 @@ def test_float32_fit_stays_close_for_well_separated_components():
     k, d, n = 4, 3, 40_000
     means = rng.uniform(-30, 30, (k, d))
     X = means[rng.integers(0, k, n)] + rng.standard_normal((n, d))
-    init = dict(weights_init=np.full(k, 1 / k), means_init=means + 0.3, precisions_init=np.stack([np.eye(d)] * k))
+    init = dict(
+        weights_init=np.full(k, 1 / k), means_init=means + 0.3, precisions_init=np.stack([np.eye(d)] * k)
+    )
     g64 = GaussianMixture(k, max_iter=5, tol=0, **init).fit(X)
     g32 = GaussianMixture(k, max_iter=5, tol=0, **init).fit(X.astype(np.float32))
     assert max_rel_diff(g32, g64) < 3e-5

@@ -57,6 +57,7 @@ LAYERS = {
     "plot.py": 3,
     "_repr.py": 3,
     "__init__.py": 3,
+    "_accessor_hook.py": 3,
     # L4 applications (one module per subcommand, imported lazily)
     "cli/": 4,
     "benchmarks/": 4,

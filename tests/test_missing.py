@@ -133,13 +133,21 @@ def test_marginalize_one_em_step_matches_reference(covariance_type, holes):
     start = GaussianMixture(2, covariance_type=covariance_type, random_state=0, max_iter=3, tol=1e-2).fit(X)
     prec = start.precisions_
     gm = GaussianMixture(
-        2, covariance_type=covariance_type, max_iter=1, tol=0.0, nan_policy="marginalize",
-        weights_init=start.weights_, means_init=start.means_, precisions_init=prec, chunk_size=70,
+        2,
+        covariance_type=covariance_type,
+        max_iter=1,
+        tol=0.0,
+        nan_policy="marginalize",
+        weights_init=start.weights_,
+        means_init=start.means_,
+        precisions_init=prec,
+        chunk_size=70,
     )
     with pytest.warns(Warning, match="did not converge"):
         gm.fit(Xm)
-    w_ref, m_ref, c_ref = reference_em_step(Xm, start.weights_, start.means_, _full_covs(start),
-                                            covariance_type, gm.reg_covar)
+    w_ref, m_ref, c_ref = reference_em_step(
+        Xm, start.weights_, start.means_, _full_covs(start), covariance_type, gm.reg_covar
+    )
     np.testing.assert_allclose(gm.weights_, w_ref, rtol=1e-10)
     np.testing.assert_allclose(gm.means_, m_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(gm.covariances_, c_ref, rtol=1e-9, atol=1e-12)
@@ -150,9 +158,13 @@ def test_marginalize_one_em_step_matches_reference(covariance_type, holes):
 
 def test_marginalize_scores_are_closed_form_marginals(holes):
     X, Xm, *_ = holes
-    gm = GaussianMixture(2, nan_policy="marginalize", random_state=0, tol=1e-6).fit(da.from_array(Xm, chunks=64))
+    gm = GaussianMixture(2, nan_policy="marginalize", random_state=0, tol=1e-6).fit(
+        da.from_array(Xm, chunks=64)
+    )
     lp = gm.score_samples(da.from_array(Xm, chunks=64)).compute()
-    np.testing.assert_allclose(lp, marginal_logpdf(Xm, gm.weights_, gm.means_, _full_covs(gm)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        lp, marginal_logpdf(Xm, gm.weights_, gm.means_, _full_covs(gm)), rtol=1e-10, atol=1e-12
+    )
     proba = gm.predict_proba(Xm)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-12)
     np.testing.assert_array_equal(gm.predict(Xm), proba.argmax(1))

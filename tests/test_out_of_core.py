@@ -39,7 +39,9 @@ def small():
 def test_auto_persists_data_that_fits_in_the_workers_memory(client, small, daskgmm_log):
     gm = GaussianMixture(3, random_state=0, persist="auto").fit(small)
     (msg,) = _persist_messages(daskgmm_log)
-    assert "fits comfortably in the workers' memory limits (2 workers)" in msg and "holding it in memory" in msg
+    assert (
+        "fits comfortably in the workers' memory limits (2 workers)" in msg and "holding it in memory" in msg
+    )
     assert [r["bytes_read"] for r in gm.history_] == [0] * gm.n_iter_
 
 
@@ -65,7 +67,9 @@ def test_without_a_cluster_auto_streams_and_true_loads(small, daskgmm_log):
 
 
 def test_persist_parameter_is_checked(small):
-    with pytest.raises(ValueError, match="The 'persist' parameter of GaussianMixture must be 'auto', True or False"):
+    with pytest.raises(
+        ValueError, match="The 'persist' parameter of GaussianMixture must be 'auto', True or False"
+    ):
         GaussianMixture(2, persist="yes").fit(small)
 
 
@@ -84,12 +88,21 @@ def test_streamed_fit_of_a_store_larger_than_worker_memory(tmp_path):
 
     n, d, k = 3_500_000, 16, 3
     path = str(tmp_path / "big.zarr")
-    with LocalCluster(
-        n_workers=1, threads_per_worker=1, memory_limit="400MiB", processes=True, dashboard_address=":0"
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit="400MiB", processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         true_means = write_mixture_zarr(path, n, d, k, chunk_rows=125_000, seed=1)
         r = fit_on_cluster(
-            path, true_means, n_components=k, covariance_type="diag", persist="auto", max_iter=2, client=client
+            path,
+            true_means,
+            n_components=k,
+            covariance_type="diag",
+            persist="auto",
+            max_iter=2,
+            client=client,
         )
     data_bytes = n * d * 8
     assert r["data_bytes"] == data_bytes and r["data_to_memory"] > 1.05

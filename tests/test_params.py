@@ -30,11 +30,19 @@ def test_shared_parameters_have_scikit_learns_defaults():
 @pytest.mark.parametrize(
     "name, value, match",
     [
-        ("n_components", 0, r"'n_components' parameter of GaussianMixture must be an int in the range \[1, inf\)"),
+        (
+            "n_components",
+            0,
+            r"'n_components' parameter of GaussianMixture must be an int in the range \[1, inf\)",
+        ),
         ("tol", -1.0, r"'tol' parameter of GaussianMixture must be a float in the range \[0.0, inf\)"),
         ("covariance_type", "round", r"'covariance_type' parameter of GaussianMixture must be a str among"),
         ("persist", "sometimes", "'persist' parameter of GaussianMixture must be 'auto', True or False"),
-        ("chunk_size", 0, r"'chunk_size' parameter of GaussianMixture must be an int in the range \[1, inf\) or None"),
+        (
+            "chunk_size",
+            0,
+            r"'chunk_size' parameter of GaussianMixture must be an int in the range \[1, inf\) or None",
+        ),
         ("verbose", -1, r"'verbose' parameter of GaussianMixture must be an int in the range \[0, inf\)"),
     ],
 )

@@ -190,7 +190,9 @@ def test_other_inputs_give_the_same_fit(kind, tmp_path):
     elif kind.startswith("xarray"):
         data = X if kind == "xarray" else da.from_array(X, chunks=(100, 4))
         Xo = xr.DataArray(
-            data, dims=("sample", "feature"), coords={"sample": np.arange(X.shape[0]) * 10, "feature": list("abcd")}
+            data,
+            dims=("sample", "feature"),
+            coords={"sample": np.arange(X.shape[0]) * 10, "feature": list("abcd")},
         )
     else:
         Xo = X
@@ -230,7 +232,8 @@ def test_float32_input_stays_float32_and_is_close_to_float64():
         m64 = GaussianMixture(k, max_iter=10, tol=0, **init).fit(X)
         last = {}
         m32 = GaussianMixture(k, max_iter=10, tol=0, **init).fit(
-            da.from_array(X32, chunks=(200, 4)), callback=lambda state, rec: last.__setitem__("p", state.params)
+            da.from_array(X32, chunks=(200, 4)),
+            callback=lambda state, rec: last.__setitem__("p", state.params),
         )
     # statistics and M-step in float64; the attributes are that result rounded once to the
     # data's dtype, as scikit-learn returns them

@@ -95,7 +95,9 @@ def test_ellipse_points_are_a_bounded_sample_coloured_by_prediction(fitted, data
     # the drawn points are rows of X, and each has its predicted component's colour
     rows = {tuple(r) for r in np.round(data3d[:, :2], 12)}
     assert all(tuple(r) in rows for r in np.round(offsets, 12))
-    full_rows = np.array([data3d[np.flatnonzero(np.all(np.isclose(data3d[:, :2], o), axis=1))[0]] for o in offsets])
+    full_rows = np.array(
+        [data3d[np.flatnonzero(np.all(np.isclose(data3d[:, :2], o), axis=1))[0]] for o in offsets]
+    )
     expected = np.asarray(gplot.component_colors(3))[model.predict(full_rows)]
     np.testing.assert_allclose(scatter.get_facecolors()[:, :3], expected[:, :3])
 
@@ -225,7 +227,10 @@ def test_band_histograms_count_each_class_per_band():
     image = rng.normal(size=(20, 30, 3)) + np.arange(3)
     labels = rng.randint(-1, 3, size=(20, 30))
     axes = gplot.plot_band_histograms(
-        da.from_array(image, chunks=(10, 10, 3)), da.from_array(labels, chunks=10), bins=15, band_names=["r", "g", "b"]
+        da.from_array(image, chunks=(10, 10, 3)),
+        da.from_array(labels, chunks=10),
+        bins=15,
+        band_names=["r", "g", "b"],
     )
     assert [ax.get_title() for ax in axes] == ["r", "g", "b"]
     colors = gplot.component_colors(3)
@@ -240,7 +245,10 @@ def test_band_histograms_count_each_class_per_band():
             np.testing.assert_array_equal(tops, counts)
             np.testing.assert_allclose(poly.get_edgecolor(), colors[k])
     # nodata (-1) pixels are left out: the classes' counts add up to the valid pixels
-    assert sum(np.histogram(image[..., 0][labels == k], bins=15)[0].sum() for k in range(3)) == (labels >= 0).sum()
+    assert (
+        sum(np.histogram(image[..., 0][labels == k], bins=15)[0].sum() for k in range(3))
+        == (labels >= 0).sum()
+    )
 
 
 def test_band_histograms_errors():

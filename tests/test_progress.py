@@ -89,7 +89,11 @@ def test_history_has_lower_bound_time_and_bytes_read(X):
 def test_iterations_are_logged_on_the_daskgmm_logger(X, caplog):
     caplog.set_level(logging.INFO, logger="daskgmm")
     gm = GaussianMixture(3, random_state=0, max_iter=2, tol=0).fit(X)
-    lines = [r.getMessage() for r in caplog.records if r.name == "daskgmm" and r.getMessage().startswith("iteration")]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "daskgmm" and r.getMessage().startswith("iteration")
+    ]
     assert len(lines) == 2
     assert lines[1].startswith(f"iteration 2: lower bound {gm.lower_bound_:.6f}") and "bytes read" in lines[1]
 

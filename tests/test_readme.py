@@ -28,35 +28,22 @@ DOCS = ("README.md", "deploy/README.md")
 #: the first line of a block -> why it does not run here
 SKIP = {
     # README.md
-    "python3 -m venv .venv && . .venv/bin/activate && pip install . && daskgmm demo":
-        "creates a virtual environment and installs from the network; tests/test_cli.py runs the demo",
-    'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test]" && pytest -m "not slow"':
-        "creates a virtual environment, installs from the network and runs this test suite",
-    "daskgmm fit store.zarr --array pixels -k 8 --scheduler tcp://scheduler:8786":
-        "needs a scheduler at tcp://scheduler:8786; tests/test_cluster.py fits through a real one",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install . && daskgmm demo": "creates a virtual environment and installs from the network; tests/test_cli.py runs the demo",
+    'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test]" && pytest -m "not slow"': "creates a virtual environment, installs from the network and runs this test suite",
+    "daskgmm fit store.zarr --array pixels -k 8 --scheduler tcp://scheduler:8786": "needs a scheduler at tcp://scheduler:8786; tests/test_cluster.py fits through a real one",
     "daskgmm segment scene.zarr classes.zarr -k 6 --array reflectance --feature-axis 0 --scheduler "
-    "tcp://scheduler:8786":
-        "needs a scheduler at tcp://scheduler:8786; tests/test_image.py segments through a real cluster",
-    "daskgmm segment-bench /tmp/segment-bench      # defaults: 20,000 x 20,000 x 4 uint16, 5 classes":
-        "the 3.2 GB scale run takes minutes; tests/test_image.py runs it small",
-    "daskgmm fit data.zarr -k 8 --scheduler tls://scheduler:8786 \\":
-        "needs a TLS scheduler at tls://scheduler:8786; tests/test_tls.py runs that topology on 127.0.0.1",
-    "dask scheduler --scheduler-file sched.json &            # or an existing scheduler":
-        "leaves a scheduler and a worker running and names a remote scheduler; tests/test_cluster.py runs "
-        "these commands",
+    "tcp://scheduler:8786": "needs a scheduler at tcp://scheduler:8786; tests/test_image.py segments through a real cluster",
+    "daskgmm segment-bench /tmp/segment-bench      # defaults: 20,000 x 20,000 x 4 uint16, 5 classes": "the 3.2 GB scale run takes minutes; tests/test_image.py runs it small",
+    "daskgmm fit data.zarr -k 8 --scheduler tls://scheduler:8786 \\": "needs a TLS scheduler at tls://scheduler:8786; tests/test_tls.py runs that topology on 127.0.0.1",
+    "dask scheduler --scheduler-file sched.json &            # or an existing scheduler": "leaves a scheduler and a worker running and names a remote scheduler; tests/test_cluster.py runs "
+    "these commands",
     # deploy/README.md
-    "pip install --constraint deploy/docker/constraints.txt .":
-        "installs from the network",
-    "dask scheduler --protocol tls --tls-ca-file ca.pem --tls-cert scheduler.pem --tls-key scheduler-key.pem":
-        "starts a scheduler that runs until stopped, and names a remote host; tests/test_tls.py runs these",
-    "python deploy/tls/make_certs.py deploy/docker/certs                 # once":
-        "runs Docker Compose; tests/test_deploy.py checks the compose file and tests/test_tls.py its commands",
-    "kubectl create secret generic daskgmm-tls \\":
-        "needs a Kubernetes cluster; tests/test_deploy.py checks the manifests",
-    "python deploy/tls/make_certs.py ~/.config/daskgmm/tls && chmod 700 ~/.config/daskgmm/tls":
-        "submits SLURM/PBS jobs from a shared environment; tests/test_deploy.py checks the scripts",
-    "from dask_jobqueue import SLURMCluster            # or PBSCluster":
-        "starts SLURM jobs; tests/test_deploy.py checks the jobqueue configuration",
+    "pip install --constraint deploy/docker/constraints.txt .": "installs from the network",
+    "dask scheduler --protocol tls --tls-ca-file ca.pem --tls-cert scheduler.pem --tls-key scheduler-key.pem": "starts a scheduler that runs until stopped, and names a remote host; tests/test_tls.py runs these",
+    "python deploy/tls/make_certs.py deploy/docker/certs                 # once": "runs Docker Compose; tests/test_deploy.py checks the compose file and tests/test_tls.py its commands",
+    "kubectl create secret generic daskgmm-tls \\": "needs a Kubernetes cluster; tests/test_deploy.py checks the manifests",
+    "python deploy/tls/make_certs.py ~/.config/daskgmm/tls && chmod 700 ~/.config/daskgmm/tls": "submits SLURM/PBS jobs from a shared environment; tests/test_deploy.py checks the scripts",
+    "from dask_jobqueue import SLURMCluster            # or PBSCluster": "starts SLURM jobs; tests/test_deploy.py checks the jobqueue configuration",
 }
 
 _OPEN = re.compile(r"^(\s*)```(python|bash)\s*$")
@@ -121,4 +108,6 @@ def test_block_runs_as_written(doc, lang, line, code, workdir):
     else:
         cmd = ["bash", "-e", "-o", "pipefail", "-c", code]
     r = subprocess.run(cmd, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{doc}:{line} failed:\n{code}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, (
+        f"{doc}:{line} failed:\n{code}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"
+    )

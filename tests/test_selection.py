@@ -25,12 +25,15 @@ def data():
 
 def test_select_model_equals_separate_fits(data):
     X = da.from_array(data, chunks=200)
-    res = select_model(X, n_components=[1, 2, 3, 4], covariance_types=("full", "diag"), random_state=0, tol=1e-3)
+    res = select_model(
+        X, n_components=[1, 2, 3, 4], covariance_types=("full", "diag"), random_state=0, tol=1e-3
+    )
     assert isinstance(res, ModelSelection)
     assert len(res.table) == 8 and len(res.estimators) == 8
     for est, row in zip(res.estimators, res.table):
-        ref = GaussianMixture(row["n_components"], covariance_type=row["covariance_type"],
-                              random_state=0, tol=1e-3).fit(X)
+        ref = GaussianMixture(
+            row["n_components"], covariance_type=row["covariance_type"], random_state=0, tol=1e-3
+        ).fit(X)
         np.testing.assert_allclose(est.means_, ref.means_, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(est.covariances_, ref.covariances_, rtol=1e-9, atol=1e-12)
         assert est.n_iter_ == ref.n_iter_ and est.converged_ == ref.converged_
@@ -55,8 +58,9 @@ def test_select_model_equals_separate_fits_on_a_sample(data):
 
 
 def test_select_model_aic_and_scikit_learn(data):
-    res = select_model(data, n_components=range(1, 4), covariance_types="spherical", criterion="aic",
-                       random_state=1)
+    res = select_model(
+        data, n_components=range(1, 4), covariance_types="spherical", criterion="aic", random_state=1
+    )
     for row in res.table:
         sk = SkGMM(row["n_components"], covariance_type="spherical", random_state=1).fit(data)
         assert row["aic"] == pytest.approx(sk.aic(data), rel=1e-9)
@@ -78,7 +82,9 @@ def test_one_pass_per_iteration_for_all_candidates(data, monkeypatch):
     import daskgmm._graph as graph
 
     monkeypatch.setattr(graph.dask, "compute", counting)
-    res = select_model(X, n_components=[2, 3, 4], random_state=0, max_iter=15, tol=1e-3, init_params="random_from_data")
+    res = select_model(
+        X, n_components=[2, 3, 4], random_state=0, max_iter=15, tol=1e-3, init_params="random_from_data"
+    )
     slowest = max(r["n_iter"] for r in res.table)
     # EM passes + one final log-likelihood pass, all through the engine's statistics_pass
     assert len(calls) == slowest + 1
@@ -99,7 +105,9 @@ def test_n_init_costs_one_pass_per_iteration(data, monkeypatch):
 @pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
 def test_n_init_matches_scikit_learn_restarts(covariance_type, data):
-    kw = dict(n_components=3, covariance_type=covariance_type, n_init=3, random_state=2, tol=1e-3, max_iter=25)
+    kw = dict(
+        n_components=3, covariance_type=covariance_type, n_init=3, random_state=2, tol=1e-3, max_iter=25
+    )
     sk = SkGMM(**kw).fit(data)
     gm = GaussianMixture(**kw).fit(data)
     np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-8, atol=1e-10)
@@ -114,8 +122,10 @@ def test_n_init_picks_best_start(data):
     rs = np.random.RandomState(5)
     gm = GaussianMixture(3, n_init=3, init_params="random", random_state=rs, max_iter=20).fit(data)
     rs = np.random.RandomState(5)
-    bounds = [GaussianMixture(3, init_params="random", random_state=rs, max_iter=20).fit(data).lower_bound_
-              for _ in range(3)]
+    bounds = [
+        GaussianMixture(3, init_params="random", random_state=rs, max_iter=20).fit(data).lower_bound_
+        for _ in range(3)
+    ]
     assert len(set(bounds)) == 3  # the starts differ
     assert gm.lower_bound_ == pytest.approx(max(bounds), rel=1e-10)
 
@@ -135,8 +145,18 @@ def test_bench_rows_run_small():
     """The ``daskgmm bench --beyond`` rows on tiny data: the sweep finds the same models and BIC."""
     from daskgmm.benchmarks.beyond import bench_beyond, format_beyond
 
-    rows = bench_beyond(n=2000, d=2, k_true=2, candidates=2, incr_n=2000, incr_d=2, incr_k=2,
-                        incr_chunks=4, incr_refresh=2, max_iter=15)
+    rows = bench_beyond(
+        n=2000,
+        d=2,
+        k_true=2,
+        candidates=2,
+        incr_n=2000,
+        incr_d=2,
+        incr_k=2,
+        incr_chunks=4,
+        incr_refresh=2,
+        max_iter=15,
+    )
     assert rows[0]["same_models_and_bic"] is True
     assert rows[0]["sweep_em_passes"] < rows[0]["separate_em_passes"]
     assert rows[1]["incr_final_ll"] == pytest.approx(rows[1]["full_final_ll"], abs=0.05)

@@ -63,18 +63,34 @@ LEFT_OUT = {
 #: (variants, test, substring of the case id, reason): deliberate differences, skipped with
 #: the reason (each is a line in README.md, "Same numbers as scikit-learn")
 DIFFERENCES = [
-    (("numpy", "dask"), "test_check_weights", "",
-     "sklearn's range error prints the smallest weight as 'max value' and the largest as 'min value'; "
-     "daskgmm prints them the right way round (its other checks: tests/test_validation.py)"),
-    (("numpy", "dask"), "test_gaussian_mixture_array_api_compliance", "array_api_strict",
-     "array-API inputs are converted to NumPy at the boundary and results are NumPy arrays, not "
-     "arrays of the input's namespace and device (the NumPy namespace cases run)"),
-    (("numpy", "dask"), "test_gaussian_mixture_raises_where_array_api_not_implemented", "",
-     "kmeans and k-means++ initialisation work under array_api_dispatch (inputs become NumPy), "
-     "so there is no NotImplementedError to raise"),
-    (("dask",), "test_score", "float32",
-     "score() of lazy input sums the float32 log-densities chunk by chunk in float64; the test wants "
-     "numpy's float32 pairwise mean of score_samples to 1.5e-7, one float32 ulp (numpy input gives it)"),
+    (
+        ("numpy", "dask"),
+        "test_check_weights",
+        "",
+        "sklearn's range error prints the smallest weight as 'max value' and the largest as 'min value'; "
+        "daskgmm prints them the right way round (its other checks: tests/test_validation.py)",
+    ),
+    (
+        ("numpy", "dask"),
+        "test_gaussian_mixture_array_api_compliance",
+        "array_api_strict",
+        "array-API inputs are converted to NumPy at the boundary and results are NumPy arrays, not "
+        "arrays of the input's namespace and device (the NumPy namespace cases run)",
+    ),
+    (
+        ("numpy", "dask"),
+        "test_gaussian_mixture_raises_where_array_api_not_implemented",
+        "",
+        "kmeans and k-means++ initialisation work under array_api_dispatch (inputs become NumPy), "
+        "so there is no NotImplementedError to raise",
+    ),
+    (
+        ("dask",),
+        "test_score",
+        "float32",
+        "score() of lazy input sums the float32 log-densities chunk by chunk in float64; the test wants "
+        "numpy's float32 pairwise mean of score_samples to 1.5e-7, one float32 ulp (numpy input gives it)",
+    ),
 ]
 
 
@@ -112,8 +128,13 @@ SLOW_ON_DASK = {"test_init", "test_gaussian_mixture_fit_best_params"}
 
 ALL_TESTS = _test_names(SOURCES)
 CASES = [
-    pytest.param(variant, f, n, id=f"{n}-{variant}",
-                 marks=[pytest.mark.slow] if variant == "dask" and n in SLOW_ON_DASK else [])
+    pytest.param(
+        variant,
+        f,
+        n,
+        id=f"{n}-{variant}",
+        marks=[pytest.mark.slow] if variant == "dask" and n in SLOW_ON_DASK else [],
+    )
     for f, n in ALL_TESTS
     if n not in LEFT_OUT
     for variant in VARIANTS
@@ -156,16 +177,37 @@ def run_suite(variant: str, workdir: Path, only: list[str]) -> dict[str, list[di
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     )
     cmd = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "sklearn.conftest",
-        "-p", "tests._sklearn_suite", "--rootdir", str(workdir), "-c", str(workdir / "pytest.ini"),
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "sklearn.conftest",
+        "-p",
+        "tests._sklearn_suite",
+        "--rootdir",
+        str(workdir),
+        "-c",
+        str(workdir / "pytest.ini"),
         # daskgmm's own warnings are errors, as in this test suite (pyproject.toml)
-        "-W", "error::UserWarning:daskgmm", "-W", "error::RuntimeWarning:daskgmm",
-        "-W", "ignore::pytest.PytestRemovedIn10Warning",  # sklearn's generator parametrisations
-        f"--junitxml={xml}", "-o", "junit_family=xunit2", *SOURCES,
+        "-W",
+        "error::UserWarning:daskgmm",
+        "-W",
+        "error::RuntimeWarning:daskgmm",
+        "-W",
+        "ignore::pytest.PytestRemovedIn10Warning",  # sklearn's generator parametrisations
+        f"--junitxml={xml}",
+        "-o",
+        "junit_family=xunit2",
+        *SOURCES,
     ]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=1200)
     if not xml.exists():
-        raise AssertionError(f"pytest did not run scikit-learn's tests:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"pytest did not run scikit-learn's tests:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     results: dict[str, list[dict]] = {}
     for case in ET.parse(xml).getroot().iter("testcase"):
         name = case.get("name", "")
@@ -174,9 +216,13 @@ def run_suite(variant: str, workdir: Path, only: list[str]) -> dict[str, list[di
             node = case.find(tag)
             if node is not None:
                 outcome = tag
-                message = (node.get("message") or "") + ("\n" + node.text if tag != "skipped" and node.text else "")
+                message = (node.get("message") or "") + (
+                    "\n" + node.text if tag != "skipped" and node.text else ""
+                )
                 break
-        results.setdefault(name.split("[")[0], []).append({"id": name, "outcome": outcome, "message": message})
+        results.setdefault(name.split("[")[0], []).append(
+            {"id": name, "outcome": outcome, "message": message}
+        )
     return results
 
 
@@ -184,8 +230,11 @@ def run_suite(variant: str, workdir: Path, only: list[str]) -> dict[str, list[di
 def suite(request, tmp_path_factory):
     """``results(variant)``: one subprocess run per variant, of the tests this session selected."""
     cache: dict[str, dict] = {}
-    selected = [item.callspec.params for item in request.session.items
-                if getattr(item, "originalname", None) == "test_sklearn"]
+    selected = [
+        item.callspec.params
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_sklearn"
+    ]
 
     def results(variant: str) -> dict[str, list[dict]]:
         if variant not in cache:
@@ -207,7 +256,9 @@ def test_sklearn(suite, variant, fname, name):
     assert cases, f"{fname}::{name} ran no case"
     bad = [c for c in cases if c["outcome"] in ("failure", "error")]
     if bad:
-        pytest.fail("\n\n".join(f"{c['id']}: {c['outcome']}\n{c['message']}" for c in bad)[-6000:], pytrace=False)
+        pytest.fail(
+            "\n\n".join(f"{c['id']}: {c['outcome']}\n{c['message']}" for c in bad)[-6000:], pytrace=False
+        )
     if all(c["outcome"] == "skipped" for c in cases):
         pytest.skip("; ".join(sorted({c["message"] for c in cases})))
 
@@ -237,9 +288,15 @@ def test_precisions_init_gives_sklearns_cholesky(covariance_type):
     X = rng.random_sample((100, 3))
     A = rng.random_sample((4, 3, 3))
     full = np.einsum("kij,klj->kil", A, A) + np.eye(3)
-    precisions = {"full": full, "tied": full[0], "diag": 1 + rng.random_sample((4, 3)),
-                  "spherical": 1 + rng.random_sample(4)}[covariance_type]
-    init = dict(weights_init=np.full(4, 0.25), means_init=rng.random_sample((4, 3)), precisions_init=precisions)
+    precisions = {
+        "full": full,
+        "tied": full[0],
+        "diag": 1 + rng.random_sample((4, 3)),
+        "spherical": 1 + rng.random_sample(4),
+    }[covariance_type]
+    init = dict(
+        weights_init=np.full(4, 0.25), means_init=rng.random_sample((4, 3)), precisions_init=precisions
+    )
     start = GaussianMixture(4, covariance_type=covariance_type, max_iter=0, **init).fit(X)
     np.testing.assert_array_equal(start.means_, init["means_init"])
     np.testing.assert_array_equal(start.weights_, init["weights_init"])
@@ -249,4 +306,6 @@ def test_precisions_init_gives_sklearns_cholesky(covariance_type):
         ours = GaussianMixture(4, covariance_type=covariance_type, max_iter=1, **init).fit(X)
         ref = SkGaussianMixture(4, covariance_type=covariance_type, max_iter=1, **init).fit(X)
     for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
-        np.testing.assert_allclose(getattr(ours, name), getattr(ref, name), rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(
+            getattr(ours, name), getattr(ref, name), rtol=1e-10, atol=1e-12, err_msg=name
+        )

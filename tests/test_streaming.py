@@ -18,14 +18,15 @@ from tests.conftest import make_mixture
 
 @pytest.fixture(scope="module")
 def stream():
-    X, labels, weights, means, covs = make_mixture(n_samples=6000, n_features=2, n_components=3, seed=2,
-                                                   separation=6)
+    X, labels, weights, means, covs = make_mixture(
+        n_samples=6000, n_features=2, n_components=3, seed=2, separation=6
+    )
     return X, weights, means, covs
 
 
 def test_step_size_schedule():
     assert step_size(0) == 1.0
-    assert step_size(3) == pytest.approx(4 ** -STEP_DECAY)
+    assert step_size(3) == pytest.approx(4**-STEP_DECAY)
     assert 0.5 < STEP_DECAY <= 1.0
 
 
@@ -49,7 +50,7 @@ def test_single_gaussian_running_moments_closed_form():
         gm.partial_fit(b)
     # weight of batch t in the running statistics: eta_t * prod_{s>t} (1 - eta_s)
     etas = [step_size(t) for t in range(len(batches))]
-    c = np.array([etas[t] * np.prod([1 - e for e in etas[t + 1:]]) for t in range(len(batches))])
+    c = np.array([etas[t] * np.prod([1 - e for e in etas[t + 1 :]]) for t in range(len(batches))])
     assert c.sum() == pytest.approx(1.0)
     mean = sum(ci * b.mean(0) for ci, b in zip(c, batches))
     second = sum(ci * (b - mean).T @ (b - mean) / len(b) for ci, b in zip(c, batches))

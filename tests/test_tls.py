@@ -32,7 +32,13 @@ SERVICES = COMPOSE["services"]
 
 def make_certs(outdir: Path) -> None:
     subprocess.run(
-        [sys.executable, str(DEPLOY / "tls" / "make_certs.py"), str(outdir), "--hosts", "localhost,127.0.0.1"],
+        [
+            sys.executable,
+            str(DEPLOY / "tls" / "make_certs.py"),
+            str(outdir),
+            "--hosts",
+            "localhost,127.0.0.1",
+        ],
         check=True,
         capture_output=True,
     )
@@ -85,14 +91,21 @@ def wait_for(predicate, timeout, what):
 def tls_cluster(tmp_path_factory):
     """The compose scheduler + worker-1 + worker-2 on 127.0.0.1; yields a dict of paths/addresses."""
     tmp = tmp_path_factory.mktemp("tls")
-    dirs = {"/certs": tmp / "certs", "/data": tmp / "data", "/output": tmp / "output", "/tmp/dask": tmp / "spill"}
+    dirs = {
+        "/certs": tmp / "certs",
+        "/data": tmp / "data",
+        "/output": tmp / "output",
+        "/tmp/dask": tmp / "spill",
+    }
     for d in dirs.values():
         d.mkdir(exist_ok=True)
     make_certs(dirs["/certs"])
     conf = tmp / "dask-config"
     conf.mkdir()
     # deploy/dask/dask.yaml with the certificate directory where this test mounted it
-    (conf / "dask.yaml").write_text((DEPLOY / "dask" / "dask.yaml").read_text().replace("/certs/", f"{dirs['/certs']}/"))
+    (conf / "dask.yaml").write_text(
+        (DEPLOY / "dask" / "dask.yaml").read_text().replace("/certs/", f"{dirs['/certs']}/")
+    )
     env = {**os.environ, "DASK_CONFIG": str(conf), "PYTHONUNBUFFERED": "1"}
     env.pop("DASK_SCHEDULER_ADDRESS", None)
 
@@ -148,7 +161,11 @@ def tls_cluster(tmp_path_factory):
 
 def certs(cluster, role):
     d = cluster["dirs"]["/certs"]
-    return {"tls_ca_file": str(d / "ca.pem"), f"tls_{role}_cert": str(d / f"{role}.pem"), f"tls_{role}_key": str(d / f"{role}-key.pem")}
+    return {
+        "tls_ca_file": str(d / "ca.pem"),
+        f"tls_{role}_cert": str(d / f"{role}.pem"),
+        f"tls_{role}_key": str(d / f"{role}-key.pem"),
+    }
 
 
 def test_compose_job_fits_through_the_tls_cluster(tls_cluster):
@@ -162,7 +179,10 @@ def test_compose_job_fits_through_the_tls_cluster(tls_cluster):
         exec(argv[2].replace("/data/", f"{dirs['/data']}/"), {})
     fit = subprocess.run(
         local_command(SERVICES["fit"]["command"], dirs, tls_cluster["address"]),
-        capture_output=True, text=True, env=env, timeout=180,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     summary = json.loads(fit.stdout.strip().splitlines()[-1])
@@ -189,7 +209,11 @@ def test_workers_have_the_compose_limits(tls_cluster):
     from distributed import Client
     from distributed.security import Security
 
-    with Client(tls_cluster["address"], security=Security(**certs(tls_cluster, "client"), require_encryption=True), timeout="30s") as c:
+    with Client(
+        tls_cluster["address"],
+        security=Security(**certs(tls_cluster, "client"), require_encryption=True),
+        timeout="30s",
+    ) as c:
         c.wait_for_workers(2, timeout=60)
         workers = {w["name"]: w for w in c.scheduler_info(n_workers=-1)["workers"].values()}
     assert sorted(workers) == ["worker-1", "worker-2"]
@@ -207,14 +231,19 @@ def test_cli_refuses_tls_scheduler_without_certificates(tls_cluster, monkeypatch
     no_certs = argv[:i] + argv[i + 6 :]
     no_certs[no_certs.index("fit") + 1] = small_npy(tls_cluster["dirs"]["/output"])
     monkeypatch.delenv("DASK_CONFIG", raising=False)
-    with pytest.raises(SystemExit, match=r"requires TLS, and no certificates were given\. Pass --tls-ca-file"):
+    with pytest.raises(
+        SystemExit, match=r"requires TLS, and no certificates were given\. Pass --tls-ca-file"
+    ):
         main(no_certs)
 
 
 @pytest.mark.parametrize(
     "given, message",
     [
-        (["--tls-ca-file"], r"TLS needs all of --tls-ca-file, --tls-cert and --tls-key; missing --tls-cert, --tls-key"),
+        (
+            ["--tls-ca-file"],
+            r"TLS needs all of --tls-ca-file, --tls-cert and --tls-key; missing --tls-cert, --tls-key",
+        ),
         (["--tls-cert", "--tls-key"], r"missing --tls-ca-file"),
     ],
 )
@@ -232,7 +261,14 @@ def test_cli_refuses_certificates_for_a_non_tls_address(tmp_path):
     from daskgmm.cli import main
 
     make_certs(tmp_path)
-    flags = ["--tls-ca-file", str(tmp_path / "ca.pem"), "--tls-cert", str(tmp_path / "client.pem"), "--tls-key", str(tmp_path / "client-key.pem")]
+    flags = [
+        "--tls-ca-file",
+        str(tmp_path / "ca.pem"),
+        "--tls-cert",
+        str(tmp_path / "client.pem"),
+        "--tls-key",
+        str(tmp_path / "client-key.pem"),
+    ]
     with pytest.raises(SystemExit, match=r"scheduler address 'tcp://127\.0\.0\.1:1' is not tls://"):
         main(["fit", small_npy(tmp_path), "-k", "2", "--scheduler", "tcp://127.0.0.1:1", *flags])
     with pytest.raises(SystemExit, match=r"are for connecting to a running tls:// scheduler"):
@@ -266,13 +302,19 @@ def test_scheduler_refuses_clients_without_the_cluster_certificates(tls_cluster,
     other = tmp_path / "other"
     make_certs(other)
     sec = Security(
-        tls_ca_file=str(other / "ca.pem"), tls_client_cert=str(other / "client.pem"),
-        tls_client_key=str(other / "client-key.pem"), require_encryption=True,
+        tls_ca_file=str(other / "ca.pem"),
+        tls_client_cert=str(other / "client.pem"),
+        tls_client_key=str(other / "client-key.pem"),
+        require_encryption=True,
     )
     with pytest.raises(OSError):
         Client(address, security=sec, timeout="5s")
 
-    wait_for(lambda: log.read_text().count("TLS handshake failed") >= refused_before + 3, 10, "the scheduler's refusals")
+    wait_for(
+        lambda: log.read_text().count("TLS handshake failed") >= refused_before + 3,
+        10,
+        "the scheduler's refusals",
+    )
 
 
 def test_cli_connects_with_tls_from_the_dask_configuration(tls_cluster):
@@ -325,7 +367,9 @@ def test_make_certs_signs_every_role_and_protects_keys(tmp_path):
         assert (tmp_path / f"{role}-key.pem").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "ca-key.pem").stat().st_mode & 0o777 == 0o600
     before = (tmp_path / "ca.pem").read_bytes()
-    r = subprocess.run([sys.executable, str(DEPLOY / "tls" / "make_certs.py"), str(tmp_path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(DEPLOY / "tls" / "make_certs.py"), str(tmp_path)], capture_output=True, text=True
+    )
     assert r.returncode != 0 and "already holds" in r.stderr and "--force" in r.stderr
     assert (tmp_path / "ca.pem").read_bytes() == before  # nothing replaced
 

@@ -25,7 +25,9 @@ def given_init(X, k=2):
     """Initial parameters, so fit() makes no initialisation pass."""
     rng = np.random.RandomState(0)
     means = X[rng.choice(len(X), k, replace=False)]
-    return dict(weights_init=np.full(k, 1 / k), means_init=means, precisions_init=np.stack([np.eye(X.shape[1])] * k))
+    return dict(
+        weights_init=np.full(k, 1 / k), means_init=means, precisions_init=np.stack([np.eye(X.shape[1])] * k)
+    )
 
 
 class CountComputes(Callback):
@@ -114,7 +116,9 @@ def test_no_features():
 
 
 def test_more_components_than_samples(X):
-    with pytest.raises(ValueError, match="Expected n_samples >= n_components but got n_components = 5, n_samples = 4"):
+    with pytest.raises(
+        ValueError, match="Expected n_samples >= n_components but got n_components = 5, n_samples = 4"
+    ):
         GaussianMixture(5).fit(X[:4])
     with pytest.raises(ValueError, match="n_components = 5, n_samples = 4"):
         GaussianMixture(5).fit(da.from_array(X[:4], chunks=2))
@@ -157,7 +161,9 @@ def test_init_arrays_of_the_wrong_shape(X):
 
 
 def test_init_weights_must_be_normalised_and_in_range(X):
-    with pytest.raises(ValueError, match="'weights' should be normalized, but got sum\\(weights\\) = 0.80000"):
+    with pytest.raises(
+        ValueError, match="'weights' should be normalized, but got sum\\(weights\\) = 0.80000"
+    ):
         GaussianMixture(2, weights_init=[0.4, 0.4]).fit(X)
     with pytest.raises(ValueError, match="'weights' should be in the range \\[0, 1\\]"):
         GaussianMixture(2, weights_init=[1.5, -0.5]).fit(X)
@@ -193,8 +199,11 @@ def test_one_row_component_without_regularisation_carries_on(covariance_type):
         precisions = np.repeat(precisions[:, None], 3, axis=1)
     elif covariance_type == "tied":
         precisions = np.eye(3) * 50.0
-    init = dict(weights_init=np.array([1, 1, 2, 2, 21, 3]) / 30, means_init=X[[0, 5, 9, 13, 17, 21]],
-                precisions_init=precisions)
+    init = dict(
+        weights_init=np.array([1, 1, 2, 2, 21, 3]) / 30,
+        means_init=X[[0, 5, 9, 13, 17, 21]],
+        precisions_init=precisions,
+    )
     kw = dict(n_components=6, covariance_type=covariance_type, reg_covar=0, max_iter=1, **init)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -226,8 +235,9 @@ def test_array_api_inputs_are_converted_at_the_boundary(X, monkeypatch):
         assert isinstance(proba, np.ndarray) and proba.dtype == np.float32
         np.testing.assert_array_equal(gm.means_, ref.means_)
         np.testing.assert_array_equal(proba, ref.predict_proba(X32))
-    np.testing.assert_array_equal(GaussianMixture(2, **kw).fit(xp.asarray(X)).means_,
-                                  GaussianMixture(2, **kw).fit(X).means_)
+    np.testing.assert_array_equal(
+        GaussianMixture(2, **kw).fit(xp.asarray(X)).means_, GaussianMixture(2, **kw).fit(X).means_
+    )
 
 
 def test_array_api_input_off_the_host_gets_a_clear_error():
@@ -255,8 +265,12 @@ def test_init_precisions_must_be_positive_definite(X):
 def test_collapsed_component_gets_sklearns_error():
     # three identical points and K=2, no regularisation: a singular covariance
     X = np.vstack([np.zeros((5, 2)), np.ones((5, 2))])
-    init = dict(weights_init=[0.5, 0.5], means_init=[[0, 0], [1, 1]], precisions_init=np.stack([np.eye(2)] * 2))
-    with pytest.raises(ValueError, match="ill-defined empirical covariance.*increase reg_covar, or scale the input data"):
+    init = dict(
+        weights_init=[0.5, 0.5], means_init=[[0, 0], [1, 1]], precisions_init=np.stack([np.eye(2)] * 2)
+    )
+    with pytest.raises(
+        ValueError, match="ill-defined empirical covariance.*increase reg_covar, or scale the input data"
+    ):
         GaussianMixture(2, reg_covar=0.0, **init).fit(X)
     with pytest.raises(ValueError, match="passing float64 data instead of float32"):
         GaussianMixture(2, reg_covar=0.0, **init).fit(X.astype(np.float32))
@@ -275,7 +289,9 @@ def test_predict_before_fit(X):
 
 def test_wrong_number_of_features_at_predict(X):
     gm = GaussianMixture(2, random_state=0).fit(X)
-    with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture is expecting 3 features as input"):
+    with pytest.raises(
+        ValueError, match="X has 2 features, but GaussianMixture is expecting 3 features as input"
+    ):
         gm.predict(X[:, :2])
     with pytest.raises(ValueError, match="X has 4 features, but GaussianMixture is expecting 3 features"):
         gm.score_samples(da.from_array(np.hstack([X, X[:, :1]]), chunks=(100, 2)))

@@ -19,7 +19,9 @@ COVARIANCE_TYPE = ("full", "tied", "diag", "spherical")
 
 @pytest.fixture(scope="module")
 def data():
-    X, _, weights, means, covs = make_mixture(n_samples=300, n_features=2, n_components=3, seed=11, separation=6)
+    X, _, weights, means, covs = make_mixture(
+        n_samples=300, n_features=2, n_components=3, seed=11, separation=6
+    )
     counts = np.random.RandomState(0).randint(0, 4, size=X.shape[0])  # 0, 1, 2 or 3 copies
     return X, counts, weights, means, covs
 
@@ -50,8 +52,13 @@ NOT_CONVERGED = pytest.mark.filterwarnings("ignore:Best performing initializatio
 @pytest.mark.parametrize("kind", ["numpy", "dask"])
 def test_integer_weights_equal_repeated_rows_given_init(covariance_type, kind, data):
     X, counts, weights, means, covs = data
-    kw = dict(n_components=3, covariance_type=covariance_type, max_iter=8, tol=0.0,
-              **_given(covariance_type, weights, means, covs))
+    kw = dict(
+        n_components=3,
+        covariance_type=covariance_type,
+        max_iter=8,
+        tol=0.0,
+        **_given(covariance_type, weights, means, covs),
+    )
     dup = GaussianMixture(**kw).fit(np.repeat(X, counts, axis=0))
     if kind == "dask":
         Xw, w = da.from_array(X, chunks=70), da.from_array(counts, chunks=50)  # unaligned chunks
@@ -67,7 +74,9 @@ def test_weights_equal_repeated_rows_kmeans_init(kind, data):
     X, counts, *_ = data
     kw = dict(n_components=3, tol=1e-10, max_iter=500, random_state=0)
     dup = GaussianMixture(**kw).fit(np.repeat(X, counts, axis=0))
-    Xw, w = (da.from_array(X, chunks=100), da.from_array(counts, chunks=100)) if kind == "dask" else (X, counts)
+    Xw, w = (
+        (da.from_array(X, chunks=100), da.from_array(counts, chunks=100)) if kind == "dask" else (X, counts)
+    )
     weighted = GaussianMixture(**kw).fit(Xw, sample_weight=w)
     order_a, order_b = np.argsort(weighted.means_[:, 0]), np.argsort(dup.means_[:, 0])
     np.testing.assert_allclose(weighted.means_[order_a], dup.means_[order_b], rtol=1e-7)
@@ -84,7 +93,9 @@ def test_zero_weight_equals_removed_row(data):
     kw = dict(n_components=3, tol=1e-10, max_iter=500, random_state=0)
     ref = GaussianMixture(**kw).fit(X)
     for init in ("kmeans", "k-means++"):
-        got = GaussianMixture(**{**kw, "init_params": init}).fit(da.from_array(Xo, chunks=64), sample_weight=w)
+        got = GaussianMixture(**{**kw, "init_params": init}).fit(
+            da.from_array(Xo, chunks=64), sample_weight=w
+        )
         a, b = np.argsort(got.means_[:, 0]), np.argsort(ref.means_[:, 0])
         np.testing.assert_allclose(got.means_[a], ref.means_[b], rtol=1e-7)
     given = dict(n_components=3, max_iter=5, tol=0.0, **_given("full", weights, means, covs))

@@ -17,9 +17,19 @@ from daskgmm.datasets import make_blobs
 from daskgmm.selection import select_model
 
 
-def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: int = 10,
-                 incr_n: int = 400_000, incr_d: int = 8, incr_k: int = 8, incr_chunks: int = 20,
-                 incr_refresh: int = 4, seed: int = 0, max_iter: int = 400) -> list[dict]:
+def bench_beyond(
+    n: int = 1_000_000,
+    d: int = 4,
+    k_true: int = 4,
+    candidates: int = 10,
+    incr_n: int = 400_000,
+    incr_d: int = 8,
+    incr_k: int = 8,
+    incr_chunks: int = 20,
+    incr_refresh: int = 4,
+    seed: int = 0,
+    max_iter: int = 400,
+) -> list[dict]:
     """Two rows: a ``select_model`` sweep vs separate fits, and incremental vs full EM.
 
     *Sweep*: the data sits in a Zarr store on disk (a temporary directory, 10 chunks),
@@ -59,21 +69,32 @@ def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: in
         t_one, c_one = _time.perf_counter() - t0, _time.process_time() - c0
     same = all(np.allclose(a.means_, b.means_, rtol=1e-8, atol=1e-10) for a, b in zip(res.estimators, sep))
     same_bic = bool(np.allclose([r["bic"] for r in res.table], bics, rtol=1e-9))
-    rows.append({
-        "case": f"select_model K=1..{candidates} (full, Zarr on disk)",
-        "n": n, "d": d,
-        "sweep_s": t_sweep, "separate_s": t_sep, "one_fit_s": t_one,
-        "sweep_over_one_fit": t_sweep / t_one, "separate_over_sweep": t_sep / t_sweep,
-        "sweep_cpu_s": c_sweep, "separate_cpu_s": c_sep, "one_fit_cpu_s": c_one,
-        # init: one pass per candidate (tied only) -- k-means++ reads a sample; EM passes; + final/bic pass
-        "sweep_em_passes": max(r["n_iter"] for r in res.table) + 1,
-        "separate_em_passes": sum(e.n_iter_ for e in sep) + len(sep),
-        "one_fit_em_passes": one.n_iter_ + 1,
-        "same_models_and_bic": bool(same and same_bic), "best_k": res.best_estimator.n_components,
-    })
+    rows.append(
+        {
+            "case": f"select_model K=1..{candidates} (full, Zarr on disk)",
+            "n": n,
+            "d": d,
+            "sweep_s": t_sweep,
+            "separate_s": t_sep,
+            "one_fit_s": t_one,
+            "sweep_over_one_fit": t_sweep / t_one,
+            "separate_over_sweep": t_sep / t_sweep,
+            "sweep_cpu_s": c_sweep,
+            "separate_cpu_s": c_sep,
+            "one_fit_cpu_s": c_one,
+            # init: one pass per candidate (tied only) -- k-means++ reads a sample; EM passes; + final/bic pass
+            "sweep_em_passes": max(r["n_iter"] for r in res.table) + 1,
+            "separate_em_passes": sum(e.n_iter_ for e in sep) + len(sep),
+            "one_fit_em_passes": one.n_iter_ + 1,
+            "same_models_and_bic": bool(same and same_bic),
+            "best_k": res.best_estimator.n_components,
+        }
+    )
 
     # incremental vs full EM: exact log-likelihood against wall time
-    X2 = da.from_array(mixture(incr_n, incr_d, incr_k, 2.0), chunks=(-(-incr_n // incr_chunks), incr_d)).persist()
+    X2 = da.from_array(
+        mixture(incr_n, incr_d, incr_k, 2.0), chunks=(-(-incr_n // incr_chunks), incr_d)
+    ).persist()
     start = GaussianMixture(incr_k, random_state=seed, max_iter=1, tol=0.0, init_params="random_from_data")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -108,22 +129,31 @@ def bench_beyond(n: int = 1_000_000, d: int = 4, k_true: int = 4, candidates: in
         vals = [v for t, _, v in trace if t <= t_lim]
         return vals[-1] if vals else float("nan")
 
-    rows.append({
-        "case": f"incremental EM ({incr_refresh} of {incr_chunks} chunks/iter) vs full EM",
-        "n": incr_n, "d": incr_d, "k": incr_k,
-        "full_iters": iters["full"], "incr_iters": iters["incremental"],
-        "full_s_to_1e-3": time_to(traces["full"], 1e-3), "incr_s_to_1e-3": time_to(traces["incremental"], 1e-3),
-        "full_s_to_1e-4": time_to(traces["full"], 1e-4), "incr_s_to_1e-4": time_to(traces["incremental"], 1e-4),
-        # CPU seconds of this process (all threads): less disturbed by other load than wall time
-        "full_cpu_s_to_1e-4": time_to(traces["full"], 1e-4, cpu=True),
-        "incr_cpu_s_to_1e-4": time_to(traces["incremental"], 1e-4, cpu=True),
-        "full_ll_at_25pct": value_at(traces["full"], 0.25 * t_full),
-        "incr_ll_at_25pct": value_at(traces["incremental"], 0.25 * t_full),
-        "full_ll_at_50pct": value_at(traces["full"], 0.5 * t_full),
-        "incr_ll_at_50pct": value_at(traces["incremental"], 0.5 * t_full),
-        "full_final_ll": target, "full_s": t_full,
-        "incr_final_ll": traces["incremental"][-1][2], "incr_s": traces["incremental"][-1][0],
-    })
+    rows.append(
+        {
+            "case": f"incremental EM ({incr_refresh} of {incr_chunks} chunks/iter) vs full EM",
+            "n": incr_n,
+            "d": incr_d,
+            "k": incr_k,
+            "full_iters": iters["full"],
+            "incr_iters": iters["incremental"],
+            "full_s_to_1e-3": time_to(traces["full"], 1e-3),
+            "incr_s_to_1e-3": time_to(traces["incremental"], 1e-3),
+            "full_s_to_1e-4": time_to(traces["full"], 1e-4),
+            "incr_s_to_1e-4": time_to(traces["incremental"], 1e-4),
+            # CPU seconds of this process (all threads): less disturbed by other load than wall time
+            "full_cpu_s_to_1e-4": time_to(traces["full"], 1e-4, cpu=True),
+            "incr_cpu_s_to_1e-4": time_to(traces["incremental"], 1e-4, cpu=True),
+            "full_ll_at_25pct": value_at(traces["full"], 0.25 * t_full),
+            "incr_ll_at_25pct": value_at(traces["incremental"], 0.25 * t_full),
+            "full_ll_at_50pct": value_at(traces["full"], 0.5 * t_full),
+            "incr_ll_at_50pct": value_at(traces["incremental"], 0.5 * t_full),
+            "full_final_ll": target,
+            "full_s": t_full,
+            "incr_final_ll": traces["incremental"][-1][2],
+            "incr_s": traces["incremental"][-1][0],
+        }
+    )
     return rows
 
 

@@ -338,7 +338,9 @@ def run_benchmark(
             if i in sk_idx:
                 sk_s, sk_mem, sk_model = time_sklearn(X, k, ct, init, n_iter)
                 diff = max_rel_diff(dg_model, sk_model)
-            rows.append(_row(f"{ct}", n, d, k, ct, "float64", nchunks, sk_s, dg_s, peak, diff, sk_mem, dg_mem))
+            rows.append(
+                _row(f"{ct}", n, d, k, ct, "float64", nchunks, sk_s, dg_s, peak, diff, sk_mem, dg_mem)
+            )
             if ct == "full":
                 full_model = (dg_s, dg_model, sk_s, nchunks)
         if i == 0 and float32:
@@ -352,8 +354,21 @@ def run_benchmark(
             s64_again = time_daskgmm(X, k, "full", init, n_iter)[0]
             s32 = min(s32, time_daskgmm(X32, k, "full", init, n_iter)[0])
             del X32
-            row = _row("float32", n, d, k, "full", "float32", nchunks, full_model[2], s32, peak,
-                       max_rel_diff(model32, full_model[1]), None, m32)
+            row = _row(
+                "float32",
+                n,
+                d,
+                k,
+                "full",
+                "float32",
+                nchunks,
+                full_model[2],
+                s32,
+                peak,
+                max_rel_diff(model32, full_model[1]),
+                None,
+                m32,
+            )
             row["speedup_vs_float64"] = min(full_model[0], s64_again) / s32
             rows.append(row)
         if i == 0 and chunk_counts:
@@ -364,8 +379,23 @@ def run_benchmark(
                 size = -(-n // c)
                 s, mem, _, nchunks = time_daskgmm(X, k, "full", init, n_iter, chunk_size=size)
                 times[nchunks] = s
-                rows.append(_row(f"{c} chunks", n, d, k, "full", "float64", nchunks, full_model[2], s, peak,
-                                 None, None, mem))
+                rows.append(
+                    _row(
+                        f"{c} chunks",
+                        n,
+                        d,
+                        k,
+                        "full",
+                        "float64",
+                        nchunks,
+                        full_model[2],
+                        s,
+                        peak,
+                        None,
+                        None,
+                        mem,
+                    )
+                )
             counts = sorted(times)
             if len(counts) >= 2:
                 a, b = counts[-2], counts[-1]
@@ -423,7 +453,11 @@ def _fmt(key: str, v) -> str:
 def format_table(result: dict) -> str:
     """The rows as a markdown table."""
     head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    sep = "|" + "|".join("---" if key in ("case", "covariance_type", "dtype") else "--:" for key, _ in COLUMNS) + "|"
+    sep = (
+        "|"
+        + "|".join("---" if key in ("case", "covariance_type", "dtype") else "--:" for key, _ in COLUMNS)
+        + "|"
+    )
     lines = [head, sep]
     for row in result["rows"]:
         lines.append("| " + " | ".join(_fmt(key, row.get(key)) for key, _ in COLUMNS) + " |")

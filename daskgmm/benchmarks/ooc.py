@@ -53,7 +53,12 @@ def write_mixture_zarr(
 
 
 def sample_init(
-    z, n_components: int, seed: int = 0, n_blocks: int = 20, rows_per_block: int = 5000, covariance_type: str = "full"
+    z,
+    n_components: int,
+    seed: int = 0,
+    n_blocks: int = 20,
+    rows_per_block: int = 5000,
+    covariance_type: str = "full",
 ) -> dict:
     """Initial parameters from ``KMeans(n_init=10)`` on a small sample of the store.
 
@@ -192,8 +197,13 @@ def fit_on_cluster(
             z = zarr.open(path, mode="r")
             init = sample_init(z, n_components, seed, covariance_type=covariance_type)
             model = GaussianMixture(
-                n_components, covariance_type=covariance_type, random_state=seed, max_iter=max_iter, tol=tol,
-                persist=persist, **init,
+                n_components,
+                covariance_type=covariance_type,
+                random_state=seed,
+                max_iter=max_iter,
+                tol=tol,
+                persist=persist,
+                **init,
             )
             with MemoryWatch(client) as watch:
                 t0 = time.perf_counter()
@@ -257,27 +267,51 @@ def run(
         from distributed import Client, LocalCluster
 
         path = os.path.join(tmp, "big.zarr")
-        with LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, memory_limit=memory_limit, processes=True,
-            dashboard_address=":0",
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                memory_limit=memory_limit,
+                processes=True,
+                dashboard_address=":0",
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             t0 = time.perf_counter()
             means = write_mixture_zarr(path, n_samples, n_features, n_components, chunk_rows, seed)
             out["write_seconds"] = time.perf_counter() - t0
             out["streamed"] = fit_on_cluster(
-                path, means, n_components=n_components, persist="auto", max_iter=max_iter, tol=tol, seed=seed,
+                path,
+                means,
+                n_components=n_components,
+                persist="auto",
+                max_iter=max_iter,
+                tol=tol,
+                seed=seed,
                 client=client,
             )
         shutil.rmtree(path, ignore_errors=True)
         if compare_rows:
             path = os.path.join(tmp, "small.zarr")
-            with LocalCluster(
-                n_workers=n_workers, threads_per_worker=1, memory_limit=compare_memory_limit, processes=True,
-                dashboard_address=":0",
-            ) as cluster, Client(cluster) as client:
+            with (
+                LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=1,
+                    memory_limit=compare_memory_limit,
+                    processes=True,
+                    dashboard_address=":0",
+                ) as cluster,
+                Client(cluster) as client,
+            ):
                 means = write_mixture_zarr(path, compare_rows, n_features, n_components, chunk_rows, seed)
                 out["in_memory"] = fit_on_cluster(
-                    path, means, n_components=n_components, persist=True, max_iter=max_iter, tol=tol, seed=seed,
+                    path,
+                    means,
+                    n_components=n_components,
+                    persist=True,
+                    max_iter=max_iter,
+                    tol=tol,
+                    seed=seed,
                     client=client,
                 )
             s, m = out["streamed"], out["in_memory"]
@@ -304,13 +338,23 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-iter", type=int, default=10)
     p.add_argument("--tol", type=float, default=1e-3)
-    p.add_argument("--compare-rows", type=int, default=4_000_000, help="rows of the in-memory comparison (0: skip)")
+    p.add_argument(
+        "--compare-rows", type=int, default=4_000_000, help="rows of the in-memory comparison (0: skip)"
+    )
     p.add_argument("--dir", default=None, help="where to write the temporary Zarr stores")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
     args = p.parse_args(argv)
     out = run(
-        args.rows, args.features, args.components, args.chunk_rows, args.memory_limit, args.workers,
-        args.max_iter, args.tol, args.compare_rows, directory=args.dir,
+        args.rows,
+        args.features,
+        args.components,
+        args.chunk_rows,
+        args.memory_limit,
+        args.workers,
+        args.max_iter,
+        args.tol,
+        args.compare_rows,
+        directory=args.dir,
     )
     for name in ("streamed", "in_memory"):
         if name not in out:
@@ -326,7 +370,9 @@ def main(argv=None) -> int:
             f"largest mean error {r['max_mean_error']:.4f}"
         )
     if "streamed_over_in_memory_per_row" in out:
-        print(f"streamed / in-memory cost per row and iteration: {out['streamed_over_in_memory_per_row']:.2f}")
+        print(
+            f"streamed / in-memory cost per row and iteration: {out['streamed_over_in_memory_per_row']:.2f}"
+        )
     print(f"load average before {out['load_before']}, after {out['load_after']}")
     if args.json:
         with open(args.json, "w") as f:

@@ -55,10 +55,16 @@ def scale_run(
         "memory_limit": memory_limit,
     }
     try:
-        with LocalCluster(
-            n_workers=workers, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                memory_limit=memory_limit,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             if not os.path.exists(src):
                 t0 = time.perf_counter()
                 make_raster(src, (height, width), bands, classes, (chunk, chunk), seed, nodata=nodata)

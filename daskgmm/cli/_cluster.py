@@ -61,21 +61,39 @@ def timeout(text: str) -> float:
 def add_local_cluster_arguments(g, nworkers_default=None, memory_default="auto", threads=False) -> None:
     """``--nworkers``, ``--nthreads`` when ``threads`` (and their old names) and ``--memory-limit``."""
     workers_help = (
-        f"local cluster: number of worker processes (default: {nworkers_default})" if nworkers_default
+        f"local cluster: number of worker processes (default: {nworkers_default})"
+        if nworkers_default
         else "local cluster: number of worker processes (default: 1 per 2 cores, at least 1)"
     )
-    g.add_argument("--nworkers", dest="workers", type=int_at_least(1), default=nworkers_default, metavar="N",
-                   help=workers_help + "; --workers is the older name")
+    g.add_argument(
+        "--nworkers",
+        dest="workers",
+        type=int_at_least(1),
+        default=nworkers_default,
+        metavar="N",
+        help=workers_help + "; --workers is the older name",
+    )
     add_alias(g, "--workers", "workers", int_at_least(1))
     if threads:
-        g.add_argument("--nthreads", dest="threads_per_worker", type=int_at_least(1), default=None, metavar="N",
-                       help="local cluster: threads per worker (default: the cores shared between the workers); "
-                            "--threads-per-worker is the older name")
+        g.add_argument(
+            "--nthreads",
+            dest="threads_per_worker",
+            type=int_at_least(1),
+            default=None,
+            metavar="N",
+            help="local cluster: threads per worker (default: the cores shared between the workers); "
+            "--threads-per-worker is the older name",
+        )
         add_alias(g, "--threads-per-worker", "threads_per_worker", int_at_least(1))
-    g.add_argument("--memory-limit", type=memory_limit, default=memory_default, metavar="SIZE",
-                   help="local cluster: memory limit per worker: a size (4GiB, 500MB), a fraction of this "
-                        "machine's memory (0.5), 0 for none, or auto (its memory shared between the workers) "
-                        "(default: %(default)s)")
+    g.add_argument(
+        "--memory-limit",
+        type=memory_limit,
+        default=memory_default,
+        metavar="SIZE",
+        help="local cluster: memory limit per worker: a size (4GiB, 500MB), a fraction of this "
+        "machine's memory (0.5), 0 for none, or auto (its memory shared between the workers) "
+        "(default: %(default)s)",
+    )
 
 
 def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,18 +103,36 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
         "(e.g. DASK_SCHEDULER_ADDRESS) when set; else a local cluster started in-process",
     )
     where = g.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                   help="address of a running Dask scheduler, e.g. tcp://host:8786 or tls://host:8786 "
-                        "(default: dask's scheduler-address configuration, if set)")
-    where.add_argument("--scheduler-file", metavar="PATH",
-                   help="scheduler file written by 'dask scheduler --scheduler-file' (HPC convention)")
-    g.add_argument("--connect-timeout", type=timeout, default=CONNECT_TIMEOUT, metavar="DURATION",
-                   help="give up reaching the scheduler after this long (default: %(default)s)")
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of a running Dask scheduler, e.g. tcp://host:8786 or tls://host:8786 "
+        "(default: dask's scheduler-address configuration, if set)",
+    )
+    where.add_argument(
+        "--scheduler-file",
+        metavar="PATH",
+        help="scheduler file written by 'dask scheduler --scheduler-file' (HPC convention)",
+    )
+    g.add_argument(
+        "--connect-timeout",
+        type=timeout,
+        default=CONNECT_TIMEOUT,
+        metavar="DURATION",
+        help="give up reaching the scheduler after this long (default: %(default)s)",
+    )
     add_local_cluster_arguments(g, threads=True)
-    g.add_argument("--dashboard-address", default=":0", metavar="ADDRESS",
-                   help="local cluster: dashboard address (default: %(default)s, a free port)")
-    g.add_argument("--tls-ca-file", metavar="PATH",
-                   help="CA certificate for a tls:// scheduler (default: dask's distributed.comm.tls configuration)")
+    g.add_argument(
+        "--dashboard-address",
+        default=":0",
+        metavar="ADDRESS",
+        help="local cluster: dashboard address (default: %(default)s, a free port)",
+    )
+    g.add_argument(
+        "--tls-ca-file",
+        metavar="PATH",
+        help="CA certificate for a tls:// scheduler (default: dask's distributed.comm.tls configuration)",
+    )
     g.add_argument("--tls-cert", metavar="PATH", help="client certificate for a tls:// scheduler")
     g.add_argument("--tls-key", metavar="PATH", help="client private key for a tls:// scheduler")
 
@@ -252,7 +288,9 @@ def connect(args):
                 with contextlib.suppress(Exception):
                     if not _debug():
                         client.run(silence)  # the workers' own shutdown lines
-                    client.retire_workers(list(client.scheduler_info(n_workers=-1)["workers"]), close_workers=True)
+                    client.retire_workers(
+                        list(client.scheduler_info(n_workers=-1)["workers"]), close_workers=True
+                    )
                 client.close()
     finally:
         with _quiet_shutdown():

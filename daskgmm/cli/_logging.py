@@ -18,7 +18,11 @@ import os
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 #: the level names ``--log-level`` takes (logging's own, without NOTSET)
-LEVELS = tuple(n for n, v in sorted(logging.getLevelNamesMapping().items(), key=lambda kv: kv[1]) if v and n not in ("WARN", "FATAL"))
+LEVELS = tuple(
+    n
+    for n, v in sorted(logging.getLevelNamesMapping().items(), key=lambda kv: kv[1])
+    if v and n not in ("WARN", "FATAL")
+)
 
 
 def log_level(text: str) -> str:
@@ -42,8 +46,10 @@ def configure(level_name: str):
     """Configure logging for one run of the command (the environment is restored afterwards)."""
     level = logging.getLevelName(level_name)
     dask_level = max(level, logging.WARNING)
-    env = {"DASK_LOGGING__DISTRIBUTED": logging.getLevelName(dask_level).lower(),
-           "DASK_DISTRIBUTED__ADMIN__LOG_FORMAT": FORMAT}
+    env = {
+        "DASK_LOGGING__DISTRIBUTED": logging.getLevelName(dask_level).lower(),
+        "DASK_DISTRIBUTED__ADMIN__LOG_FORMAT": FORMAT,
+    }
     added = [k for k in env if k not in os.environ]
     os.environ.update({k: env[k] for k in added})
     logging.basicConfig(level=logging.WARNING, format=FORMAT)

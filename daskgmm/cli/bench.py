@@ -47,27 +47,58 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help=f"small shapes {QUICK_SHAPES} (default)")
     size.add_argument("--full", action="store_true", help=f"the issue's shapes {FULL_SHAPES}")
-    p.add_argument("--shape", type=_shape, action="append", metavar="N,D,K",
-                   help="a full-covariance case (repeatable; replaces the preset shapes)")
+    p.add_argument(
+        "--shape",
+        type=_shape,
+        action="append",
+        metavar="N,D,K",
+        help="a full-covariance case (repeatable; replaces the preset shapes)",
+    )
     p.add_argument("--iters", type=int, default=3, help="EM iterations timed per case (default: %(default)s)")
-    p.add_argument("--chunks", type=_counts, default=CHUNK_COUNTS, metavar="C1,C2,...",
-                   help="chunk counts for the overhead rows (default 1,10,100,1000; 'none' to skip)")
-    p.add_argument("--sklearn", choices=("auto", "all", "none"), default="auto",
-                   help="where scikit-learn runs: auto = all shapes but the preset D=64 one "
-                        "(about a minute per scikit-learn iteration there), all, none (default: %(default)s)")
+    p.add_argument(
+        "--chunks",
+        type=_counts,
+        default=CHUNK_COUNTS,
+        metavar="C1,C2,...",
+        help="chunk counts for the overhead rows (default 1,10,100,1000; 'none' to skip)",
+    )
+    p.add_argument(
+        "--sklearn",
+        choices=("auto", "all", "none"),
+        default="auto",
+        help="where scikit-learn runs: auto = all shapes but the preset D=64 one "
+        "(about a minute per scikit-learn iteration there), all, none (default: %(default)s)",
+    )
     p.add_argument("--no-other-types", action="store_true", help="skip the tied/diag/spherical rows")
     p.add_argument("--no-float32", action="store_true", help="skip the float32 row")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated data (default: %(default)s)")
-    p.add_argument("--gemm-size", type=int, default=2048, metavar="N",
-                   help="size of the float64 N x N matrix product that measures the GEMM peak (default: %(default)s)")
-    p.add_argument("--markdown", action="store_true",
-                   help="print the README-ready report (machine, table, derived figures, command)")
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
-                   help="print the results as one line of JSON on standard output, instead of the table "
-                        "(as in fit and segment); with PATH, write them to PATH as well as printing the table")
-    p.add_argument("--beyond", action="store_true",
-                   help="also run the select_model sweep vs separate fits and incremental vs full EM rows "
-                        "(daskgmm.benchmarks.beyond; a few minutes)")
+    p.add_argument(
+        "--gemm-size",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="size of the float64 N x N matrix product that measures the GEMM peak (default: %(default)s)",
+    )
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the README-ready report (machine, table, derived figures, command)",
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
+        help="print the results as one line of JSON on standard output, instead of the table "
+        "(as in fit and segment); with PATH, write them to PATH as well as printing the table",
+    )
+    p.add_argument(
+        "--beyond",
+        action="store_true",
+        help="also run the select_model sweep vs separate fits and incremental vs full EM rows "
+        "(daskgmm.benchmarks.beyond; a few minutes)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -108,10 +139,14 @@ def run(args) -> int:
     else:
         print(format_table(result))
         oh = result.get("chunk_overhead") or {}
-        print(f"\nfloat64 GEMM peak {result['gemm_peak_gflops']:.0f} GFLOP/s; load {result['machine']['load']}")
+        print(
+            f"\nfloat64 GEMM peak {result['gemm_peak_gflops']:.0f} GFLOP/s; load {result['machine']['load']}"
+        )
         if oh:
-            print(f"per-chunk cost {1e3 * oh['per_chunk_seconds']:.2f} ms; default chunking loses "
-                  f"{100 * oh['default_overhead_fraction']:.1f}%")
+            print(
+                f"per-chunk cost {1e3 * oh['per_chunk_seconds']:.2f} ms; default chunking loses "
+                f"{100 * oh['default_overhead_fraction']:.1f}%"
+            )
     if args.beyond:  # select_model sweep vs separate fits; incremental vs full EM
         from daskgmm.benchmarks.beyond import bench_beyond, format_beyond
 

@@ -37,19 +37,44 @@ def add_parser(sub) -> None:
         "afterwards.",
     )
     data = p.add_argument_group("data")
-    data.add_argument("--n-samples", type=int_at_least(1), default=2_000_000, metavar="N",
-                      help="rows to generate (default: %(default)s, 128 MB at 8 features)")
-    data.add_argument("--n-features", type=int_at_least(1), default=8, metavar="D",
-                      help="features per row (default: %(default)s)")
-    data.add_argument("--chunk-size", dest="chunk_size", type=int_at_least(1), default=250_000, metavar="ROWS",
-                      help="rows per chunk of the Zarr store, and so per task (default: %(default)s)")
+    data.add_argument(
+        "--n-samples",
+        type=int_at_least(1),
+        default=2_000_000,
+        metavar="N",
+        help="rows to generate (default: %(default)s, 128 MB at 8 features)",
+    )
+    data.add_argument(
+        "--n-features",
+        type=int_at_least(1),
+        default=8,
+        metavar="D",
+        help="features per row (default: %(default)s)",
+    )
+    data.add_argument(
+        "--chunk-size",
+        dest="chunk_size",
+        type=int_at_least(1),
+        default=250_000,
+        metavar="ROWS",
+        help="rows per chunk of the Zarr store, and so per task (default: %(default)s)",
+    )
     add_alias(data, "--chunk-rows", "chunk_size", int_at_least(1))
-    data.add_argument("--seed", type=int_at_least(0), default=0,
-                      help="seed of the data and of the initialisation (default: %(default)s)")
-    model = p.add_argument_group("model", "GaussianMixture's parameters (-k is also the true number of components)")
+    data.add_argument(
+        "--seed",
+        type=int_at_least(0),
+        default=0,
+        help="seed of the data and of the initialisation (default: %(default)s)",
+    )
+    model = p.add_argument_group(
+        "model", "GaussianMixture's parameters (-k is also the true number of components)"
+    )
     add_model_options(model, MODEL_OPTIONS, required=(), defaults=DEFAULTS)
-    p.add_argument("--keep-open", action="store_true",
-                   help="after the fit, keep the cluster and its dashboard open until Enter or Ctrl-C")
+    p.add_argument(
+        "--keep-open",
+        action="store_true",
+        help="after the fit, keep the cluster and its dashboard open until Enter or Ctrl-C",
+    )
     add_cluster_arguments(p)
     p.set_defaults(func=run_demo)
 
@@ -96,8 +121,13 @@ def run_demo(args) -> int:
             f"{n_chunks} chunks of {chunk:,} rows in {time.perf_counter() - t0:.1f}s"
         )
         X = da.from_zarr(path)
-        model = GaussianMixture(k, covariance_type=args.covariance_type, max_iter=args.max_iter, tol=args.tol,
-                                random_state=args.seed)
+        model = GaussianMixture(
+            k,
+            covariance_type=args.covariance_type,
+            max_iter=args.max_iter,
+            tol=args.tol,
+            random_state=args.seed,
+        )
         _say(
             f"fitting:   GaussianMixture(n_components={k}, covariance_type={args.covariance_type!r}, "
             f"max_iter={args.max_iter}, tol={args.tol:g}) by EM, out of core: each iteration is one pass over "
@@ -110,8 +140,10 @@ def run_demo(args) -> int:
         def show(state, record):
             change = record["change"]
             change = f"{change:>11.3g}" if np.isfinite(change) else f"{'-':>11}"  # the first has none
-            print(f"{record['iteration']:>9} {record['lower_bound']:>14.6f} {change} {record['seconds']:>8.2f}",
-                  flush=True)
+            print(
+                f"{record['iteration']:>9} {record['lower_bound']:>14.6f} {change} {record['seconds']:>8.2f}",
+                flush=True,
+            )
 
         t0 = time.perf_counter()
         with dask.config.set({"daskgmm.progress": False}):  # the lines above are the demo's progress
@@ -124,8 +156,10 @@ def run_demo(args) -> int:
         print(f"\nrecovered: each true component and its nearest fitted one ({d}-dimensional means)")
         print(f"  {'true weight':>11} {'fitted':>7} {'std':>6} {'mean error':>10}")
         for j in np.argsort(-truth.weights):
-            print(f"  {truth.weights[j]:>11.4f} {model.weights_[nearest[j]]:>7.4f} {truth.scales[j]:>6.2f} "
-                  f"{dist[nearest[j], j]:>10.4f}")
+            print(
+                f"  {truth.weights[j]:>11.4f} {model.weights_[nearest[j]]:>7.4f} {truth.scales[j]:>6.2f} "
+                f"{dist[nearest[j], j]:>10.4f}"
+            )
         if len(set(nearest.tolist())) < k:
             print("  (two true components share a fitted one: try another --seed, or more --n-samples)")
         err = dist.min(axis=0).max()

@@ -14,8 +14,22 @@ from daskgmm.cli._options import model_kwargs as _model_kwargs
 
 #: the estimator parameters ``daskgmm fit`` takes as options (types, choices, defaults and help
 #: from :mod:`daskgmm._params`)
-MODEL_OPTIONS = ("n_components", "covariance_type", "max_iter", "tol", "reg_covar", "n_init", "init_params",
-                 "random_state", "chunk_size", "persist", "checkpoint", "on_collapse", "nan_policy", "incremental")
+MODEL_OPTIONS = (
+    "n_components",
+    "covariance_type",
+    "max_iter",
+    "tol",
+    "reg_covar",
+    "n_init",
+    "init_params",
+    "random_state",
+    "chunk_size",
+    "persist",
+    "checkpoint",
+    "on_collapse",
+    "nan_policy",
+    "incremental",
+)
 
 
 # --------------------------------------------------------------------------
@@ -70,18 +84,29 @@ def add_parser(sub) -> None:
         description="Fit a Gaussian mixture to DATA on a Dask cluster and print the fitted weights and means "
         "(or --json). The model options are GaussianMixture's parameters, with its defaults.",
     )
-    p.add_argument("data", help="Zarr array (or group with --array) or .npy file of shape (n_samples, n_features)")
+    p.add_argument(
+        "data", help="Zarr array (or group with --array) or .npy file of shape (n_samples, n_features)"
+    )
     p.add_argument("--array", help="array name inside a Zarr group (default: DATA is an array)")
     model = p.add_argument_group("model", "GaussianMixture's parameters")
     add_model_options(model, MODEL_OPTIONS)
     out = p.add_argument_group("output")
     out.add_argument("--save-model", metavar="PATH", help="write the fitted model here (.npz, no pickle)")
-    out.add_argument("--json", action="store_true",
-                     help="print the result as one line of JSON on standard output, instead of text")
-    out.add_argument("--resume", action="store_true",
-                     help="continue from --checkpoint PATH (a new fit if it does not exist yet)")
-    out.add_argument("--no-progress", action="store_true",
-                     help="no progress bars (they are drawn only when standard error is a terminal)")
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one line of JSON on standard output, instead of text",
+    )
+    out.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint PATH (a new fit if it does not exist yet)",
+    )
+    out.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are drawn only when standard error is a terminal)",
+    )
     add_cluster_arguments(p)
     p.set_defaults(func=run_fit)
 
@@ -108,8 +133,7 @@ def print_summary(model, out=sys.stdout) -> None:
     import numpy as np
 
     print(
-        f"converged: {model.converged_}  iterations: {model.n_iter_}  "
-        f"lower bound: {model.lower_bound_:.6f}",
+        f"converged: {model.converged_}  iterations: {model.n_iter_}  lower bound: {model.lower_bound_:.6f}",
         file=out,
     )
     with np.printoptions(precision=4, suppress=True, linewidth=120):
@@ -158,5 +182,7 @@ def run_fit(args) -> int:
         print(json.dumps({**summary(model), "seconds": seconds}))
     else:
         print_summary(model)
-        print(f"fitted in {seconds:.2f}s" + (f"; model saved to {args.save_model}" if args.save_model else ""))
+        print(
+            f"fitted in {seconds:.2f}s" + (f"; model saved to {args.save_model}" if args.save_model else "")
+        )
     return 0

@@ -55,29 +55,62 @@ def add_parser(subparsers) -> None:
     p.add_argument("out", help="output Zarr group (refused if it exists, unless --overwrite)")
     data = p.add_argument_group("image")
     data.add_argument("--array", help="array name inside a Zarr group (default: IMAGE is an array)")
-    data.add_argument("--feature-axis", type=_feature_axis, default=-1,
-                      help="axis holding the bands: an integer, a Zarr dimension name, or 'none' for one band "
-                           "(default: %(default)s, the last)")
-    data.add_argument("--nodata", type=_number, default=None,
-                      help="pixels equal to this in any band are left out and labelled -1 (default: none)")
-    data.add_argument("--sample", type=float, default=None, metavar="FRACTION",
-                      help="fit on this fraction of the valid pixels, e.g. 0.01 (default: all of them)")
-    data.add_argument("--seed", type=int_at_least(0), default=None,
-                      help="seed of the pixel sample and the initialisation (default: none, a new draw each run)")
+    data.add_argument(
+        "--feature-axis",
+        type=_feature_axis,
+        default=-1,
+        help="axis holding the bands: an integer, a Zarr dimension name, or 'none' for one band "
+        "(default: %(default)s, the last)",
+    )
+    data.add_argument(
+        "--nodata",
+        type=_number,
+        default=None,
+        help="pixels equal to this in any band are left out and labelled -1 (default: none)",
+    )
+    data.add_argument(
+        "--sample",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="fit on this fraction of the valid pixels, e.g. 0.01 (default: all of them)",
+    )
+    data.add_argument(
+        "--seed",
+        type=int_at_least(0),
+        default=None,
+        help="seed of the pixel sample and the initialisation (default: none, a new draw each run)",
+    )
     model = p.add_argument_group("model", "GaussianMixture's parameters")
     add_model_options(model, ("n_components",))
     add_model_options(model, MODEL_OPTIONS)
     out = p.add_argument_group("output")
-    out.add_argument("--save-model", metavar="PATH", help="also write the fitted model here (.npz, no pickle)")
-    out.add_argument("--probabilities", action="store_true", help="also write per-pixel probabilities (float32, ..., K)")
-    out.add_argument("--log-density", action="store_true", help="also write the per-pixel log-density (an anomaly map)")
+    out.add_argument(
+        "--save-model", metavar="PATH", help="also write the fitted model here (.npz, no pickle)"
+    )
+    out.add_argument(
+        "--probabilities", action="store_true", help="also write per-pixel probabilities (float32, ..., K)"
+    )
+    out.add_argument(
+        "--log-density", action="store_true", help="also write the per-pixel log-density (an anomaly map)"
+    )
     out.add_argument("--confidence", action="store_true", help="also write the largest probability per pixel")
-    out.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
-    out.add_argument("--json", action="store_true",
-                     help="print the result as one line of JSON on standard output (timings, pixels per second), "
-                          "instead of text")
-    out.add_argument("--no-progress", action="store_true",
-                     help="no progress bars (they are drawn only when standard error is a terminal)")
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it exists (only once the new one is complete)",
+    )
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one line of JSON on standard output (timings, pixels per second), "
+        "instead of text",
+    )
+    out.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are drawn only when standard error is a terminal)",
+    )
     add_cluster_arguments(p)
     p.set_defaults(func=run)
 

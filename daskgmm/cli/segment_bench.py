@@ -22,15 +22,34 @@ def add_parser(subparsers) -> None:
     )
     b.add_argument("workdir", help="directory for the generated raster and the output (deleted afterwards)")
     raster = b.add_argument_group("raster")
-    raster.add_argument("--height", type=int_at_least(1), default=20_000, help="rows of pixels (default: %(default)s)")
-    raster.add_argument("--width", type=int_at_least(1), default=20_000, help="columns of pixels (default: %(default)s)")
-    raster.add_argument("--bands", type=int_at_least(1), default=4, help="bands per pixel (default: %(default)s)")
-    raster.add_argument("--classes", type=int_at_least(1), default=5,
-                        help="true classes, and the components fitted (default: %(default)s)")
-    raster.add_argument("--chunk", type=int_at_least(1), default=2000,
-                        help="spatial chunk side of the generated Zarr raster (default: %(default)s)")
-    raster.add_argument("--sample", type=float, default=0.01, metavar="FRACTION",
-                        help="fit on this fraction of the pixels (default: %(default)s)")
+    raster.add_argument(
+        "--height", type=int_at_least(1), default=20_000, help="rows of pixels (default: %(default)s)"
+    )
+    raster.add_argument(
+        "--width", type=int_at_least(1), default=20_000, help="columns of pixels (default: %(default)s)"
+    )
+    raster.add_argument(
+        "--bands", type=int_at_least(1), default=4, help="bands per pixel (default: %(default)s)"
+    )
+    raster.add_argument(
+        "--classes",
+        type=int_at_least(1),
+        default=5,
+        help="true classes, and the components fitted (default: %(default)s)",
+    )
+    raster.add_argument(
+        "--chunk",
+        type=int_at_least(1),
+        default=2000,
+        help="spatial chunk side of the generated Zarr raster (default: %(default)s)",
+    )
+    raster.add_argument(
+        "--sample",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="fit on this fraction of the pixels (default: %(default)s)",
+    )
     cluster = b.add_argument_group("local cluster")
     add_local_cluster_arguments(cluster, nworkers_default=2, memory_default="3GiB")
     b.add_argument("--keep", action="store_true", help="keep the raster and the output")
@@ -50,8 +69,15 @@ def run(args) -> int:
     # on a terminal: progress bars for the initialisation, the EM passes and the writing
     with dask.config.set({"daskgmm.progress": is_interactive()}):
         report = scale_run(
-            args.workdir, height=args.height, width=args.width, bands=args.bands, classes=args.classes,
-            chunk=args.chunk, sample=args.sample, workers=args.workers, memory_limit=args.memory_limit,
+            args.workdir,
+            height=args.height,
+            width=args.width,
+            bands=args.bands,
+            classes=args.classes,
+            chunk=args.chunk,
+            sample=args.sample,
+            workers=args.workers,
+            memory_limit=args.memory_limit,
             keep=args.keep,
         )
     print(json.dumps(report, indent=1))
