@@ -500,12 +500,13 @@ class Engine:
 
 
 def _log_iteration(state: EMState, record: dict, several: bool) -> None:
+    change = record["change"]
     logger.info(
-        "%siteration %d: lower bound %.6f (change %.3g, %.3fs, %d bytes read)",
+        "%siteration %d: lower bound %.6f (%s, %.3fs, %d bytes read)",
         f"candidate {state.candidate} start {state.start}: " if several else "",
         record["iteration"],
         record["lower_bound"],
-        record["change"],
+        f"change {change:.3g}" if np.isfinite(change) else "first iteration",
         record["seconds"],
         record["bytes_read"],
     )

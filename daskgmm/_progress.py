@@ -22,6 +22,7 @@ on a terminal): ``dask.diagnostics.ProgressBar`` on the local schedulers, and
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -95,6 +96,11 @@ def compute(*collections):
     return tuple(client.gather(futures))
 
 
+def _change(value: float) -> str:
+    """The change of the lower bound as shown: none yet on the first iteration (not ``inf``)."""
+    return f"{value:.3g}" if math.isfinite(value) else "first"
+
+
 class FitProgress:
     """The bar of one fit: a step per pass over the data (a no-op when ``enabled`` is false).
 
@@ -142,7 +148,7 @@ class FitProgress:
         self._bar.set_postfix(
             {
                 "lower bound": f"{record['lower_bound']:.6g}",
-                "change": f"{record['change']:.3g}",
+                "change": _change(record["change"]),
                 "s/it": f"{record['seconds']:.2f}",
                 **({"live starts": record["live"]} if "live" in record else {}),
             },

@@ -433,7 +433,7 @@ def test_dask_scheduler_address_from_the_environment_is_used(data):
     assert "Traceback" not in r.stderr
 
 
-def test_fit_computes_on_the_configured_scheduler(data, local_cluster, monkeypatch, capsys):
+def test_fit_computes_on_the_configured_scheduler(data, cluster, monkeypatch, capsys):
     import dask
     import distributed
 
@@ -444,7 +444,7 @@ def test_fit_computes_on_the_configured_scheduler(data, local_cluster, monkeypat
     monkeypatch.setattr(distributed, "LocalCluster", no_local_cluster)
     saved = dask.config.get("scheduler", None)
     try:
-        with dask.config.set({"scheduler-address": local_cluster.scheduler.address}):
+        with dask.config.set({"scheduler-address": cluster.scheduler_address}):
             assert main(["fit", str(d / "x.npy"), "-k", "3", "--seed", "0", "--json"]) == 0
     finally:
         dask.config.set(scheduler=saved)

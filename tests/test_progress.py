@@ -127,6 +127,7 @@ def test_one_bar_for_all_starts(X, monkeypatch):
     bar = term.getvalue()
     assert bar.count("GMM, 3 starts") >= 1 and "GMM start" not in bar
     assert "4/4" in bar and "live starts=3" in bar
+    assert "change=inf" not in bar  # the first pass has no change to show ("first")
 
 
 def test_progress_config_draws_the_bar_without_verbose_lines(X, capsys, monkeypatch):
@@ -154,12 +155,20 @@ def test_compute_shows_dask_bar_only_when_asked(capsys):
     assert "100% Completed" in captured.err and captured.out == ""
 
 
-def test_compute_on_a_cluster_draws_distributed_bar_on_stderr(local_cluster, capsys):
+def test_compute_on_a_cluster_draws_distributed_bar_on_stderr(client, capsys):
     from daskgmm._progress import compute
 
     x = da.arange(12, chunks=3)
-    with local_cluster.as_current(), dask.config.set({"daskgmm.progress": True}):
+    with dask.config.set({"daskgmm.progress": True}):  # ``client`` is the scheduler of this test
         total, doubled = compute(x.sum(), 2 * x)
     assert total == 66 and doubled.tolist() == (2 * np.arange(12)).tolist()
     captured = capsys.readouterr()
     assert "Completed" in captured.err and captured.out == ""
+
+
+def test_the_first_pass_shows_no_infinite_change():
+    term = Terminal()
+    with FitProgress(3, True, file=term) as bar:
+        bar.update({"iteration": 1, "lower_bound": -1.5, "change": float("inf"), "seconds": 0.5})
+        bar._bar.refresh()
+    assert "change=first" in term.getvalue() and "inf" not in term.getvalue()

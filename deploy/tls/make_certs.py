@@ -61,7 +61,7 @@ def make_certs(outdir: str, hosts: list[str], days: int = 365, force: bool = Fal
     if existing and not force:
         raise SystemExit(f"error: {outdir!r} already holds {existing}; pass --force to replace them")
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
     def key_pem(key) -> bytes:
@@ -89,9 +89,15 @@ def make_certs(outdir: str, hosts: list[str], days: int = 365, force: bool = Fal
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
