@@ -57,12 +57,11 @@ SYSTEM = {
     "test_cluster",  # `dask scheduler` / `dask worker` processes
     "test_tls",  # the compose TLS cluster as processes
     "test_sklearn_suite",  # scikit-learn's own mixture tests, run by pytest in a subprocess
+    "test_cli",  # the daskgmm command, in-process and in subprocesses, on local clusters
+    "test_readme",  # every README code block, each in a fresh interpreter
+    "test_init",  # what a fresh interpreter imports
     # single tests: commands, clusters, notebook kernels, batch scripts
     "test_checkpoint::test_driver_killed_mid_fit_resumes_to_the_uninterrupted_result",
-    "test_cli::test_demo_runs_and_recovers_its_means",
-    "test_cli::test_fit_options_reach_the_model",
-    "test_cli::test_fit_on_a_terminal_draws_one_bar_for_all_starts",
-    "test_cli::test_fit_zarr_group_and_npy_agree_and_recover_the_means",
     "test_deploy::test_entrypoint_translates_the_helm_charts_commands",
     "test_deploy::test_slurm_batch_script_runs_a_fit",
     "test_image::test_cli_segment",
@@ -73,6 +72,7 @@ SYSTEM = {
     "test_out_of_core::test_explicit_persist_is_obeyed_and_gives_the_same_fit",
     "test_out_of_core::test_streamed_fit_of_a_store_larger_than_worker_memory",
     "test_parity::test_fit_on_a_multi_process_cluster_equals_threaded_fit",
+    "test_progress::test_compute_on_a_cluster_draws_distributed_bar_on_stderr",
     "test_plot::test_importing_daskgmm_plot_does_not_import_matplotlib",
     "test_selection::test_on_a_real_cluster",
 }
