@@ -17,7 +17,7 @@ from daskgmm._engine import (
     complete_params,
     warn_not_converged,
 )
-from daskgmm._gaussian import Params, precisions_from_cholesky
+from daskgmm._gaussian import precisions_from_cholesky
 from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, InitSpec, start_factory
 from daskgmm._input import (
     Input,
@@ -290,33 +290,16 @@ class GaussianMixture(BaseMixture):
         ((best, _),) = engine.run()
         if not best.converged and self.max_iter > 0:
             warn_not_converged()
-        self._set_fitted(
-            best.params,
-            best.converged,
-            best.n_iter,
-            best.lower_bound,
-            best.lower_bounds,
-            best.history,
-            dtype=inp.dtype,
-        )
+        self._set_fitted(best, dtype=inp.dtype)
 
-    def _set_fitted(
-        self,
-        params: Params,
-        converged: bool,
-        n_iter: int,
-        lower_bound: float,
-        lower_bounds,
-        history,
-        stream=None,
-        dtype=np.float64,
-    ) -> None:
-        """Every fitted attribute, set in one place (``fit``, ``partial_fit``, ``select_model``).
+    def _set_fitted(self, state: EMState, dtype=np.float64, stream=None) -> None:
+        """Every fitted attribute, set in one place (``fit``, ``partial_fit``, ``select_model``),
+        from the state of the start that is kept.
 
         The M-step runs in float64; the parameter attributes are returned in the data's
         float dtype ``dtype``, as scikit-learn does (float32 data, float32 attributes).
         """
-        p = complete_params(params, self.covariance_type)
+        p = complete_params(state.params, self.covariance_type)
         dtype = np.float32 if np.dtype(dtype) == np.float32 else np.float64
         values = (
             p.weights,
@@ -329,11 +312,11 @@ class GaussianMixture(BaseMixture):
             ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"), values
         ):
             setattr(self, name, np.asarray(value, dtype=dtype))
-        self.converged_ = bool(converged)
-        self.n_iter_ = int(n_iter)
-        self.lower_bound_ = float(lower_bound)
-        self.lower_bounds_ = list(lower_bounds)
-        self.history_ = list(history)
+        self.converged_ = bool(state.converged)
+        self.n_iter_ = int(state.n_iter)
+        self.lower_bound_ = float(state.lower_bound)
+        self.lower_bounds_ = list(state.lower_bounds)
+        self.history_ = list(state.history)
         # stepwise EM's running statistics: a fit starts them afresh from its parameters
         self._stream = stream
 
@@ -416,16 +399,7 @@ class GaussianMixture(BaseMixture):
             )
             params, previous, stream = complete_params(make(None), self.covariance_type), None, None
         state, stream = stepwise_update(data, params, self._config(), stream, previous)
-        self._set_fitted(
-            state.params,
-            False,
-            state.n_iter,
-            state.lower_bound,
-            state.lower_bounds,
-            state.history,
-            stream=stream,
-            dtype=inp.dtype,
-        )
+        self._set_fitted(state, dtype=inp.dtype, stream=stream)  # stepwise EM never converges
         return self
 
 

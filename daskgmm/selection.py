@@ -198,15 +198,7 @@ def select_model(
     )
     results = engine.run()
     for est, (best, _) in zip(ests, results):
-        est._set_fitted(
-            best.params,
-            best.converged,
-            best.n_iter,
-            best.lower_bound,
-            best.lower_bounds,
-            best.history,
-            dtype=inp.dtype,
-        )
+        est._set_fitted(best, dtype=inp.dtype)
     # one last pass: every candidate's log-likelihood at its fitted parameters
     logliks = log_likelihoods(data, [est._fitted_params() for est in ests], [ct for _, ct in candidates])
     n = inp.n_samples if w is None else float(w.sum().compute())
