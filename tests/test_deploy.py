@@ -440,14 +440,30 @@ def test_batch_scripts_are_valid_bash_and_their_fit_line_parses(name):
         "K": "3",
         "SCHEDULER_FILE": "run/scheduler.json",
         "MODEL": "model.npz",
-        "DASKGMM_FIT_ARGS": "",
+        "FIT_ARGS": "--seed 0",
     }
+    line = re.sub(
+        r'\$\{(\w+)\[@\]\+"\$\{\1\[@\]\}"\}', r"${\1}", line
+    )  # ${A[@]+"${A[@]}"}: a list, maybe empty
     argv = shlex.split(re.sub(r"\$\{?(\w+)(:-)?\}?", lambda m: values[m.group(1)], line))
     assert check_command(argv) == "daskgmm fit"
-    assert "--scheduler-file" in argv and "--save-model" in argv
+    assert "--scheduler-file" in argv and "--save-model" in argv and argv[-2:] == ["--seed", "0"]
     text = script.read_text()
     assert "dask scheduler --protocol tls" in text
     assert re.search(r'worker --scheduler-file "\$SCHEDULER_FILE"', text)
+
+
+DEPLOY_SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
+
+
+@pytest.mark.parametrize("script", DEPLOY_SCRIPTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_deploy_scripts_pass_shellcheck(script):
+    # SC2086 (unquoted variables), SC2013 (for ... in $(cat ...)) and the rest, info level included
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    r = subprocess.run([shellcheck, "--severity=info", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 STAND_IN_SRUN = """#!/usr/bin/env bash
