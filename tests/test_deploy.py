@@ -241,6 +241,28 @@ def test_compose_services_run_the_package_image_with_valid_commands():
     assert not any("token" in a.lower() for a in services["notebook"]["command"])
 
 
+def test_compose_hands_root_owned_bind_mounts_to_the_image_user():
+    # Docker creates a missing ./data or ./output owned by root; the image runs as uid 1000
+    services = load(DEPLOY / "docker" / "compose.yaml")[0]["services"]
+    init = services["volumes-init"]
+    assert init["user"] == "0:0" and init["command"][:2] == ["sh", "-c"]
+    assert "useradd --create-home --uid 1000 dask" in (DEPLOY / "docker" / "Dockerfile").read_text()
+    script = init["command"][2].replace("$$", "$")  # compose's escape of a literal $
+    assert "chown 1000:1000" in script and "error:" in script
+    r = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    init_mounts = {v.rsplit(":", 1)[0] if v.count(":") > 1 else v for v in init["volumes"]}
+    for name, svc in services.items():
+        writable = [
+            v
+            for v in svc.get("volumes", [])
+            if v.startswith(("./data:", "./output:")) and not v.endswith(":ro")
+        ]
+        if writable and name != "volumes-init":
+            assert set(writable) <= init_mounts, name
+            assert svc["depends_on"]["volumes-init"]["condition"] == "service_completed_successfully", name
+
+
 # ---------------------------------------------------------------------------
 # kubernetes
 # ---------------------------------------------------------------------------
