@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import dask
-from dask.base import is_dask_collection
+from dask.base import is_dask_collection, tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
@@ -18,9 +18,13 @@ from daskgmm._kernels import combine, combine_lists
 
 
 def shared(obj, name: str | None = None):
-    """Wrap a small driver-side object as one graph key that chunk tasks depend on."""
+    """Wrap a small driver-side object as one graph key that chunk tasks depend on.
+
+    Without ``name`` the key is ``gmm-shared-<token>`` (never dask's default, the
+    type's name, which reads ``ndarray`` or ``EStepParams`` on the dashboard).
+    """
     if name is None:
-        return dask.delayed(obj, pure=True, traverse=False)
+        name = f"gmm-shared-{tokenize(obj)}"
     return dask.delayed(obj, name=name, pure=True, traverse=False)
 
 
@@ -32,7 +36,7 @@ def _task_arg(a, deps: dict):
         return a.key
     if is_dask_collection(a) or isinstance(a, (tuple, list, dict, set)):
         # dask collections and containers (which a task tuple would traverse) get a key of their own
-        return _task_arg(dask.delayed(a, pure=True, traverse=False), deps)
+        return _task_arg(shared(a, name=f"gmm-arg-{tokenize(a)}"), deps)
     return a
 
 

@@ -173,8 +173,11 @@ def initialize(
         )
         centers = km.cluster_centers_.astype(np.float64)
         p = _stats_params(centers, covariance_type, dtype)
+        pass_token = dask.base.tokenize(token, centers, p)
+        shared_centers = shared(centers, name=f"gmm-init-centers-{pass_token}")
+        shared_p = shared(p, name=f"gmm-init-params-{pass_token}")
         args = [
-            (b, shared(centers), shared(p)) + ((wblocks[i],) if wblocks is not None else ())
+            (b, shared_centers, shared_p) + ((wblocks[i],) if wblocks is not None else ())
             for i, b in enumerate(blocks)
         ]
         stats = compute(map_reduce(chunk_stats_nearest, args, f"gmm-init-{token}", split_every))[0]
@@ -203,8 +206,9 @@ def initialize(
         # centre the statistics on a cheap guess of the data mean: the mean of a few rows
         guess = gather_rows(X, np.linspace(0, n_samples - 1, min(n_samples, 64)).astype(int)).mean(axis=0)
         p = _stats_params(np.broadcast_to(guess, means_guess.shape).copy(), covariance_type, dtype)
+        shared_p = shared(p, name=f"gmm-init-params-{dask.base.tokenize(token, p, R.name)}")
         args = [
-            (b, rblocks[i], shared(p)) + ((wblocks[i],) if wblocks is not None else ())
+            (b, rblocks[i], shared_p) + ((wblocks[i],) if wblocks is not None else ())
             for i, b in enumerate(blocks)
         ]
         stats = compute(map_reduce(chunk_stats_given_resp, args, f"gmm-init-{token}", split_every))[0]

@@ -241,6 +241,28 @@ def test_compose_services_run_the_package_image_with_valid_commands():
     assert not any("token" in a.lower() for a in services["notebook"]["command"])
 
 
+def test_compose_hands_root_owned_bind_mounts_to_the_image_user():
+    # Docker creates a missing ./data or ./output owned by root; the image runs as uid 1000
+    services = load(DEPLOY / "docker" / "compose.yaml")[0]["services"]
+    init = services["volumes-init"]
+    assert init["user"] == "0:0" and init["command"][:2] == ["sh", "-c"]
+    assert "useradd --create-home --uid 1000 dask" in (DEPLOY / "docker" / "Dockerfile").read_text()
+    script = init["command"][2].replace("$$", "$")  # compose's escape of a literal $
+    assert "chown 1000:1000" in script and "error:" in script
+    r = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    init_mounts = {v.rsplit(":", 1)[0] if v.count(":") > 1 else v for v in init["volumes"]}
+    for name, svc in services.items():
+        writable = [
+            v
+            for v in svc.get("volumes", [])
+            if v.startswith(("./data:", "./output:")) and not v.endswith(":ro")
+        ]
+        if writable and name != "volumes-init":
+            assert set(writable) <= init_mounts, name
+            assert svc["depends_on"]["volumes-init"]["condition"] == "service_completed_successfully", name
+
+
 # ---------------------------------------------------------------------------
 # kubernetes
 # ---------------------------------------------------------------------------
@@ -440,14 +462,30 @@ def test_batch_scripts_are_valid_bash_and_their_fit_line_parses(name):
         "K": "3",
         "SCHEDULER_FILE": "run/scheduler.json",
         "MODEL": "model.npz",
-        "DASKGMM_FIT_ARGS": "",
+        "FIT_ARGS": "--seed 0",
     }
+    line = re.sub(
+        r'\$\{(\w+)\[@\]\+"\$\{\1\[@\]\}"\}', r"${\1}", line
+    )  # ${A[@]+"${A[@]}"}: a list, maybe empty
     argv = shlex.split(re.sub(r"\$\{?(\w+)(:-)?\}?", lambda m: values[m.group(1)], line))
     assert check_command(argv) == "daskgmm fit"
-    assert "--scheduler-file" in argv and "--save-model" in argv
+    assert "--scheduler-file" in argv and "--save-model" in argv and argv[-2:] == ["--seed", "0"]
     text = script.read_text()
     assert "dask scheduler --protocol tls" in text
     assert re.search(r'worker --scheduler-file "\$SCHEDULER_FILE"', text)
+
+
+DEPLOY_SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
+
+
+@pytest.mark.parametrize("script", DEPLOY_SCRIPTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_deploy_scripts_pass_shellcheck(script):
+    # SC2086 (unquoted variables), SC2013 (for ... in $(cat ...)) and the rest, info level included
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    r = subprocess.run([shellcheck, "--severity=info", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 STAND_IN_SRUN = """#!/usr/bin/env bash

@@ -103,3 +103,36 @@ def test_keys_are_deterministic_and_named_by_phase():
     assert runs[0] == runs[1]
     names = " ".join(k for graph in runs[0] for k in graph)
     assert "gmm-init" in names and "gmm-em-stats" in names
+
+
+class RawKeyRecorder(Callback):
+    def __init__(self):
+        super().__init__()
+        self.keys = set()
+
+    def _start(self, dsk):
+        self.keys.update(dsk)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++"])
+def test_every_key_of_the_init_and_em_passes_is_named_gmm(init_params):
+    # the dashboard groups tasks by key prefix: no 'ndarray' or 'EStepParams' of unnamed driver objects
+    X = make_mixture(n_samples=400, n_features=2, n_components=2, seed=3)[0]
+    Xd = da.from_array(X, chunks=(100, 2))
+    with RawKeyRecorder() as rec, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        GaussianMixture(2, random_state=0, max_iter=2, tol=0, init_params=init_params).fit(Xd)
+    data = set(Xd.__dask_graph__())
+    prefixes = {dask.base.key_split(k) for k in rec.keys - data if not str(k).startswith("finalize-")}
+    assert prefixes and all(p.startswith("gmm-") for p in prefixes), prefixes
+    assert "gmm-em-stats" in prefixes
+
+
+def test_unnamed_shared_objects_and_container_arguments_get_gmm_keys():
+    p = _params(2, 2)
+    assert dask.base.key_split(shared(p).key) == "gmm-shared"
+    assert shared(p).key == shared(_params(2, 2)).key  # deterministic
+    blocks = da.ones((20, 2), chunks=(10, 2)).to_delayed(optimize_graph=False).ravel()
+    g = map_reduce(chunk_stats, [(b, [p]) for b in blocks], "gmm-em-stats-test", 4)
+    own = set(g.__dask_graph__()) - set(da.ones((20, 2), chunks=(10, 2)).__dask_graph__())
+    assert all(dask.base.key_split(k).startswith("gmm-") for k in own), own

@@ -31,6 +31,9 @@ MEMORY_LIMIT=${DASKGMM_MEMORY_LIMIT:-58GiB}
 RSH=${DASKGMM_RSH:-$(command -v pbs_tmrsh || echo ssh)}
 IFACE=()
 if [ -n "${DASKGMM_INTERFACE:-}" ]; then IFACE=(--interface "$DASKGMM_INTERFACE"); fi
+# the extra options are lists of words (split on whitespace, no glob expansion)
+read -r -a WORKER_ARGS <<<"${DASKGMM_WORKER_ARGS:-}"
+read -r -a FIT_ARGS <<<"${DASKGMM_FIT_ARGS:-}"
 DASK=$(command -v dask)   # absolute path: remote shells do not inherit PATH
 
 for f in ca.pem scheduler.pem scheduler-key.pem worker.pem worker-key.pem client.pem client-key.pem; do
@@ -90,12 +93,14 @@ for _ in $(seq 120); do
 done
 [ -s "$SCHEDULER_FILE" ] || { echo "error: no scheduler file after 120 s" >&2; exit 1; }
 
-for host in $(sort -u "${PBS_NODEFILE:?not inside a PBS job}"); do
-    "$RSH" "$host" env "${TLS_ENV[@]}" "$DASK" worker --scheduler-file "$SCHEDULER_FILE" ${IFACE[@]+"${IFACE[@]}"} \
-        --nthreads "$THREADS" --memory-limit "$MEMORY_LIMIT" --local-directory "${TMPDIR:-/tmp}" --death-timeout 60 ${DASKGMM_WORKER_ARGS:-} &
+NODEFILE=${PBS_NODEFILE:?not inside a PBS job}
+while read -r host; do
+    [ -n "$host" ] || continue
+    # stdin from /dev/null: ssh would otherwise read the rest of the host list
+    "$RSH" "$host" </dev/null env "${TLS_ENV[@]}" "$DASK" worker --scheduler-file "$SCHEDULER_FILE" ${IFACE[@]+"${IFACE[@]}"} \
+        --nthreads "$THREADS" --memory-limit "$MEMORY_LIMIT" --local-directory "${TMPDIR:-/tmp}" --death-timeout 60 ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} &
     WORKER_PIDS+=($!)
-done
+done < <(sort -u "$NODEFILE")
 
-# shellcheck disable=SC2086  # DASKGMM_FIT_ARGS is a list of options
 daskgmm fit "$DATA" --n-components "$K" --scheduler-file "$SCHEDULER_FILE" \
-    --save-model "$MODEL" --json ${DASKGMM_FIT_ARGS:-}
+    --save-model "$MODEL" --json ${FIT_ARGS[@]+"${FIT_ARGS[@]}"}

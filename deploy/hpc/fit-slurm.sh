@@ -40,6 +40,9 @@ THREADS=${SLURM_CPUS_PER_TASK:-1}
 MEMORY_LIMIT=$(( ${SLURM_MEM_PER_NODE:?request memory with --mem} * 9 / 10 ))MiB
 IFACE=()
 if [ -n "${DASKGMM_INTERFACE:-}" ]; then IFACE=(--interface "$DASKGMM_INTERFACE"); fi
+# the extra options are lists of words (split on whitespace, no glob expansion)
+read -r -a WORKER_ARGS <<<"${DASKGMM_WORKER_ARGS:-}"
+read -r -a FIT_ARGS <<<"${DASKGMM_FIT_ARGS:-}"
 
 for f in ca.pem scheduler.pem scheduler-key.pem worker.pem worker-key.pem client.pem client-key.pem; do
     if [ ! -r "$TLS/$f" ]; then
@@ -92,9 +95,8 @@ done
 
 srun --ntasks="$SLURM_NNODES" --ntasks-per-node=1 --cpus-per-task="$THREADS" \
     dask worker --scheduler-file "$SCHEDULER_FILE" ${IFACE[@]+"${IFACE[@]}"} \
-    --nthreads "$THREADS" --memory-limit "$MEMORY_LIMIT" --local-directory "${TMPDIR:-/tmp}" --death-timeout 60 ${DASKGMM_WORKER_ARGS:-} &
+    --nthreads "$THREADS" --memory-limit "$MEMORY_LIMIT" --local-directory "${TMPDIR:-/tmp}" --death-timeout 60 ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} &
 WORKERS_PID=$!
 
-# shellcheck disable=SC2086  # DASKGMM_FIT_ARGS is a list of options
 daskgmm fit "$DATA" --n-components "$K" --scheduler-file "$SCHEDULER_FILE" \
-    --save-model "$MODEL" --json ${DASKGMM_FIT_ARGS:-}
+    --save-model "$MODEL" --json ${FIT_ARGS[@]+"${FIT_ARGS[@]}"}
