@@ -303,12 +303,7 @@ def write_zarr(
     from daskgmm._progress import compute
 
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(
-            f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite)."
-        )
-    if source and os.path.abspath(source).rstrip(os.sep) == path.rstrip(os.sep):
-        raise ValueError("The output path is the input image itself; choose another output path.")
+    check_output(path, source=source, overwrite=overwrite)
     parent, base = os.path.split(path.rstrip(os.sep))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
@@ -342,17 +337,108 @@ def write_zarr(
         meta.update({key: _jsonable(value) for key, value in (attrs or {}).items()})
         group.attrs.update(meta)
         group.attrs[COMPLETE_ATTR] = True  # last: the store is complete from here on
-        trash = None
-        if os.path.exists(path):
-            trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
-            os.rename(path, trash)
-        os.rename(tmp, path)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _place(tmp, path, source=source, overwrite=overwrite)
     return path
+
+
+def describe_path(path: str) -> str:
+    """What is at ``path``, in words, for an error message."""
+    if os.path.islink(path):
+        return "a symbolic link"
+    if os.path.isfile(path):
+        return f"a file of {os.path.getsize(path):,} bytes"
+    if not os.path.isdir(path):
+        return "not a file or directory"
+    if is_complete_output(path):
+        return "a complete daskgmm output"
+    n = len(os.listdir(path))
+    if os.path.exists(os.path.join(path, "zarr.json")) or os.path.exists(os.path.join(path, ".zgroup")):
+        return f"a Zarr store that is not a complete daskgmm output (no {COMPLETE_ATTR!r} stamp)"
+    return f"a directory with {n} entr{'y' if n == 1 else 'ies'} that is not a daskgmm output"
+
+
+def is_complete_output(path: str) -> bool:
+    """Whether ``path`` is a Zarr group written by :func:`write_zarr` to completion (its stamp)."""
+    try:
+        with open(os.path.join(path, "zarr.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        return meta.get("node_type") == "group" and meta.get("attributes", {}).get(COMPLETE_ATTR) is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _inside(inner: str, outer: str) -> bool:
+    inner, outer = os.path.realpath(inner), os.path.realpath(outer)
+    return inner == outer or os.path.commonpath([inner, outer]) == outer
+
+
+def check_output(path, *, source: str | None = None, overwrite: bool = False) -> None:
+    """Refuse an output ``path`` that :func:`write_zarr` must not write or replace.
+
+    ``path`` may not be, or contain, the input ``source``. An existing ``path`` is refused
+    without ``overwrite`` (:class:`FileExistsError`), and with it unless it is a complete
+    daskgmm output (:class:`ValueError` saying what ``path`` is). Call it before a long fit.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if source and _inside(source, path):
+        what = "the input image itself" if _inside(path, source) else "a directory holding the input image"
+        raise ValueError(f"The output path {path!r} is {what} ({source!r}); choose another output path.")
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite). "
+            f"It is {describe_path(path)}."
+        )
+    if os.path.islink(path) or not is_complete_output(path):
+        raise ValueError(
+            f"{path!r} is {describe_path(path)}; overwrite=True (--overwrite) replaces only a complete "
+            "daskgmm output. Choose another output path, or remove it yourself."
+        )
+
+
+def _place(tmp: str, path: str, *, source: str | None, overwrite: bool) -> None:
+    """Move the complete group ``tmp`` to ``path``: atomic no-replace, or a checked replace."""
+    parent, base = os.path.split(path.rstrip(os.sep))
+    if not (overwrite and os.path.lexists(path)):
+        try:
+            os.mkdir(path)  # atomic reservation: fails if anything appeared at path meanwhile
+        except FileExistsError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(
+                f"{path!r} appeared while this output was being written ({describe_path(path)}, "
+                "another run?); it was left as it is and this output was discarded."
+            ) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.rename(tmp, path)  # onto our own empty directory
+        return
+    try:
+        check_output(path, source=source, overwrite=True)  # again, just before the swap
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
+    os.rename(path, trash)
+    try:
+        os.rename(tmp, path)
+    except BaseException as e:
+        try:
+            os.rename(trash, path)
+        except OSError:
+            raise OSError(
+                f"Replacing {path!r} failed ({e}): the previous output is at {trash!r} and the new "
+                f"one at {tmp!r}; move either to {path!r}."
+            ) from e
+        raise OSError(
+            f"Replacing {path!r} failed ({e}); the previous output is back in place and the new "
+            f"one is at {tmp!r}."
+        ) from e
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def open_segmentation(path, model_class: type | None = None) -> dict:

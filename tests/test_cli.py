@@ -576,3 +576,26 @@ def test_demo_keep_open_waits_for_enter():
     assert r.returncode == 0, r.stderr
     assert "the dashboard stays open at http://" in r.stdout and "press Enter (or Ctrl-C)" in r.stdout
     assert_quiet(r.stderr, allowed=())
+
+
+def test_segment_overwrite_never_deletes_the_input_or_other_files(raster, tmp_path):
+    """``segment project/img.zarr project --overwrite`` is refused before any fit; nothing is removed."""
+    project = tmp_path / "project"
+    project.mkdir()
+    image = project / "img.zarr"
+    zarr.create_array(str(image), shape=(30, 20, 3), chunks=(10, 20, 3), dtype="f8")[:] = 1.0
+    (project / "notes.txt").write_text("keep")
+    for out, message in [
+        (project, "is a directory holding the input image"),
+        (image, "is the input image itself"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main(["segment", str(image), str(out), "-k", "2", "--overwrite"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="is a directory with 1 entry that is not a daskgmm output"):
+        main(["segment", str(image), str(other), "-k", "2", "--overwrite"])
+    assert sorted(os.listdir(project)) == ["img.zarr", "notes.txt"]
+    assert (other / "a.txt").read_text() == "keep"
+    assert zarr.open_array(str(image), mode="r")[:].sum() == 30 * 20 * 3

@@ -119,3 +119,65 @@ def test_float32_attributes_round_trip(tmp_path, X):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(gm, name))
     assert loaded.weights_init.dtype == np.float32
     np.testing.assert_array_equal(loaded.score_samples(X32), gm.score_samples(X32))
+
+
+# --------------------------------------------------------------------------
+# the Zarr writer replaces only its own complete outputs (issue 14, case 1)
+# --------------------------------------------------------------------------
+def _labels(n=40):
+    import dask.array as da
+
+    return {"labels": da.arange(n, chunks=10, dtype=np.int32)}
+
+
+def test_overwrite_replaces_only_a_complete_daskgmm_output(tmp_path):
+    from daskgmm.io import open_segmentation, write_zarr
+
+    out = tmp_path / "seg.zarr"
+    write_zarr(out, _labels(), dims={"labels": ["x"]})
+    write_zarr(out, _labels(20), dims={"labels": ["x"]}, overwrite=True)  # its own output: replaced
+    assert open_segmentation(out)["labels"].shape == (20,)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+    # anything else is refused, with what it is, and left untouched
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("precious")
+    with pytest.raises(ValueError, match=r"is a directory with 1 entry that is not a daskgmm output"):
+        write_zarr(other, _labels(), dims={"labels": ["x"]}, overwrite=True)
+    plain = tmp_path / "file.bin"
+    plain.write_bytes(b"x" * 10)
+    with pytest.raises(ValueError, match=r"is a file of 10 bytes; overwrite=True .* replaces only"):
+        write_zarr(plain, _labels(), dims={"labels": ["x"]}, overwrite=True)
+    import zarr
+
+    zarr.create_array(str(tmp_path / "img.zarr"), shape=(4,), dtype="f8")
+    with pytest.raises(ValueError, match="a Zarr store that is not a complete daskgmm output"):
+        write_zarr(tmp_path / "img.zarr", _labels(), dims={"labels": ["x"]}, overwrite=True)
+    # a directory holding the input is refused even if it were replaceable
+    with pytest.raises(ValueError, match="is a directory holding the input image"):
+        write_zarr(tmp_path, _labels(), dims={"labels": ["x"]}, source=str(tmp_path / "img.zarr"))
+    assert (other / "keep.txt").read_text() == "precious" and plain.read_bytes() == b"x" * 10
+    assert os.path.exists(tmp_path / "img.zarr" / "zarr.json")
+
+
+def _another_run_finishes(block, path):
+    """Stands for a second run that places its output while this one is still writing."""
+    if not os.path.exists(path):
+        os.mkdir(path)
+        with open(os.path.join(path, "first.txt"), "w") as f:
+            f.write("first run's output")
+    return block
+
+
+def test_an_output_that_appears_during_the_write_survives(tmp_path):
+    """Placement is atomic no-replace: the later of two runs fails and the first output stays."""
+    from daskgmm.io import write_zarr
+
+    out = str(tmp_path / "seg.zarr")
+    arrays = {
+        "labels": _labels()["labels"].map_blocks(_another_run_finishes, out, meta=np.array((), np.int32))
+    }
+    with pytest.raises(FileExistsError, match="appeared while this output was being written"):
+        write_zarr(out, arrays, dims={"labels": ["x"]})
+    assert os.listdir(out) == ["first.txt"]
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
