@@ -55,6 +55,12 @@ class NpyFile:
     def __reduce__(self):
         return (type(self), (self.path,))
 
+    def __dask_tokenize__(self):
+        """The file's path, size and modification time: the dask array's name (and so a
+        checkpoint's fingerprint) changes when the file does."""
+        st = os.stat(self.path)
+        return ("daskgmm.NpyFile", self.path, st.st_size, st.st_mtime_ns)
+
 
 def open_data(path: str, array: str | None):
     """The Zarr array (or group member) itself, so that a checkpoint records its path, or a
