@@ -54,6 +54,8 @@ def _json_param(value):
         return float(value)
     if isinstance(value, np.random.RandomState):
         return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return value
 
 
@@ -70,6 +72,7 @@ def atomic_write_bytes(path: str, write) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -79,6 +82,35 @@ def atomic_write_bytes(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path, what: str = "output file") -> None:
+    """Refuse, before any work, an output file ``path`` that cannot be written: a directory, or a
+    path whose nearest existing directory is not writable (:class:`ValueError`)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"The {what} {path!r} is a directory; give a file name, e.g. {path}/model.npz.")
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"The {what} {path!r} cannot be written: {parent!r} is not a directory.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"The {what} {path!r} cannot be written: no write permission in {parent!r}.")
 
 
 # --------------------------------------------------------------------------
@@ -233,16 +265,32 @@ def model_json(model) -> dict:
     return meta
 
 
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
 def model_from_json(meta: dict, model_class: type):
     """Inverse of :func:`model_json`: a fitted ``model_class``."""
-    return model_from_dict(meta["arrays"], meta, model_class)
+    model = model_from_dict(meta["arrays"], meta, model_class)
+    model.history_ = [
+        {k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in entry.items()}
+        if isinstance(entry, dict)
+        else entry
+        for entry in model.history_
+    ]
+    return model
 
 
 def _jsonable(value):
+    """Strict JSON: numpy scalars as Python numbers; NaN and infinities as the strings "NaN",
+    "Infinity" and "-Infinity" (as Zarr writes such fill values), at any depth."""
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _jsonable(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
     return value
 
 
@@ -287,7 +335,9 @@ def write_zarr(
     model : fitted GaussianMixture, optional
         Stored as JSON in the attribute ``model`` (read back by :func:`open_segmentation`).
     attrs : mapping, optional
-        More group attributes (NaN and numpy scalars are made JSON-able).
+        More group attributes. Written as strict JSON: numpy scalars become numbers and
+        non-finite floats the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (a NaN
+        ``nodata`` is read back as ``"NaN"``).
     source : str, optional
         Path of the input: refused as ``path``, and stored in the attribute ``source``.
     overwrite : bool, default=False
@@ -334,8 +384,8 @@ def write_zarr(
         meta = {"daskgmm_version": _version(), "outputs": list(arrays), "source": source}
         if model is not None:
             meta["model"] = model_json(model)
-        meta.update({key: _jsonable(value) for key, value in (attrs or {}).items()})
-        group.attrs.update(meta)
+        meta.update(attrs or {})
+        group.attrs.update(_jsonable(meta))
         group.attrs[COMPLETE_ATTR] = True  # last: the store is complete from here on
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

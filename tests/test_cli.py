@@ -599,3 +599,9 @@ def test_segment_overwrite_never_deletes_the_input_or_other_files(raster, tmp_pa
     assert sorted(os.listdir(project)) == ["img.zarr", "notes.txt"]
     assert (other / "a.txt").read_text() == "keep"
     assert zarr.open_array(str(image), mode="r")[:].sum() == 30 * 20 * 3
+
+
+def test_segment_save_model_to_a_directory_fails_before_the_fit(raster, tmp_path):
+    with pytest.raises(SystemExit, match="--save-model file .* is a directory"):
+        main(["segment", raster, str(tmp_path / "o.zarr"), "-k", "2", "--save-model", str(tmp_path)])
+    assert not (tmp_path / "o.zarr").exists()

@@ -162,10 +162,12 @@ def test_overwrite_replaces_only_a_complete_daskgmm_output(tmp_path):
 
 def _another_run_finishes(block, path):
     """Stands for a second run that places its output while this one is still writing."""
-    if not os.path.exists(path):
+    try:
         os.mkdir(path)
-        with open(os.path.join(path, "first.txt"), "w") as f:
-            f.write("first run's output")
+    except FileExistsError:  # another task of this write got there first
+        return block
+    with open(os.path.join(path, "first.txt"), "w") as f:
+        f.write("first run's output")
     return block
 
 
@@ -181,3 +183,60 @@ def test_an_output_that_appears_during_the_write_survives(tmp_path):
         write_zarr(out, arrays, dims={"labels": ["x"]})
     assert os.listdir(out) == ["first.txt"]
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
+# --------------------------------------------------------------------------
+# outputs checked before the fit, the umask honoured, strict JSON (issue 14, case 8)
+# --------------------------------------------------------------------------
+def test_save_model_to_a_directory_fails_before_the_fit(tmp_path, capsys):
+    from daskgmm.cli import main
+
+    data = tmp_path / "x.npy"
+    np.save(data, make_mixture(n_samples=200, n_features=2, n_components=2, seed=0)[0])
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    for target, message in [
+        (tmp_path, "--save-model file .* is a directory; give a file name"),
+        (blocker / "m.npz", "cannot be written: .* is not a directory"),
+    ]:
+        # no scheduler is reachable at this address: refusing before any connection or fit
+        with pytest.raises(SystemExit, match=message):
+            main(
+                ["fit", str(data), "-k", "2", "--save-model", str(target), "--scheduler", "tcp://127.0.0.1:1"]
+            )
+    with pytest.raises(SystemExit, match="--checkpoint file .* is a directory"):
+        main(["fit", str(data), "-k", "2", "--checkpoint", str(tmp_path), "--scheduler", "tcp://127.0.0.1:1"])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_model_and_checkpoint_files_honour_the_umask(tmp_path, X, umask, mode):
+    import dask
+
+    old = os.umask(umask)
+    try:
+        with dask.config.set(scheduler="threads"):
+            gm = GaussianMixture(2, random_state=0, max_iter=2, checkpoint=tmp_path / "c.npz").fit(X)
+        gm.save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == mode
+    assert os.stat(tmp_path / "c.npz").st_mode & 0o777 == mode
+
+
+def test_segmentation_attributes_are_strict_json(tmp_path):
+    import dask
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    img = np.random.default_rng(0).normal(size=(40, 30, 2))
+    img[:3] = np.nan
+    with dask.config.set(scheduler="threads"):
+        seg = daskgmm.segment(img, 2, nodata=np.float64("nan"), random_state=0)
+        seg.to_zarr(tmp_path / "o.zarr")
+    with open(tmp_path / "o.zarr" / "zarr.json") as f:
+        attrs = json.load(f, parse_constant=refuse)["attributes"]
+    assert attrs["nodata"] == "NaN"
+    back = daskgmm.image.open_segmentation(tmp_path / "o.zarr")
+    assert back["model"].history_[0]["change"] == float("inf")

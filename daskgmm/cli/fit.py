@@ -157,6 +157,14 @@ def run_fit(args) -> int:
 
     if args.resume and not args.checkpoint:
         raise UsageError("--resume needs --checkpoint PATH (the checkpoint of the fit to continue)")
+    from daskgmm.io import check_writable
+
+    try:  # before the fit: an output that cannot be written fails now, not after it
+        for path, what in ((args.save_model, "--save-model file"), (args.checkpoint, "--checkpoint file")):
+            if path:
+                check_writable(path, what)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     X = open_data(args.data, args.array)
     show = is_interactive() and not args.no_progress
     with connect(args) as client:

@@ -132,7 +132,7 @@ def run(args) -> int:
 
     from daskgmm._progress import is_interactive
     from daskgmm.image import Segmentation, as_image, fit_image
-    from daskgmm.io import check_output
+    from daskgmm.io import check_output, check_writable
 
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not args.overwrite:
@@ -142,6 +142,8 @@ def run(args) -> int:
     znode, source = _open_image(args.image, args.array)
     try:  # before the fit: OUT must not hold the input, and only a complete output is replaced
         check_output(out, source=os.path.abspath(args.image), overwrite=args.overwrite)
+        if args.save_model:
+            check_writable(args.save_model, "--save-model file")
     except (FileExistsError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
     try:
