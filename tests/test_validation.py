@@ -67,6 +67,37 @@ def test_non_finite_values_at_predict(X, bad):
         gm.predict(da.from_array(Xb, chunks=(100, 3))).compute()
 
 
+EXTREME = "holds the value -3.4e\\+38 \\(row 17 of its chunk, feature 1\\).*undeclared nodata value"
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("init", ["given", "kmeans", "random"])
+def test_finite_values_whose_squares_overflow_are_named_in_the_first_pass(X, init):
+    """GDAL's float32 nodata (-3.4e38) is not silently modelled: the error names it."""
+    X32 = X.astype(np.float32)
+    X32[217, 1] = np.float32(-3.4e38)
+    Xd = da.from_array(X32, chunks=(100, 3))
+    kwargs = given_init(X32) if init == "given" else {"init_params": init, "random_state": 0}
+    with CountComputes() as counter, pytest.raises(ValueError, match=EXTREME):
+        GaussianMixture(2, **kwargs).fit(Xd)
+    if init == "given":
+        assert counter.n == 1  # the error came from the first EM pass itself
+
+
+@pytest.mark.parametrize("fit_dtype", [np.float32, np.float64])
+def test_finite_values_whose_squares_overflow_at_predict_and_segment(X, fit_dtype):
+    import daskgmm
+
+    gm = GaussianMixture(2, random_state=0).fit(X.astype(fit_dtype))
+    Xb = X.astype(np.float32)
+    Xb[17, 1] = np.float32(-3.4e38)
+    for method in (gm.predict, gm.predict_proba, gm.score_samples):
+        with pytest.raises(ValueError, match=EXTREME):
+            method(Xb)
+    with pytest.raises(ValueError, match=EXTREME):
+        daskgmm.image.predict_image(gm, Xb.reshape(30, 10, 3)).labels.compute()
+
+
 def test_nan_with_default_init_on_numpy(X):
     X = X.copy()
     X[0, 0] = np.nan
