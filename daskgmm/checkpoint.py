@@ -324,6 +324,11 @@ class Checkpoint:
             logger.info("no checkpoint at %s yet: starting a new fit", self.path)
             return None
         meta, arrays = read_checkpoint(self.path)
+        if not all(isinstance(meta.get(key), dict) for key in ("data", "settings")):
+            raise CheckpointError(
+                f"{self.path!r} is a damaged daskgmm checkpoint (its 'data' or 'settings' metadata is "
+                "missing or malformed). Delete it, or fit without resume to start over."
+            )
         self._check(meta)
         try:
             rng = meta["rng"]
@@ -347,7 +352,7 @@ class Checkpoint:
                 incremental=incremental,
                 finished=bool(meta["finished"]),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise CheckpointError(
                 f"{self.path!r} is a damaged daskgmm checkpoint ({type(e).__name__}: {e}). "
                 "Delete it, or fit without resume to start over."

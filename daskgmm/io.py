@@ -206,25 +206,73 @@ def model_to_dict(model) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def _shapes(covariance_type: str, k: int, d: int) -> dict:
+    cov = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    return {"weights_": (k,), "means_": (k, d), "covariances_": cov, "precisions_cholesky_": cov}
+
+
+def check_model_arrays(arrays: Mapping[str, Any], covariance_type: str, n_features: int) -> None:
+    """Refuse (:class:`ValueError`) fitted arrays that no fit produces: wrong shapes, non-finite
+    values, weights that are negative or do not sum to 1, precisions that are not positive definite."""
+    k = len(np.asarray(arrays["weights_"]).reshape(-1))
+    for name, shape in _shapes(covariance_type, k, n_features).items():
+        a = np.asarray(arrays[name])
+        if a.shape != shape:
+            raise ValueError(
+                f"{name} has shape {a.shape}; a {covariance_type!r} model of {k} components "
+                f"and {n_features} features has {shape}."
+            )
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} holds NaN or infinite values.")
+    w = np.asarray(arrays["weights_"], dtype=np.float64)
+    tol = 1e-4 if np.asarray(arrays["weights_"]).dtype == np.float32 else 1e-8
+    if np.any(w < 0) or abs(w.sum() - 1.0) > tol:
+        raise ValueError(f"weights_ must be non-negative and sum to 1; they sum to {w.sum():.10g}.")
+    pc = np.asarray(arrays["precisions_cholesky_"], dtype=np.float64)
+    diag = np.diagonal(pc, axis1=-2, axis2=-1) if covariance_type in ("full", "tied") else pc
+    if not np.all(diag > 0):
+        raise ValueError(
+            "precisions_cholesky_ is not the Cholesky factor of positive-definite "
+            "precisions (a diagonal entry is not positive)."
+        )
+
+
 def model_from_dict(arrays: dict, meta: dict, model_class: type):
     """A fitted ``model_class`` (:class:`~daskgmm.GaussianMixture`) from (arrays, metadata):
-    the inverse of :func:`model_to_dict` (arrays may be numpy arrays or nested lists)."""
+    the inverse of :func:`model_to_dict` (arrays may be numpy arrays or nested lists).
+
+    Raises :class:`ValueError` for malformed metadata or arrays (:func:`check_model_arrays`)."""
+    try:
+        return _model_from_dict(arrays, meta, model_class)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        what = f"missing entry {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(
+            f"Malformed daskgmm model ({what}); the file is damaged or not a daskgmm model."
+        ) from e
+
+
+def _model_from_dict(arrays: dict, meta: dict, model_class: type):
     from daskgmm._gaussian import precisions_from_cholesky
 
     params = {k: _from_json_param(v) for k, v in meta["params"].items()}
     model = model_class(**params)
+    fitted = meta["fitted"]
+    check_model_arrays(arrays, model.covariance_type, int(fitted["n_features_in_"]))
+    if len(np.asarray(arrays["weights_"])) != model.n_components:
+        raise ValueError(
+            f"The model has {len(arrays['weights_'])} weights but n_components={model.n_components}."
+        )
     for name in _ARRAYS:
         setattr(model, name, _float_array(arrays[name]))
     if "precisions_" in arrays:  # saved since float32 attributes (computed in float64, then rounded)
         model.precisions_ = _float_array(arrays["precisions_"])
     else:
         model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
-    fitted = meta["fitted"]
-    model.converged_ = fitted["converged_"]
-    model.n_iter_ = fitted["n_iter_"]
-    model.lower_bound_ = fitted["lower_bound_"]
-    model.n_features_in_ = fitted["n_features_in_"]
-    model.history_ = fitted.get("history_", [])
+    model.converged_ = bool(fitted["converged_"])
+    model.n_iter_ = int(fitted["n_iter_"])
+    model.lower_bound_ = float(fitted["lower_bound_"])
+    model.n_features_in_ = int(fitted["n_features_in_"])
+    model.history_ = list(fitted.get("history_", []))
     model.lower_bounds_ = np.asarray(arrays.get("lower_bounds_", []), dtype=np.float64).tolist()
     return model
 

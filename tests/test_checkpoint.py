@@ -431,3 +431,17 @@ def test_resume_with_another_dask_array_of_the_same_shape_is_refused(X, tmp_path
     other = da.random.RandomState(0).normal(size=X.shape, chunks=(500, 3))
     with pytest.raises(CheckpointError, match=r"belongs to other data: content="):
         GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(other, resume=True)
+
+
+@pytest.mark.parametrize("changes", [{"data": []}, {"settings": None}, {"states": [1]}, {"rng": "x"}])
+def test_malformed_checkpoint_metadata_raises_checkpoint_error(X, tmp_path, changes):
+    ckpt = tmp_path / "c.npz"
+    GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(X)
+    with np.load(ckpt, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(data["metadata"]).decode())
+    meta.update(changes)
+    data["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(ckpt, **data)
+    with pytest.raises(CheckpointError, match="damaged daskgmm checkpoint"):
+        GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(X, resume=True)

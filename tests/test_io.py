@@ -240,3 +240,52 @@ def test_segmentation_attributes_are_strict_json(tmp_path):
     assert attrs["nodata"] == "NaN"
     back = daskgmm.image.open_segmentation(tmp_path / "o.zarr")
     assert back["model"].history_[0]["change"] == float("inf")
+
+
+# --------------------------------------------------------------------------
+# loaded models are validated; malformed files raise ValueError (issue 14, case 5)
+# --------------------------------------------------------------------------
+def _rewrite_arrays(src, dst, **changes):
+    with np.load(src, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    data.update(changes)
+    np.savez(dst, **data)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: {"weights_": a["weights_"] * 0.5}, "weights_ must be non-negative and sum to 1"),
+        (lambda a: {"weights_": a["weights_"][:2]}, r"means_ has shape \(3, 3\); a 'full' model of 2"),
+        (lambda a: {"means_": a["means_"][:, :2]}, r"means_ has shape \(3, 2\); .* has \(3, 3\)"),
+        (lambda a: {"precisions_cholesky_": -a["precisions_cholesky_"]}, "not the Cholesky factor of"),
+        (lambda a: {"covariances_": a["covariances_"] * np.nan}, "covariances_ holds NaN"),
+    ],
+)
+def test_load_validates_the_arrays(tmp_path, X, change, match):
+    gm = GaussianMixture(3, random_state=0).fit(X)
+    gm.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    _rewrite_arrays(tmp_path / "m.npz", tmp_path / "bad.npz", **change(arrays))
+    with pytest.raises(ValueError, match=match):
+        daskgmm.load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"params": None}, {"params": {"no_such_param": 1}}, {"fitted": {}}, {"fitted": []}, {"class": 3}],
+)
+def test_malformed_metadata_raises_value_error(tmp_path, X, changes):
+    GaussianMixture(2, random_state=0).fit(X).save(tmp_path / "m.npz")
+    _rewrite_metadata(tmp_path / "m.npz", tmp_path / "bad.npz", **changes)
+    if "class" in changes:  # not used to build the model: still loads
+        daskgmm.load(tmp_path / "bad.npz")
+        return
+    with pytest.raises(ValueError, match="Malformed daskgmm model"):
+        daskgmm.load(tmp_path / "bad.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        data = {k: z[k] for k in z.files if k != "means_"}
+    np.savez(tmp_path / "no_means.npz", **data)
+    with pytest.raises(ValueError, match="Malformed daskgmm model \\(missing entry 'means_'\\)"):
+        daskgmm.load(tmp_path / "no_means.npz")
