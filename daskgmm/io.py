@@ -423,6 +423,7 @@ def write_zarr(
                 dtype=arr.dtype,
                 fill_value=-1 if arr.dtype.kind in "iu" else np.nan,
                 dimension_names=list(dims[name]),
+                config={"write_empty_chunks": True},  # every chunk stored: none reads as missing
             )
             sources.append(arr)
             targets.append(target)

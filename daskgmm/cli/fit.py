@@ -113,6 +113,12 @@ def add_parser(sub) -> None:
         action="store_true",
         help="no progress bars (they are drawn only when standard error is a terminal)",
     )
+    p.add_argument(
+        "--allow-missing-chunks",
+        action="store_true",
+        help="accept a Zarr input whose store lacks chunks, reading them as its fill value "
+        "(default: refused, as data that were never written)",
+    )
     add_cluster_arguments(p)
     p.set_defaults(func=run_fit)
 
@@ -148,6 +154,14 @@ def print_summary(model, out=sys.stdout) -> None:
 
 
 def run_fit(args) -> int:
+    """``daskgmm fit`` with ``--allow-missing-chunks`` in the dask config (see ``_run_fit``)."""
+    import dask
+
+    with dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}):
+        return _run_fit(args)
+
+
+def _run_fit(args) -> int:
     import dask
     from sklearn.exceptions import ConvergenceWarning
 

@@ -112,6 +112,12 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="no progress bars (they are drawn only when standard error is a terminal)",
     )
+    p.add_argument(
+        "--allow-missing-chunks",
+        action="store_true",
+        help="accept a Zarr input whose store lacks chunks, reading them as its fill value "
+        "(default: refused, as data that were never written)",
+    )
     add_cluster_arguments(p)
     p.set_defaults(func=run)
 
@@ -126,6 +132,14 @@ def _open_image(path: str, array: str | None):
 
 
 def run(args) -> int:
+    """``daskgmm segment`` with ``--allow-missing-chunks`` in the dask config (see ``_run``)."""
+    import dask
+
+    with dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}):
+        return _run(args)
+
+
+def _run(args) -> int:
     """``daskgmm segment``: fit, then write OUT safely; prints a summary."""
     import dask
     import numpy as np
