@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -605,3 +606,64 @@ def test_segment_save_model_to_a_directory_fails_before_the_fit(raster, tmp_path
     with pytest.raises(SystemExit, match="--save-model file .* is a directory"):
         main(["segment", raster, str(tmp_path / "o.zarr"), "-k", "2", "--save-model", str(tmp_path)])
     assert not (tmp_path / "o.zarr").exists()
+
+
+# --------------------------------------------------------------------------
+# no silent hang when no worker can run tasks (issue 14, case 7)
+# --------------------------------------------------------------------------
+def test_a_scheduler_without_workers_fails_in_bounded_time(data):
+    """A real scheduler process with no workers: the command says so within --worker-timeout."""
+    d, *_ = data
+    sched = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(d / "sched.json"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):
+            if (d / "sched.json").exists() and (d / "sched.json").stat().st_size:
+                break
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "daskgmm.cli",
+                "fit",
+                str(d / "x.npy"),
+                "-k",
+                "2",
+                "--scheduler-file",
+                str(d / "sched.json"),
+                "--worker-timeout",
+                "3s",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode != 0 and time.monotonic() - t0 < 60
+        assert "no worker able to run tasks after 3s: the scheduler has no workers" in r.stderr
+    finally:
+        sched.terminate()
+        sched.wait(30)
+
+
+def test_a_memory_limit_below_an_idle_worker_is_a_usage_error(data, capsys):
+    d, *_ = data
+    with pytest.raises(SystemExit) as e:
+        main(["fit", str(d / "x.npy"), "-k", "2", "--memory-limit", "50MB"])
+    assert e.value.code == 2
+    assert "below what an idle dask worker uses" in capsys.readouterr().err
