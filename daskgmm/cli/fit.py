@@ -141,8 +141,10 @@ def summary(model) -> dict:
     }
 
 
-def print_summary(model, out=sys.stdout) -> None:
+def print_summary(model, out=None) -> None:
     import numpy as np
+
+    out = out or sys.stdout  # looked up now: the stream at import time may be closed since
 
     print(
         f"converged: {model.converged_}  iterations: {model.n_iter_}  lower bound: {model.lower_bound_:.6f}",
