@@ -661,9 +661,10 @@ def test_a_scheduler_without_workers_fails_in_bounded_time(data):
         sched.wait(30)
 
 
-def test_a_memory_limit_below_an_idle_worker_is_a_usage_error(data, capsys):
+@pytest.mark.parametrize("limit", ["50MB", "1e-6", "1000"])
+def test_a_memory_limit_below_an_idle_worker_is_a_usage_error(data, capsys, limit):
     d, *_ = data
     with pytest.raises(SystemExit) as e:
-        main(["fit", str(d / "x.npy"), "-k", "2", "--memory-limit", "50MB"])
+        main(["fit", str(d / "x.npy"), "-k", "2", "--memory-limit", limit])
     assert e.value.code == 2
     assert "below what an idle dask worker uses" in capsys.readouterr().err

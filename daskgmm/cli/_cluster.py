@@ -31,17 +31,23 @@ def memory_limit(text: str) -> str:
     this machine's memory (``0.5``) or ``0`` (no limit); returned as given."""
     if text == "auto":
         return text
-    try:
-        if float(text) >= 0:
-            return text
-    except ValueError:
-        pass
     from dask.utils import parse_bytes
 
     try:
-        size = parse_bytes(text)
-    except (ValueError, TypeError):
-        size = 0
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if number == 0:
+        return text
+    if number > 0:  # dask: a fraction of this machine's memory up to 1, else bytes
+        import psutil
+
+        size = number * psutil.virtual_memory().total if number <= 1 else number
+    else:
+        try:
+            size = parse_bytes(text)
+        except (ValueError, TypeError):
+            size = 0
     if 0 < size < MIN_WORKER_MEMORY:
         raise argparse.ArgumentTypeError(
             f"{text!r} is below what an idle dask worker uses (about {MIN_WORKER_MEMORY // 2**20} MiB): "
