@@ -482,8 +482,14 @@ def check_output(path, *, source: str | None = None, overwrite: bool = False) ->
     daskgmm output (:class:`ValueError` saying what ``path`` is). Call it before a long fit.
     """
     path = os.path.abspath(os.fspath(path))
-    if source and _inside(source, path):
-        what = "the input image itself" if _inside(path, source) else "a directory holding the input image"
+    if source and (_inside(source, path) or _inside(path, source)):
+        what = (
+            "the input image itself"
+            if _inside(path, source) and _inside(source, path)
+            else "a directory holding the input image"
+            if _inside(source, path)
+            else "inside the input image"
+        )
         raise ValueError(f"The output path {path!r} is {what} ({source!r}); choose another output path.")
     if not os.path.lexists(path):
         return

@@ -589,6 +589,7 @@ def test_segment_overwrite_never_deletes_the_input_or_other_files(raster, tmp_pa
     for out, message in [
         (project, "is a directory holding the input image"),
         (image, "is the input image itself"),
+        (image / "out.zarr", "is inside the input image"),
     ]:
         with pytest.raises(SystemExit, match=message):
             main(["segment", str(image), str(out), "-k", "2", "--overwrite"])
