@@ -669,3 +669,30 @@ def test_a_memory_limit_below_an_idle_worker_is_a_usage_error(data, capsys, limi
         main(["fit", str(d / "x.npy"), "-k", "2", "--memory-limit", limit])
     assert e.value.code == 2
     assert "below what an idle dask worker uses" in capsys.readouterr().err
+
+
+def test_two_concurrent_segment_runs_to_one_out(raster, tmp_path, cluster):
+    """Two real ``daskgmm segment`` processes, neither with --overwrite, to the same OUT: one
+    succeeds, the other fails clearly, and OUT is the complete output of the one that succeeded."""
+    from daskgmm.io import open_segmentation
+
+    out = tmp_path / "seg.zarr"
+    cmd = [sys.executable, "-m", "daskgmm.cli", "segment", raster, str(out), "-k", "3", "--nodata", "0"]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--seed", str(seed), "--scheduler", cluster.scheduler_address, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (0, 1)
+    ]
+    results = [(p.wait(300), *p.communicate()) for p in procs]
+    codes = sorted(rc for rc, _, _ in results)
+    assert codes == [0, 1], results
+    winner = next(json.loads(o.strip().splitlines()[-1]) for rc, o, _ in results if rc == 0)
+    loser_err = next(e for rc, _, e in results if rc != 0)
+    assert "appeared while this output was being written" in loser_err or "already exists" in loser_err
+    back = open_segmentation(str(out))
+    assert back["attrs"]["seed"] in (0, 1) and winner["out"] == str(out)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
