@@ -282,7 +282,8 @@ class EStepParams:
             coef[:, d : 2 * d] = prec * m
             mpm = np.sum(prec * m * m, axis=1)
         coef[:, -1] = self.const - 0.5 * mpm
-        self.coef = np.ascontiguousarray(coef.astype(dtype))
+        with np.errstate(over="ignore"):  # centres of extreme data: the kernel names the value
+            self.coef = np.ascontiguousarray(coef.astype(dtype))
         # Centres about which the second moments are accumulated (float64).
         if covariance_type == "full":
             self.stat_centers = means

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -147,6 +148,20 @@ class _Unwrapped:
     store: str | None = None  # the store of a Zarr array
 
 
+def check_chunks_present(z, where: str | None = None) -> None:
+    """Refuse a Zarr array whose store lacks chunks (read as the fill value): one key listing at
+    open, no data read; allowed by the dask config ``daskgmm.allow_missing_chunks``."""
+    have, want = int(z.nchunks_initialized), int(z.nchunks)
+    if have < want and not dask.config.get("daskgmm.allow_missing_chunks", False):
+        raise ValueError(
+            f"The Zarr array {where or str(z.store_path)!r} has {want - have} of its {want} chunks missing "
+            f"from its store; Zarr would read them as the fill value {z.fill_value}, data that were never "
+            "there. Rewrite it if a copy or write was interrupted; if those chunks hold only the fill value "
+            "(Zarr skips writing such chunks), pass --allow-missing-chunks (in Python: "
+            'dask.config.set({"daskgmm.allow_missing_chunks": True})).'
+        )
+
+
 def _unwrap(X) -> _Unwrapped:
     """Paths -> Zarr arrays -> dask arrays (with their dimension names); other libraries'
     array-API arrays -> numpy (:func:`from_array_api`); the rest as given."""
@@ -155,6 +170,7 @@ def _unwrap(X) -> _Unwrapped:
         source = os.fspath(X)
         X = _open_zarr_path(X)
     if _is_zarr_array(X):
+        check_chunks_present(X, source)
         names = getattr(X.metadata, "dimension_names", None)
         dims = None
         if names and all(isinstance(n, str) for n in names) and len(set(names)) == len(names):

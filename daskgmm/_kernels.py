@@ -118,8 +118,13 @@ def block_rows(n_components: int, n_features: int, covariance_type: str = "full"
     return int(min(max(rows, _MIN_BLOCK_ROWS), _MAX_BLOCK_ROWS))
 
 
+#: magnitudes named as the likely cause of an overflow (an undeclared nodata value)
+_EXTREME = 1e18
+
+
 def check_finite_block(X: np.ndarray, name: str = "X") -> None:
-    """Raise scikit-learn's error if ``X`` holds NaN or infinity (called only on a suspect block)."""
+    """Raise an error naming the cause of a non-finite result in the block ``X``: NaN,
+    infinity, or a finite value whose square overflows (called only on a suspect block)."""
     if np.isnan(X).any():
         raise ValueError(
             f"Input {name} contains NaN. GaussianMixture does not accept missing values "
@@ -127,6 +132,20 @@ def check_finite_block(X: np.ndarray, name: str = "X") -> None:
         )
     if np.isinf(X).any():
         raise ValueError(f"Input {name} contains infinity or a value too large for {X.dtype!r}.")
+    if X.size == 0:
+        return
+    # finite values, yet the log-densities were not: a value whose square overflows the
+    # compute dtype (float32 squares overflow above about 1.8e19)
+    where = np.unravel_index(int(np.argmax(np.abs(X))), X.shape)
+    value = float(X[where])
+    place = f"row {where[0]} of its chunk" + (f", feature {where[1]}" if X.ndim > 1 else "")
+    if abs(value) >= _EXTREME:
+        raise ValueError(
+            f"Input {name} holds the value {value:.6g} ({place}), so large that its square "
+            f"overflows the {X.dtype} computation (float32 squares overflow above 1.8e+19). It is most likely an undeclared nodata value (GDAL writes -3.4e+38 for "
+            "float32): declare it (nodata=... / --nodata), or drop or mask those rows first."
+        )
+    # otherwise the caller's own handling applies (a collapsed component, for instance)
 
 
 def empty_stats(n_components: int, n_features: int, covariance_type: str) -> dict:
@@ -273,7 +292,8 @@ def chunk_stats_given_resp(
     acc = _Moments(p)
     total = 0.0
     for start, stop, F, center in _blocks(n, p):
-        xt = design_t(X[start:stop], p, F, center)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing values: reported below
+            xt = design_t(X[start:stop], p, F, center)
         r = np.array(np.asarray(resp[start:stop]).T, dtype=p.dtype)  # (K, rows), a copy
         w = None
         if sample_weight is not None:
@@ -283,9 +303,13 @@ def chunk_stats_given_resp(
             total += float(w64.sum())
         else:
             total += stop - start
-        acc.add(F, xt, r, w)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing values: reported below
+            acc.add(F, xt, r, w)
     out["n"] = total
-    return acc.into(out)
+    out = acc.into(out)
+    if not all(np.isfinite(v).all() for v in out.values()):
+        check_finite_block(X)  # a value whose square overflows: named with the likely cause
+    return out
 
 
 def nearest_center_resp(X: np.ndarray, centers: np.ndarray) -> np.ndarray:

@@ -5,8 +5,8 @@ With ``GaussianMixture(checkpoint=PATH)`` (``daskgmm fit --checkpoint PATH``, or
 initialisation and after every pass over the data: every start's parameters,
 iteration and lower-bound history (all starts of all candidates share the passes),
 the re-seeding state (``on_collapse="reseed"``), incremental EM's per-chunk
-statistics, the random state, the fit's settings and the data's fingerprint (shape, dtype, row chunks, the Zarr path when known, a content hash for
-in-memory arrays). ``fit(X, resume=True)`` (``--resume``) continues from it, to the
+statistics, the random state, the fit's settings and the data's fingerprint (shape, dtype, row
+chunks, and what identifies the content: see :func:`data_fingerprint`). ``fit(X, resume=True)`` (``--resume``) continues from it, to the
 same final result as an uninterrupted run: EM iterations are deterministic functions
 of the parameters, which are stored exactly (float64).
 
@@ -67,11 +67,14 @@ def _normalise_source(source: str | None) -> str | None:
 
 
 def data_fingerprint(inp) -> dict:
-    """Shape, dtype, row chunks and (when known) the path or content hash of the data.
+    """Shape, dtype, row chunks, the path, and what identifies the data's content.
 
-    ``inp`` is a :class:`daskgmm._input.Input`. In-memory (numpy) input is
-    identified by its content (dask's token of the array); Zarr input by its path;
-    other dask arrays by shape, dtype and chunks only.
+    ``inp`` is a :class:`daskgmm._input.Input`. Zarr input (a local store) is identified by its
+    path, a hash of its metadata files (``zarr.json``/``.zarray``/``.zattrs``) and a hash of every
+    chunk file's name, size and modification time (:func:`zarr_stamp`: file metadata only, no
+    data is read). Every other input by dask's token of the array (its name): numpy arrays by
+    their content, a ``.npy`` file read by ``daskgmm fit`` by its path, size and modification
+    time, other dask arrays by their graph.
     """
     X = inp.data
     rows = tuple(int(c) for c in X.chunks[0])
@@ -83,9 +86,39 @@ def data_fingerprint(inp) -> dict:
         "row_chunks_hash": hashlib.sha256(repr(rows).encode()).hexdigest()[:32],
         "path": _normalise_source(inp.source),
     }
-    if inp.kind == "numpy":
+    if inp.kind == "zarr":
+        fp.update(zarr_stamp(fp["path"]))
+    else:
         fp["content"] = X.name
     return fp
+
+
+_ZARR_METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+
+
+def zarr_stamp(path: str | None) -> dict:
+    """What identifies a local Zarr store's content without reading its chunks: a hash of its
+    metadata files and a hash of every chunk file's name, size and modification time (a store
+    rewritten in place changes the modification times). Empty for remote stores."""
+    if not path or "://" in path or not os.path.isdir(path):
+        return {}
+    meta, files, n = hashlib.sha256(), hashlib.sha256(), 0
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path)
+            if name in _ZARR_METADATA:
+                with open(full, "rb") as f:
+                    meta.update(rel.encode() + b"\0" + f.read())
+            else:
+                st = os.stat(full)
+                files.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                n += 1
+    return {
+        "zarr_metadata": meta.hexdigest()[:32],
+        "zarr_chunk_files": f"{n} chunk files, {files.hexdigest()[:16]}",
+    }
 
 
 def fit_settings(model, sample_weight=None) -> dict:
@@ -195,8 +228,16 @@ def _incremental_from(meta: dict, arrays: dict) -> dict:
     }
 
 
+_CONTENT_KEYS = {
+    "content": "the data's content or origin differs (another array, or a file rewritten)",
+    "zarr_metadata": "the Zarr array's metadata changed",
+    "zarr_chunk_files": "the Zarr store's chunk files changed (rewritten, added or removed)",
+}
+
+
 def _describe_difference(key: str, then, now) -> str:
-    return f"{key}={then!r} in the checkpoint, {now!r} now"
+    hint = f" ({_CONTENT_KEYS[key]})" if key in _CONTENT_KEYS else ""
+    return f"{key}={then!r} in the checkpoint, {now!r} now{hint}"
 
 
 class Checkpoint:
@@ -283,6 +324,11 @@ class Checkpoint:
             logger.info("no checkpoint at %s yet: starting a new fit", self.path)
             return None
         meta, arrays = read_checkpoint(self.path)
+        if not all(isinstance(meta.get(key), dict) for key in ("data", "settings")):
+            raise CheckpointError(
+                f"{self.path!r} is a damaged daskgmm checkpoint (its 'data' or 'settings' metadata is "
+                "missing or malformed). Delete it, or fit without resume to start over."
+            )
         self._check(meta)
         try:
             rng = meta["rng"]
@@ -306,7 +352,7 @@ class Checkpoint:
                 incremental=incremental,
                 finished=bool(meta["finished"]),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise CheckpointError(
                 f"{self.path!r} is a damaged daskgmm checkpoint ({type(e).__name__}: {e}). "
                 "Delete it, or fit without resume to start over."

@@ -374,6 +374,7 @@ def write_blobs_zarr(
         dtype="f8",
         compressors="auto" if compressed else None,
         overwrite=overwrite,
+        config={"write_empty_chunks": True},  # no chunk missing from the store
     )
     da.store(X, z, lock=False)
     return params
@@ -539,6 +540,7 @@ def make_raster(
         dtype=np.uint16,
         overwrite=overwrite,
         dimension_names=["y", "x", "band"],
+        config={"write_empty_chunks": True},  # nodata-only chunks too: no chunk missing
     )
     da.store(arr, z, lock=False)
     z.attrs.update({"n_classes": n_classes, "seed": seed, "nodata": nodata})

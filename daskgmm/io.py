@@ -54,6 +54,8 @@ def _json_param(value):
         return float(value)
     if isinstance(value, np.random.RandomState):
         return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return value
 
 
@@ -70,6 +72,7 @@ def atomic_write_bytes(path: str, write) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -79,6 +82,35 @@ def atomic_write_bytes(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path, what: str = "output file") -> None:
+    """Refuse, before any work, an output file ``path`` that cannot be written: a directory, or a
+    path whose nearest existing directory is not writable (:class:`ValueError`)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"The {what} {path!r} is a directory; give a file name, e.g. {path}/model.npz.")
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"The {what} {path!r} cannot be written: {parent!r} is not a directory.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"The {what} {path!r} cannot be written: no write permission in {parent!r}.")
 
 
 # --------------------------------------------------------------------------
@@ -174,25 +206,73 @@ def model_to_dict(model) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def _shapes(covariance_type: str, k: int, d: int) -> dict:
+    cov = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    return {"weights_": (k,), "means_": (k, d), "covariances_": cov, "precisions_cholesky_": cov}
+
+
+def check_model_arrays(arrays: Mapping[str, Any], covariance_type: str, n_features: int) -> None:
+    """Refuse (:class:`ValueError`) fitted arrays that no fit produces: wrong shapes, non-finite
+    values, weights that are negative or do not sum to 1, precisions that are not positive definite."""
+    k = len(np.asarray(arrays["weights_"]).reshape(-1))
+    for name, shape in _shapes(covariance_type, k, n_features).items():
+        a = np.asarray(arrays[name])
+        if a.shape != shape:
+            raise ValueError(
+                f"{name} has shape {a.shape}; a {covariance_type!r} model of {k} components "
+                f"and {n_features} features has {shape}."
+            )
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} holds NaN or infinite values.")
+    w = np.asarray(arrays["weights_"], dtype=np.float64)
+    tol = 1e-4 if np.asarray(arrays["weights_"]).dtype == np.float32 else 1e-8
+    if np.any(w < 0) or abs(w.sum() - 1.0) > tol:
+        raise ValueError(f"weights_ must be non-negative and sum to 1; they sum to {w.sum():.10g}.")
+    pc = np.asarray(arrays["precisions_cholesky_"], dtype=np.float64)
+    diag = np.diagonal(pc, axis1=-2, axis2=-1) if covariance_type in ("full", "tied") else pc
+    if not np.all(diag > 0):
+        raise ValueError(
+            "precisions_cholesky_ is not the Cholesky factor of positive-definite "
+            "precisions (a diagonal entry is not positive)."
+        )
+
+
 def model_from_dict(arrays: dict, meta: dict, model_class: type):
     """A fitted ``model_class`` (:class:`~daskgmm.GaussianMixture`) from (arrays, metadata):
-    the inverse of :func:`model_to_dict` (arrays may be numpy arrays or nested lists)."""
+    the inverse of :func:`model_to_dict` (arrays may be numpy arrays or nested lists).
+
+    Raises :class:`ValueError` for malformed metadata or arrays (:func:`check_model_arrays`)."""
+    try:
+        return _model_from_dict(arrays, meta, model_class)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        what = f"missing entry {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(
+            f"Malformed daskgmm model ({what}); the file is damaged or not a daskgmm model."
+        ) from e
+
+
+def _model_from_dict(arrays: dict, meta: dict, model_class: type):
     from daskgmm._gaussian import precisions_from_cholesky
 
     params = {k: _from_json_param(v) for k, v in meta["params"].items()}
     model = model_class(**params)
+    fitted = meta["fitted"]
+    check_model_arrays(arrays, model.covariance_type, int(fitted["n_features_in_"]))
+    if len(np.asarray(arrays["weights_"])) != model.n_components:
+        raise ValueError(
+            f"The model has {len(arrays['weights_'])} weights but n_components={model.n_components}."
+        )
     for name in _ARRAYS:
         setattr(model, name, _float_array(arrays[name]))
     if "precisions_" in arrays:  # saved since float32 attributes (computed in float64, then rounded)
         model.precisions_ = _float_array(arrays["precisions_"])
     else:
         model.precisions_ = precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
-    fitted = meta["fitted"]
-    model.converged_ = fitted["converged_"]
-    model.n_iter_ = fitted["n_iter_"]
-    model.lower_bound_ = fitted["lower_bound_"]
-    model.n_features_in_ = fitted["n_features_in_"]
-    model.history_ = fitted.get("history_", [])
+    model.converged_ = bool(fitted["converged_"])
+    model.n_iter_ = int(fitted["n_iter_"])
+    model.lower_bound_ = float(fitted["lower_bound_"])
+    model.n_features_in_ = int(fitted["n_features_in_"])
+    model.history_ = list(fitted.get("history_", []))
     model.lower_bounds_ = np.asarray(arrays.get("lower_bounds_", []), dtype=np.float64).tolist()
     return model
 
@@ -233,16 +313,32 @@ def model_json(model) -> dict:
     return meta
 
 
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
 def model_from_json(meta: dict, model_class: type):
     """Inverse of :func:`model_json`: a fitted ``model_class``."""
-    return model_from_dict(meta["arrays"], meta, model_class)
+    model = model_from_dict(meta["arrays"], meta, model_class)
+    model.history_ = [
+        {k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in entry.items()}
+        if isinstance(entry, dict)
+        else entry
+        for entry in model.history_
+    ]
+    return model
 
 
 def _jsonable(value):
+    """Strict JSON: numpy scalars as Python numbers; NaN and infinities as the strings "NaN",
+    "Infinity" and "-Infinity" (as Zarr writes such fill values), at any depth."""
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _jsonable(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
     return value
 
 
@@ -287,7 +383,9 @@ def write_zarr(
     model : fitted GaussianMixture, optional
         Stored as JSON in the attribute ``model`` (read back by :func:`open_segmentation`).
     attrs : mapping, optional
-        More group attributes (NaN and numpy scalars are made JSON-able).
+        More group attributes. Written as strict JSON: numpy scalars become numbers and
+        non-finite floats the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (a NaN
+        ``nodata`` is read back as ``"NaN"``).
     source : str, optional
         Path of the input: refused as ``path``, and stored in the attribute ``source``.
     overwrite : bool, default=False
@@ -303,12 +401,7 @@ def write_zarr(
     from daskgmm._progress import compute
 
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(
-            f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite)."
-        )
-    if source and os.path.abspath(source).rstrip(os.sep) == path.rstrip(os.sep):
-        raise ValueError("The output path is the input image itself; choose another output path.")
+    check_output(path, source=source, overwrite=overwrite)
     parent, base = os.path.split(path.rstrip(os.sep))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
@@ -330,6 +423,7 @@ def write_zarr(
                 dtype=arr.dtype,
                 fill_value=-1 if arr.dtype.kind in "iu" else np.nan,
                 dimension_names=list(dims[name]),
+                config={"write_empty_chunks": True},  # every chunk stored: none reads as missing
             )
             sources.append(arr)
             targets.append(target)
@@ -339,20 +433,117 @@ def write_zarr(
         meta = {"daskgmm_version": _version(), "outputs": list(arrays), "source": source}
         if model is not None:
             meta["model"] = model_json(model)
-        meta.update({key: _jsonable(value) for key, value in (attrs or {}).items()})
-        group.attrs.update(meta)
+        meta.update(attrs or {})
+        group.attrs.update(_jsonable(meta))
         group.attrs[COMPLETE_ATTR] = True  # last: the store is complete from here on
-        trash = None
-        if os.path.exists(path):
-            trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
-            os.rename(path, trash)
-        os.rename(tmp, path)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _place(tmp, path, source=source, overwrite=overwrite)
     return path
+
+
+def describe_path(path: str) -> str:
+    """What is at ``path``, in words, for an error message."""
+    if os.path.islink(path):
+        return "a symbolic link"
+    if os.path.isfile(path):
+        return f"a file of {os.path.getsize(path):,} bytes"
+    if not os.path.isdir(path):
+        return "not a file or directory"
+    if is_complete_output(path):
+        return "a complete daskgmm output"
+    n = len(os.listdir(path))
+    if os.path.exists(os.path.join(path, "zarr.json")) or os.path.exists(os.path.join(path, ".zgroup")):
+        return f"a Zarr store that is not a complete daskgmm output (no {COMPLETE_ATTR!r} stamp)"
+    return f"a directory with {n} entr{'y' if n == 1 else 'ies'} that is not a daskgmm output"
+
+
+def is_complete_output(path: str) -> bool:
+    """Whether ``path`` is a Zarr group written by :func:`write_zarr` to completion (its stamp)."""
+    try:
+        with open(os.path.join(path, "zarr.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        return meta.get("node_type") == "group" and meta.get("attributes", {}).get(COMPLETE_ATTR) is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _inside(inner: str, outer: str) -> bool:
+    inner, outer = os.path.realpath(inner), os.path.realpath(outer)
+    return inner == outer or os.path.commonpath([inner, outer]) == outer
+
+
+def check_output(path, *, source: str | None = None, overwrite: bool = False) -> None:
+    """Refuse an output ``path`` that :func:`write_zarr` must not write or replace.
+
+    ``path`` may not be, or contain, the input ``source``. An existing ``path`` is refused
+    without ``overwrite`` (:class:`FileExistsError`), and with it unless it is a complete
+    daskgmm output (:class:`ValueError` saying what ``path`` is). Call it before a long fit.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if source and (_inside(source, path) or _inside(path, source)):
+        what = (
+            "the input image itself"
+            if _inside(path, source) and _inside(source, path)
+            else "a directory holding the input image"
+            if _inside(source, path)
+            else "inside the input image"
+        )
+        raise ValueError(f"The output path {path!r} is {what} ({source!r}); choose another output path.")
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite). "
+            f"It is {describe_path(path)}."
+        )
+    if os.path.islink(path) or not is_complete_output(path):
+        raise ValueError(
+            f"{path!r} is {describe_path(path)}; overwrite=True (--overwrite) replaces only a complete "
+            "daskgmm output. Choose another output path, or remove it yourself."
+        )
+
+
+def _place(tmp: str, path: str, *, source: str | None, overwrite: bool) -> None:
+    """Move the complete group ``tmp`` to ``path``: atomic no-replace, or a checked replace."""
+    parent, base = os.path.split(path.rstrip(os.sep))
+    if not (overwrite and os.path.lexists(path)):
+        try:
+            os.mkdir(path)  # atomic reservation: fails if anything appeared at path meanwhile
+        except FileExistsError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(
+                f"{path!r} appeared while this output was being written ({describe_path(path)}, "
+                "another run?); it was left as it is and this output was discarded."
+            ) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.rename(tmp, path)  # onto our own empty directory
+        return
+    try:
+        check_output(path, source=source, overwrite=True)  # again, just before the swap
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
+    os.rename(path, trash)
+    try:
+        os.rename(tmp, path)
+    except BaseException as e:
+        try:
+            os.rename(trash, path)
+        except OSError:
+            raise OSError(
+                f"Replacing {path!r} failed ({e}): the previous output is at {trash!r} and the new "
+                f"one at {tmp!r}; move either to {path!r}."
+            ) from e
+        raise OSError(
+            f"Replacing {path!r} failed ({e}); the previous output is back in place and the new "
+            f"one is at {tmp!r}."
+        ) from e
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def open_segmentation(path, model_class: type | None = None) -> dict:

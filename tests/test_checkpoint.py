@@ -389,3 +389,59 @@ def test_a_checkpoint_of_the_old_format_is_refused_with_a_remedy(X, tmp_path):
         CheckpointError, match="checkpoint format 1, which this daskgmm cannot continue: fit without"
     ):
         GaussianMixture(2, random_state=0, max_iter=2, checkpoint=ckpt).fit(X, resume=True)
+
+
+# ---------------------------------------------------------------------------
+# resume only the same data: files, stores rewritten in place, other dask arrays (issue 14)
+# ---------------------------------------------------------------------------
+def test_resume_with_another_npy_file_is_refused(X, cluster, tmp_path, capsys):
+    """The README's requeue pattern with the wrong file: refused, not a's model for b."""
+    from daskgmm.cli import main
+
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, X)
+    np.save(b, X[::-1].copy())  # same shape and dtype, other values
+    ckpt = str(tmp_path / "fit.ckpt.npz")
+    common = ["-k", "3", "--seed", "0", "--max-iter", "3", "--checkpoint", ckpt, "--scheduler"]
+    assert main(["fit", str(a), *common, cluster.scheduler_address]) == 0
+    for other in (b, a):
+        if other == a:  # the same path rewritten
+            np.save(a, X + 1.0)
+        with pytest.raises(SystemExit, match=r"belongs to other data: content=.*another array, or a file"):
+            main(["fit", str(other), *common, cluster.scheduler_address, "--resume"])
+    capsys.readouterr()
+
+
+def test_resume_with_a_zarr_store_rewritten_in_place_is_refused(X, tmp_path):
+    path = str(tmp_path / "d.zarr")
+    z = zarr.create_array(path, shape=X.shape, chunks=(500, 3), dtype="f8")
+    z[:] = X
+    ckpt = tmp_path / "c.npz"
+    GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(path)
+    GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(path, resume=True)  # same: fine
+    z[1000:1500] = X[:500]  # one chunk rewritten in place, same path and shape
+    with pytest.raises(CheckpointError, match=r"zarr_chunk_files=.*the Zarr store's chunk files changed"):
+        GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(path, resume=True)
+
+
+def test_resume_with_another_dask_array_of_the_same_shape_is_refused(X, tmp_path):
+    ckpt = tmp_path / "c.npz"
+    first = da.from_array(X, chunks=(500, 3))
+    GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(first)
+    other = da.random.RandomState(0).normal(size=X.shape, chunks=(500, 3))
+    with pytest.raises(CheckpointError, match=r"belongs to other data: content="):
+        GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(other, resume=True)
+
+
+@pytest.mark.parametrize("changes", [{"data": []}, {"settings": None}, {"states": [1]}, {"rng": "x"}])
+def test_malformed_checkpoint_metadata_raises_checkpoint_error(X, tmp_path, changes):
+    ckpt = tmp_path / "c.npz"
+    GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(X)
+    with np.load(ckpt, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(data["metadata"]).decode())
+    meta.update(changes)
+    data["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(ckpt, **data)
+    with pytest.raises(CheckpointError, match="damaged daskgmm checkpoint"):
+        GaussianMixture(3, random_state=0, checkpoint=ckpt, max_iter=2).fit(X, resume=True)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -576,3 +577,122 @@ def test_demo_keep_open_waits_for_enter():
     assert r.returncode == 0, r.stderr
     assert "the dashboard stays open at http://" in r.stdout and "press Enter (or Ctrl-C)" in r.stdout
     assert_quiet(r.stderr, allowed=())
+
+
+def test_segment_overwrite_never_deletes_the_input_or_other_files(raster, tmp_path):
+    """``segment project/img.zarr project --overwrite`` is refused before any fit; nothing is removed."""
+    project = tmp_path / "project"
+    project.mkdir()
+    image = project / "img.zarr"
+    zarr.create_array(str(image), shape=(30, 20, 3), chunks=(10, 20, 3), dtype="f8")[:] = 1.0
+    (project / "notes.txt").write_text("keep")
+    for out, message in [
+        (project, "is a directory holding the input image"),
+        (image, "is the input image itself"),
+        (image / "out.zarr", "is inside the input image"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main(["segment", str(image), str(out), "-k", "2", "--overwrite"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="is a directory with 1 entry that is not a daskgmm output"):
+        main(["segment", str(image), str(other), "-k", "2", "--overwrite"])
+    assert sorted(os.listdir(project)) == ["img.zarr", "notes.txt"]
+    assert (other / "a.txt").read_text() == "keep"
+    assert zarr.open_array(str(image), mode="r")[:].sum() == 30 * 20 * 3
+
+
+def test_segment_save_model_to_a_directory_fails_before_the_fit(raster, tmp_path):
+    with pytest.raises(SystemExit, match="--save-model file .* is a directory"):
+        main(["segment", raster, str(tmp_path / "o.zarr"), "-k", "2", "--save-model", str(tmp_path)])
+    assert not (tmp_path / "o.zarr").exists()
+
+
+# --------------------------------------------------------------------------
+# no silent hang when no worker can run tasks (issue 14, case 7)
+# --------------------------------------------------------------------------
+def test_a_scheduler_without_workers_fails_in_bounded_time(data):
+    """A real scheduler process with no workers: the command says so within --worker-timeout."""
+    d, *_ = data
+    sched = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(d / "sched.json"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):
+            if (d / "sched.json").exists() and (d / "sched.json").stat().st_size:
+                break
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "daskgmm.cli",
+                "fit",
+                str(d / "x.npy"),
+                "-k",
+                "2",
+                "--scheduler-file",
+                str(d / "sched.json"),
+                "--worker-timeout",
+                "3s",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode != 0 and time.monotonic() - t0 < 60
+        assert "no worker able to run tasks after 3s: the scheduler has no workers" in r.stderr
+    finally:
+        sched.terminate()
+        sched.wait(30)
+
+
+@pytest.mark.parametrize("limit", ["50MB", "1e-6", "1000"])
+def test_a_memory_limit_below_an_idle_worker_is_a_usage_error(data, capsys, limit):
+    d, *_ = data
+    with pytest.raises(SystemExit) as e:
+        main(["fit", str(d / "x.npy"), "-k", "2", "--memory-limit", limit])
+    assert e.value.code == 2
+    assert "below what an idle dask worker uses" in capsys.readouterr().err
+
+
+def test_two_concurrent_segment_runs_to_one_out(raster, tmp_path, cluster):
+    """Two real ``daskgmm segment`` processes, neither with --overwrite, to the same OUT: one
+    succeeds, the other fails clearly, and OUT is the complete output of the one that succeeded."""
+    from daskgmm.io import open_segmentation
+
+    out = tmp_path / "seg.zarr"
+    cmd = [sys.executable, "-m", "daskgmm.cli", "segment", raster, str(out), "-k", "3", "--nodata", "0"]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--seed", str(seed), "--scheduler", cluster.scheduler_address, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (0, 1)
+    ]
+    results = [(p.wait(300), *p.communicate()) for p in procs]
+    codes = sorted(rc for rc, _, _ in results)
+    assert codes == [0, 1], results
+    winner = next(json.loads(o.strip().splitlines()[-1]) for rc, o, _ in results if rc == 0)
+    loser_err = next(e for rc, _, e in results if rc != 0)
+    assert "appeared while this output was being written" in loser_err or "already exists" in loser_err
+    back = open_segmentation(str(out))
+    assert back["attrs"]["seed"] in (0, 1) and winner["out"] == str(out)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []

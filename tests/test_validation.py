@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import dask
@@ -65,6 +66,37 @@ def test_non_finite_values_at_predict(X, bad):
     # lazy input: the error surfaces when the result is computed
     with pytest.raises(ValueError, match="NaN|infinity"):
         gm.predict(da.from_array(Xb, chunks=(100, 3))).compute()
+
+
+EXTREME = "holds the value -3.4e\\+38 \\(row 17 of its chunk, feature 1\\).*undeclared nodata value"
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("init", ["given", "kmeans", "random"])
+def test_finite_values_whose_squares_overflow_are_named_in_the_first_pass(X, init):
+    """GDAL's float32 nodata (-3.4e38) is not silently modelled: the error names it."""
+    X32 = X.astype(np.float32)
+    X32[217, 1] = np.float32(-3.4e38)
+    Xd = da.from_array(X32, chunks=(100, 3))
+    kwargs = given_init(X32) if init == "given" else {"init_params": init, "random_state": 0}
+    with CountComputes() as counter, pytest.raises(ValueError, match=EXTREME):
+        GaussianMixture(2, **kwargs).fit(Xd)
+    if init == "given":
+        assert counter.n == 1  # the error came from the first EM pass itself
+
+
+@pytest.mark.parametrize("fit_dtype", [np.float32, np.float64])
+def test_finite_values_whose_squares_overflow_at_predict_and_segment(X, fit_dtype):
+    import daskgmm
+
+    gm = GaussianMixture(2, random_state=0).fit(X.astype(fit_dtype))
+    Xb = X.astype(np.float32)
+    Xb[17, 1] = np.float32(-3.4e38)
+    for method in (gm.predict, gm.predict_proba, gm.score_samples):
+        with pytest.raises(ValueError, match=EXTREME):
+            method(Xb)
+    with pytest.raises(ValueError, match=EXTREME):
+        daskgmm.image.predict_image(gm, Xb.reshape(30, 10, 3)).labels.compute()
 
 
 def test_nan_with_default_init_on_numpy(X):
@@ -350,3 +382,36 @@ def test_restarts_share_the_single_start_m_step():
     Xg = make_mixture(n_samples=300, n_features=2, n_components=2, seed=1)[0]
     gm = GaussianMixture(2, n_init=2, random_state=0).fit(da.from_array(Xg, chunks=(100, 2)))
     assert gm.history_ and all(r["bytes_read"] == Xg.nbytes for r in gm.history_)
+
+
+# ---------------------------------------------------------------------------
+# missing Zarr chunks are not fill values (issue 14, case 6)
+# ---------------------------------------------------------------------------
+def _store_missing_a_chunk(tmp_path, X):
+    path = str(tmp_path / "x.zarr")
+    z = zarr.create_array(path, shape=X.shape, chunks=(50, 3), dtype="f8")
+    z[:] = X
+    os.remove(os.path.join(path, "c", "2", "0"))  # rows 100-149: lost in a copy
+    return path
+
+
+def test_missing_zarr_chunks_are_refused_in_fit_select_model_and_segment(X, tmp_path, capsys):
+    import daskgmm
+    from daskgmm.cli import main
+
+    path = _store_missing_a_chunk(tmp_path, X)
+    match = r"has 1 of its 6 chunks missing from its store; Zarr would read them as the fill value 0.0"
+    with CountComputes() as counter:
+        with pytest.raises(ValueError, match=match):
+            GaussianMixture(2, random_state=0).fit(path)
+        with pytest.raises(ValueError, match=match):
+            daskgmm.select_model(zarr.open_array(path, mode="r"), [1, 2], random_state=0)
+        with pytest.raises(ValueError, match=match):
+            daskgmm.segment(path, 2, random_state=0)
+    assert counter.n == 0  # found at open, without a pass over the data
+    with pytest.raises(SystemExit, match=match):
+        main(["segment", path, str(tmp_path / "o.zarr"), "-k", "2", "--scheduler", "tcp://127.0.0.1:1"])
+    # the user says the fill value is valid
+    with dask.config.set({"daskgmm.allow_missing_chunks": True}):
+        gm = GaussianMixture(2, random_state=0).fit(path)
+    assert gm.n_features_in_ == 3

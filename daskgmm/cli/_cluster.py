@@ -20,6 +20,10 @@ from daskgmm.cli._options import add_alias, int_at_least
 
 #: how long to try to reach a scheduler before giving up (dask's own default is 30s)
 CONNECT_TIMEOUT = "10s"
+#: how long to wait for a worker able to run tasks before giving up
+WORKER_TIMEOUT = "60s"
+#: a worker memory limit below this cannot hold an idle worker (python, numpy, distributed)
+MIN_WORKER_MEMORY = 256 * 2**20
 
 
 def memory_limit(text: str) -> str:
@@ -27,18 +31,30 @@ def memory_limit(text: str) -> str:
     this machine's memory (``0.5``) or ``0`` (no limit); returned as given."""
     if text == "auto":
         return text
-    try:
-        if float(text) >= 0:
-            return text
-    except ValueError:
-        pass
     from dask.utils import parse_bytes
 
     try:
-        if parse_bytes(text) > 0:
-            return text
-    except (ValueError, TypeError):
-        pass
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if number == 0:
+        return text
+    if number > 0:  # dask: a fraction of this machine's memory up to 1, else bytes
+        import psutil
+
+        size = number * psutil.virtual_memory().total if number <= 1 else number
+    else:
+        try:
+            size = parse_bytes(text)
+        except (ValueError, TypeError):
+            size = 0
+    if 0 < size < MIN_WORKER_MEMORY:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is below what an idle dask worker uses (about {MIN_WORKER_MEMORY // 2**20} MiB): "
+            "its worker would be paused or restarted forever and never run a task; give at least 256MiB"
+        )
+    if size > 0:
+        return text
     raise argparse.ArgumentTypeError(
         f"{text!r} is not a memory size: use e.g. 4GiB or 500MB, a fraction of this machine's memory "
         "such as 0.5, 0 for no limit, or auto"
@@ -120,6 +136,14 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
         default=CONNECT_TIMEOUT,
         metavar="DURATION",
         help="give up reaching the scheduler after this long (default: %(default)s)",
+    )
+    g.add_argument(
+        "--worker-timeout",
+        type=timeout,
+        default=WORKER_TIMEOUT,
+        metavar="DURATION",
+        help="fail if no worker able to run tasks (connected and not paused for memory) is there "
+        "after this long (default: %(default)s)",
     )
     add_local_cluster_arguments(g, threads=True)
     g.add_argument(
@@ -241,6 +265,35 @@ def _connect_remote(args, security):
         ) from e
 
 
+def wait_for_a_worker(client, args) -> None:
+    """Return once a worker can run tasks (connected, status running, not paused for memory);
+    fail after ``--worker-timeout`` with what the workers are doing, instead of hanging."""
+    import time
+
+    seconds = getattr(args, "worker_timeout", None) or timeout(WORKER_TIMEOUT)
+    deadline = time.monotonic() + seconds
+    while True:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        if any(w.get("status", "running") == "running" for w in workers.values()):
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not workers:
+        why = "the scheduler has no workers"
+    else:
+        why = ", ".join(
+            f"{addr} is {w.get('status')} (memory {w.get('metrics', {}).get('memory', 0) / 2**20:.0f} MiB "
+            f"of a {w.get('memory_limit', 0) / 2**20:.0f} MiB limit)"
+            for addr, w in workers.items()
+        )
+    raise SystemExit(
+        f"error: no worker able to run tasks after {seconds:g}s: {why}. Start workers for this "
+        "scheduler (dask worker ADDRESS), give them more memory (--memory-limit), or wait longer "
+        "with --worker-timeout."
+    )
+
+
 def _debug() -> bool:
     return logging.getLogger("daskgmm").getEffectiveLevel() <= logging.DEBUG
 
@@ -262,6 +315,7 @@ def connect(args):
     security = _security(args)
     if args.scheduler or args.scheduler_file or configured_address():
         with _connect_remote(args, security) as client:
+            wait_for_a_worker(client, args)
             yield client
         return
     from distributed import Client, LocalCluster
@@ -280,6 +334,7 @@ def connect(args):
     try:
         client = Client(cluster)
         try:
+            wait_for_a_worker(client, args)
             yield client
         finally:
             with _quiet_shutdown():

@@ -55,6 +55,12 @@ class NpyFile:
     def __reduce__(self):
         return (type(self), (self.path,))
 
+    def __dask_tokenize__(self):
+        """The file's path, size and modification time: the dask array's name (and so a
+        checkpoint's fingerprint) changes when the file does."""
+        st = os.stat(self.path)
+        return ("daskgmm.NpyFile", self.path, st.st_size, st.st_mtime_ns)
+
 
 def open_data(path: str, array: str | None):
     """The Zarr array (or group member) itself, so that a checkpoint records its path, or a
@@ -107,6 +113,12 @@ def add_parser(sub) -> None:
         action="store_true",
         help="no progress bars (they are drawn only when standard error is a terminal)",
     )
+    p.add_argument(
+        "--allow-missing-chunks",
+        action="store_true",
+        help="accept a Zarr input whose store lacks chunks, reading them as its fill value "
+        "(default: refused, as data that were never written)",
+    )
     add_cluster_arguments(p)
     p.set_defaults(func=run_fit)
 
@@ -129,8 +141,10 @@ def summary(model) -> dict:
     }
 
 
-def print_summary(model, out=sys.stdout) -> None:
+def print_summary(model, out=None) -> None:
     import numpy as np
+
+    out = out or sys.stdout  # looked up now: the stream at import time may be closed since
 
     print(
         f"converged: {model.converged_}  iterations: {model.n_iter_}  lower bound: {model.lower_bound_:.6f}",
@@ -142,6 +156,14 @@ def print_summary(model, out=sys.stdout) -> None:
 
 
 def run_fit(args) -> int:
+    """``daskgmm fit`` with ``--allow-missing-chunks`` in the dask config (see ``_run_fit``)."""
+    import dask
+
+    with dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}):
+        return _run_fit(args)
+
+
+def _run_fit(args) -> int:
     import dask
     from sklearn.exceptions import ConvergenceWarning
 
@@ -151,6 +173,14 @@ def run_fit(args) -> int:
 
     if args.resume and not args.checkpoint:
         raise UsageError("--resume needs --checkpoint PATH (the checkpoint of the fit to continue)")
+    from daskgmm.io import check_writable
+
+    try:  # before the fit: an output that cannot be written fails now, not after it
+        for path, what in ((args.save_model, "--save-model file"), (args.checkpoint, "--checkpoint file")):
+            if path:
+                check_writable(path, what)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     X = open_data(args.data, args.array)
     show = is_interactive() and not args.no_progress
     with connect(args) as client:

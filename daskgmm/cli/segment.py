@@ -98,7 +98,8 @@ def add_parser(subparsers) -> None:
     out.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace OUT if it exists (only once the new one is complete)",
+        help="replace OUT if it is a complete daskgmm output (only once the new one is complete); "
+        "anything else at OUT is refused",
     )
     out.add_argument(
         "--json",
@@ -110,6 +111,12 @@ def add_parser(subparsers) -> None:
         "--no-progress",
         action="store_true",
         help="no progress bars (they are drawn only when standard error is a terminal)",
+    )
+    p.add_argument(
+        "--allow-missing-chunks",
+        action="store_true",
+        help="accept a Zarr input whose store lacks chunks, reading them as its fill value "
+        "(default: refused, as data that were never written)",
     )
     add_cluster_arguments(p)
     p.set_defaults(func=run)
@@ -125,12 +132,21 @@ def _open_image(path: str, array: str | None):
 
 
 def run(args) -> int:
+    """``daskgmm segment`` with ``--allow-missing-chunks`` in the dask config (see ``_run``)."""
+    import dask
+
+    with dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}):
+        return _run(args)
+
+
+def _run(args) -> int:
     """``daskgmm segment``: fit, then write OUT safely; prints a summary."""
     import dask
     import numpy as np
 
     from daskgmm._progress import is_interactive
     from daskgmm.image import Segmentation, as_image, fit_image
+    from daskgmm.io import check_output, check_writable
 
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not args.overwrite:
@@ -138,8 +154,12 @@ def run(args) -> int:
     if args.sample is not None and not 0.0 < args.sample <= 1.0:
         raise SystemExit(f"error: --sample {args.sample} must be a fraction in (0, 1], e.g. 0.01")
     znode, source = _open_image(args.image, args.array)
-    if os.path.abspath(source).rstrip(os.sep) == out.rstrip(os.sep) or os.path.abspath(args.image) == out:
-        raise SystemExit("error: OUT is the input image; choose another output path")
+    try:  # before the fit: OUT must not hold the input, and only a complete output is replaced
+        check_output(out, source=os.path.abspath(args.image), overwrite=args.overwrite)
+        if args.save_model:
+            check_writable(args.save_model, "--save-model file")
+    except (FileExistsError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
     try:
         img = as_image(znode, args.feature_axis)
     except (ValueError, TypeError) as e:
@@ -166,14 +186,17 @@ def run(args) -> int:
         fit_s = time.perf_counter() - t0
         seg = Segmentation(model=model, image=img, nodata=args.nodata)
         t1 = time.perf_counter()
-        seg.to_zarr(
-            out,
-            probabilities=args.probabilities,
-            log_density=args.log_density,
-            confidence=args.confidence,
-            overwrite=args.overwrite,
-            attrs={"command": "daskgmm segment", "sample": args.sample, "seed": args.seed},
-        )
+        try:
+            seg.to_zarr(
+                out,
+                probabilities=args.probabilities,
+                log_density=args.log_density,
+                confidence=args.confidence,
+                overwrite=args.overwrite,
+                attrs={"command": "daskgmm segment", "sample": args.sample, "seed": args.seed},
+            )
+        except (FileExistsError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from e
         write_s = time.perf_counter() - t1
     if args.save_model:
         model.save(args.save_model)
