@@ -13,7 +13,8 @@ Three kinds of data, each with its generating parameters returned beside it:
 Every function is seeded, and the same arguments give the same numbers. Options such as
 ``matmul``, ``concentration`` or ``seed_by`` select between the random streams that earlier
 versions of the demo, benchmarks and tests drew, so the figures and tests built on them keep
-their exact values. Only numpy, dask and zarr are used here.
+their exact values. Only numpy, dask, zarr and :mod:`daskgmm.io` are used here. ``overwrite=True`` replaces only
+an array these functions wrote (the ``daskgmm_dataset`` attribute), never another path.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from typing import Literal, NamedTuple
 
 import dask.array as da
 import numpy as np
+
+from daskgmm.io import check_replaceable
+
+#: attribute of the arrays these writers make: overwrite=True replaces only such an array
+STAMP = "daskgmm_dataset"
 
 SeedLike = int | np.random.RandomState | np.random.Generator | None
 
@@ -365,8 +371,7 @@ def write_blobs_zarr(
 
     X, params = blobs_array(n_samples, n_features, n_components, chunk_rows, seed, **options)
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path!r} already exists; pass overwrite=True.")
+    check_replaceable(path, overwrite, STAMP)
     z = zarr.create_array(
         path,
         shape=(n_samples, n_features),
@@ -377,6 +382,7 @@ def write_blobs_zarr(
         config={"write_empty_chunks": True},  # no chunk missing from the store
     )
     da.store(X, z, lock=False)
+    z.attrs[STAMP] = "write_blobs_zarr"
     return params
 
 
@@ -531,8 +537,7 @@ def make_raster(
         nodata=nodata,
     )
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path!r} already exists; pass overwrite=True.")
+    check_replaceable(path, overwrite, STAMP)
     z = zarr.create_array(
         path,
         shape=(h, w, n_bands),
@@ -543,7 +548,7 @@ def make_raster(
         config={"write_empty_chunks": True},  # nodata-only chunks too: no chunk missing
     )
     da.store(arr, z, lock=False)
-    z.attrs.update({"n_classes": n_classes, "seed": seed, "nodata": nodata})
+    z.attrs.update({"n_classes": n_classes, "seed": seed, "nodata": nodata, STAMP: "make_raster"})
     return {"means": means, "scales": scales, "path": path}
 
 

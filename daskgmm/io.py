@@ -571,3 +571,20 @@ def open_segmentation(path, model_class: type | None = None) -> dict:
         out["model"] = model_from_json(attrs["model"], model_class)
     out["attrs"] = attrs
     return out
+
+
+def check_replaceable(path: str, overwrite: bool, stamp: str) -> None:
+    """Refuse to write over ``path`` unless it is new, or ``overwrite`` and it is a Zarr array
+    carrying the attribute ``stamp`` (one this package wrote): never any other file or store."""
+    if not os.path.exists(path):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path!r} already exists; pass overwrite=True.")
+    import zarr
+
+    try:
+        ours = stamp in zarr.open_array(path, mode="r").attrs
+    except Exception:  # not a Zarr array: a directory, a group, a file
+        ours = False
+    if not ours:
+        raise FileExistsError(f"{path!r} exists and was not written by daskgmm ({stamp!r}): not replaced.")

@@ -107,3 +107,25 @@ def test_true_classes_windows_agree_with_the_whole_map(tmp_path):
     truth = datasets.true_classes((64, 48), 3, seed=1)
     for k in np.unique(truth):
         np.testing.assert_allclose(values[truth == k].mean(axis=0), info["means"][k], rtol=0.05)
+
+
+def test_overwrite_replaces_only_an_array_these_writers_made(tmp_path):
+    """overwrite=True never deletes a path the package did not write (issue 14)."""
+    import zarr
+
+    from daskgmm.datasets import write_blobs_zarr
+
+    mine = tmp_path / "blobs.zarr"
+    write_blobs_zarr(mine, 100, 2, 2, chunk_rows=50, seed=0)
+    write_blobs_zarr(mine, 100, 2, 2, chunk_rows=50, seed=1, overwrite=True)  # its own array: replaced
+    assert zarr.open_array(str(mine), mode="r").shape == (100, 2)
+    precious = tmp_path / "project"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    foreign = tmp_path / "foreign.zarr"
+    zarr.create_array(str(foreign), shape=(4, 2), dtype="f8")[:] = 1.0
+    for path in (precious, foreign):
+        with pytest.raises(FileExistsError, match="was not written by daskgmm"):
+            write_blobs_zarr(path, 100, 2, 2, chunk_rows=50, overwrite=True)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    assert zarr.open_array(str(foreign), mode="r")[0, 0] == 1.0
