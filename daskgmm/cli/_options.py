@@ -85,3 +85,32 @@ def model_kwargs(args, names) -> dict:
     if "persist" in out:
         out["persist"] = _BOOL_WORDS[out["persist"]]
     return out
+
+
+def add_data_options(p: argparse.ArgumentParser, out) -> None:
+    """``--no-progress`` (in the group ``out``) and ``--allow-missing-chunks``: the options of the
+    commands that read a Zarr input and fit on it (``fit``, ``segment``)."""
+    out.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are drawn only when standard error is a terminal)",
+    )
+    p.add_argument(
+        "--allow-missing-chunks",
+        action="store_true",
+        help="accept a Zarr input whose store lacks chunks, reading them as its fill value "
+        "(default: refused, as data that were never written)",
+    )
+
+
+def missing_chunks_config(run):
+    """Run a command with its ``--allow-missing-chunks`` as dask's ``daskgmm.allow_missing_chunks``."""
+
+    def wrapped(args) -> int:
+        import dask
+
+        with dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}):
+            return run(args)
+
+    wrapped.__name__, wrapped.__doc__ = run.__name__, run.__doc__
+    return wrapped

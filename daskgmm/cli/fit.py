@@ -9,7 +9,7 @@ import time
 import warnings
 
 from daskgmm.cli._cluster import add_cluster_arguments, connect
-from daskgmm.cli._options import UsageError, add_model_options
+from daskgmm.cli._options import UsageError, add_data_options, add_model_options, missing_chunks_config
 from daskgmm.cli._options import model_kwargs as _model_kwargs
 
 #: the estimator parameters ``daskgmm fit`` takes as options (types, choices, defaults and help
@@ -108,17 +108,7 @@ def add_parser(sub) -> None:
         action="store_true",
         help="continue from --checkpoint PATH (a new fit if it does not exist yet)",
     )
-    out.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bars (they are drawn only when standard error is a terminal)",
-    )
-    p.add_argument(
-        "--allow-missing-chunks",
-        action="store_true",
-        help="accept a Zarr input whose store lacks chunks, reading them as its fill value "
-        "(default: refused, as data that were never written)",
-    )
+    add_data_options(p, out)
     add_cluster_arguments(p)
     p.set_defaults(func=run_fit)
 
@@ -155,15 +145,8 @@ def print_summary(model, out=None) -> None:
             print(f"  component {k}: weight {model.weights_[k]:.4f}  mean {model.means_[k]}", file=out)
 
 
+@missing_chunks_config
 def run_fit(args) -> int:
-    """``daskgmm fit`` with ``--allow-missing-chunks`` in the dask config (see ``_run_fit``)."""
-    import dask
-
-    with dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}):
-        return _run_fit(args)
-
-
-def _run_fit(args) -> int:
     import dask
     from sklearn.exceptions import ConvergenceWarning
 

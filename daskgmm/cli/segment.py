@@ -10,7 +10,13 @@ import sys
 import time
 
 from daskgmm.cli._cluster import add_cluster_arguments, connect
-from daskgmm.cli._options import add_model_options, int_at_least, model_kwargs
+from daskgmm.cli._options import (
+    add_data_options,
+    add_model_options,
+    int_at_least,
+    missing_chunks_config,
+    model_kwargs,
+)
 
 #: the estimator parameters ``daskgmm segment`` takes as options (from :mod:`daskgmm._params`)
 MODEL_OPTIONS = ("covariance_type", "max_iter", "tol", "reg_covar", "n_init", "init_params", "on_collapse")
@@ -107,17 +113,7 @@ def add_parser(subparsers) -> None:
         help="print the result as one line of JSON on standard output (timings, pixels per second), "
         "instead of text",
     )
-    out.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bars (they are drawn only when standard error is a terminal)",
-    )
-    p.add_argument(
-        "--allow-missing-chunks",
-        action="store_true",
-        help="accept a Zarr input whose store lacks chunks, reading them as its fill value "
-        "(default: refused, as data that were never written)",
-    )
+    add_data_options(p, out)
     add_cluster_arguments(p)
     p.set_defaults(func=run)
 
@@ -131,15 +127,8 @@ def _open_image(path: str, array: str | None):
         raise SystemExit(f"error: {e}") from e
 
 
+@missing_chunks_config
 def run(args) -> int:
-    """``daskgmm segment`` with ``--allow-missing-chunks`` in the dask config (see ``_run``)."""
-    import dask
-
-    with dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}):
-        return _run(args)
-
-
-def _run(args) -> int:
     """``daskgmm segment``: fit, then write OUT safely; prints a summary."""
     import dask
     import numpy as np
