@@ -306,7 +306,8 @@ def chunk_stats_given_resp(
         with np.errstate(over="ignore", invalid="ignore"):  # overflowing values: reported below
             acc.add(F, xt, r, w)
     out["n"] = total
-    out = acc.into(out)
+    with np.errstate(over="ignore", invalid="ignore"):  # the moments moved to the centres, likewise
+        out = acc.into(out)
     if not all(np.isfinite(v).all() for v in out.values()):
         check_finite_block(X)  # a value whose square overflows: named with the likely cause
     return out
