@@ -17,6 +17,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from daskgmm import _storage
 from daskgmm._gaussian import EStepParams, Params, n_parameters, sample_mixture
 from daskgmm._graph import predict_rows
 from daskgmm._input import Input, to_dask, wrap_rows
@@ -214,12 +215,17 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------
     # persistence
     # ------------------------------------------------------------------
-    def save(self, path) -> None:
+    @_storage.accepts_storage_options
+    def save(self, path, *, storage_options: dict | None = None) -> None:
         """Save the fitted model to ``path`` (a ``.npz`` of arrays + JSON metadata; no pickle).
 
         Parameters
         ----------
         path : str or os.PathLike
-            Destination file, written atomically (a reader never sees half a file).
+            Destination file, written atomically (a reader never sees half a file): a local
+            path, or a URL (``s3://bucket/model.npz``) written as one object in one put.
+        storage_options : dict, optional
+            fsspec options for a URL (over the environment's); an unknown protocol or a missing
+            package (``s3fs``...) is an error saying what to install, never a local file.
         """
         save_model(self, path)

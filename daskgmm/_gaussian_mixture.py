@@ -7,6 +7,7 @@ import logging
 import numpy as np
 from sklearn.utils import check_random_state
 
+from daskgmm import _storage
 from daskgmm._base import BaseMixture
 from daskgmm._engine import (
     Candidate,
@@ -219,7 +220,8 @@ class GaussianMixture(BaseMixture):
     # ------------------------------------------------------------------
     # fitting
     # ------------------------------------------------------------------
-    def fit(self, X, y=None, sample_weight=None, callback=None, resume: bool = False):
+    @_storage.accepts_storage_options
+    def fit(self, X, y=None, sample_weight=None, callback=None, resume: bool = False, storage_options=None):
         """Estimate the parameters with EM (one pass over the data per iteration).
 
         Parameters
@@ -239,6 +241,10 @@ class GaussianMixture(BaseMixture):
             Continue from the file given as ``checkpoint`` (a fresh fit when it does
             not exist yet). Refused with a clear error when the checkpoint belongs
             to other data or other settings.
+        storage_options : dict, optional
+            fsspec options (credentials, ``client_kwargs={"endpoint_url": ...}``) for ``X`` and
+            ``checkpoint`` given as URLs (``s3://bucket/data.zarr``), over what the environment
+            and fsspec's configuration provide.
 
         Returns
         -------
@@ -403,13 +409,16 @@ class GaussianMixture(BaseMixture):
         return self
 
 
-def load(path) -> GaussianMixture:
+@_storage.accepts_storage_options
+def load(path, *, storage_options: dict | None = None) -> GaussianMixture:
     """Load a model written by :meth:`GaussianMixture.save` (never unpickles).
 
     Parameters
     ----------
     path : str or os.PathLike
-        A model file.
+        A model file: a local path or a URL (``s3://bucket/model.npz``).
+    storage_options : dict, optional
+        fsspec options for a URL.
 
     Returns
     -------

@@ -25,6 +25,8 @@ import dask
 import dask.array as da
 import numpy as np
 
+from daskgmm._storage import open_zarr_array, zarr_source  # open_zarr_array: re-exported
+
 logger = logging.getLogger("daskgmm")
 
 #: default size of one chunk when daskgmm chunks an in-memory array (bytes)
@@ -118,7 +120,7 @@ def default_row_chunk(n_samples: int, n_features: int, itemsize: int) -> int:
 
 
 def _open_zarr_path(path: str | os.PathLike):
-    return open_zarr_array(path)[0]
+    return open_zarr_array(path)[0]  # local paths and URLs (daskgmm._storage)
 
 
 def _is_xarray(X) -> bool:
@@ -176,7 +178,7 @@ def _unwrap(X) -> _Unwrapped:
         if names and all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
             dims = tuple(names)
         try:
-            store = str(X.store_path)
+            store = zarr_source(X)
         except Exception:  # pragma: no cover
             store = None
         return _Unwrapped(da.from_zarr(X), "zarr", source, dims, store)
@@ -495,44 +497,6 @@ def check_precisions(precisions, covariance_type: str, n_components: int, n_feat
     elif np.any(precisions <= 0.0):
         raise ValueError(f"'{name}' should be positive")
     return precisions
-
-
-def open_zarr_array(path, array: str | None = None):
-    """The Zarr array at ``path`` (or the member ``array`` of the group there) and its full path.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ValueError
-        If ``path`` is not a Zarr store, is a group and no (existing) ``array`` is named,
-        or is an array while ``array`` is given. Messages name the arrays to choose from.
-    """
-    import zarr
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"No Zarr array at {path!r}: the path does not exist. Check the path "
-            "(for an array inside a group, give 'store.zarr/array_name')."
-        )
-    try:
-        node = zarr.open(path, mode="r")
-    except Exception as e:  # zarr raises several types for "not a store"
-        raise ValueError(f"{path!r} is not a Zarr array or group ({e}).") from e
-    if isinstance(node, zarr.Group):
-        names = sorted(name for name, _ in node.arrays())
-        if array is None:
-            raise ValueError(
-                f"{path!r} is a Zarr group; choose an array with --array (one of {names}), "
-                f"or pass '{os.path.join(path, names[0] if names else 'NAME')}' in Python."
-            )
-        if array not in names:
-            raise ValueError(f"no array {array!r} in {path!r} (arrays: {names})")
-        return node[array], os.path.join(path, array)
-    if array is not None:
-        raise ValueError(f"{path!r} is a Zarr array, not a group; drop --array")
-    return node, path
 
 
 def _check_weight_values(finite: bool, low: float, total: float) -> None:

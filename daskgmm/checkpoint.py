@@ -11,9 +11,9 @@ same final result as an uninterrupted run: EM iterations are deterministic funct
 of the parameters, which are stored exactly (float64).
 
 The file is one ``.npz`` archive of numeric arrays plus a JSON ``metadata`` entry,
-read with ``numpy.load(allow_pickle=False)``; it is written to a temporary name in
-the same directory and renamed into place, so the file under ``PATH`` is always a
-complete checkpoint, never a torn one.
+read with ``numpy.load(allow_pickle=False)``; on local disk it is written to a temporary name in
+the same directory and renamed into place, and at a URL (``s3://...``) written as one object in
+one put, so the file under ``PATH`` is always a complete checkpoint, never a torn one.
 
 A checkpoint is refused, with a message saying what differs, when it belongs to
 other data or was written with other settings (``n_components``, ``covariance_type``,
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskgmm import _storage
 from daskgmm._engine import EMState
 from daskgmm._gaussian import Params
 from daskgmm._input import from_array_api
@@ -99,7 +100,10 @@ _ZARR_METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
 def zarr_stamp(path: str | None) -> dict:
     """What identifies a local Zarr store's content without reading its chunks: a hash of its
     metadata files and a hash of every chunk file's name, size and modification time (a store
-    rewritten in place changes the modification times). Empty for remote stores."""
+    rewritten in place changes the modification times). A remote store (a URL) the same way from
+    one listing of its objects (:func:`daskgmm._storage.remote_zarr_stamp`: ETags or times)."""
+    if path and _storage.is_url(path):
+        return _storage.remote_zarr_stamp(path)
     if not path or "://" in path or not os.path.isdir(path):
         return {}
     meta, files, n = hashlib.sha256(), hashlib.sha256(), 0
@@ -320,7 +324,7 @@ class Checkpoint:
             The file is damaged or not a checkpoint, or it belongs to other data or
             other settings.
         """
-        if not os.path.exists(self.path):
+        if not _storage.exists(self.path):
             logger.info("no checkpoint at %s yet: starting a new fit", self.path)
             return None
         meta, arrays = read_checkpoint(self.path)
@@ -417,7 +421,7 @@ def open_checkpoint(path, settings: dict, inp, resume: bool) -> Checkpoint | Non
             )
         return None
     ckpt = Checkpoint(path, settings, data_fingerprint(inp))
-    if not resume and os.path.exists(ckpt.path):
+    if not resume and _storage.exists(ckpt.path):
         logger.info("checkpoint %s exists; resume=False: starting over and overwriting it", ckpt.path)
     return ckpt
 

@@ -21,9 +21,10 @@ Rules
   are anomalies), ``confidence`` float32 (the largest probability).
 
 Writing (:meth:`Segmentation.to_zarr`, ``daskgmm segment``) goes through the one safe Zarr
-writer, :func:`daskgmm.io.write_zarr`: a hidden temporary group, the attribute
-``daskgmm_complete`` stamped last, a rename into place; :func:`open_segmentation` refuses a
-store without that stamp. Zarr chunks are the image's spatial chunks.
+writer, :func:`daskgmm._zarr_output.write_zarr`: the attribute ``daskgmm_complete`` stamped
+last (after a rename into place on local disk; on an object store after every array under the
+final prefix); :func:`open_segmentation` refuses a store without that stamp. Images and outputs
+may be local paths or URLs (``s3://...``, with ``storage_options``). Zarr chunks are the image's spatial chunks.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ import dask
 import dask.array as da
 import numpy as np
 
+from daskgmm import _storage
 from daskgmm._input import Image, as_image, compute_dtype
 from daskgmm._kernels import valid_pixels_block
-from daskgmm.io import COMPLETE_ATTR as COMPLETE_ATTR  # re-exported
+from daskgmm._zarr_output import COMPLETE_ATTR as COMPLETE_ATTR  # re-exported
 from daskgmm.segmentation import (  # noqa: F401  (re-exported: daskgmm.image is the documented home)
     ORDER_RULE,
     OUTPUTS,
@@ -234,7 +236,9 @@ def fit_image(
     return model
 
 
-def predict_image(model, image, *, feature_axis: int | str | None = -1, nodata=None) -> Segmentation:
+def predict_image(
+    model, image, *, feature_axis: int | str | None = -1, nodata=None, storage_options: dict | None = None
+) -> Segmentation:
     """Apply a fitted model to an image (for example another tile), lazily.
 
     Returns a :class:`Segmentation` (``labels, model = predict_image(...)`` works too).
@@ -243,7 +247,7 @@ def predict_image(model, image, *, feature_axis: int | str | None = -1, nodata=N
     ----------
     model : fitted GaussianMixture
     image : array-like of shape (*spatial, n_bands) (bands on ``feature_axis``)
-    feature_axis, nodata
+    feature_axis, nodata, storage_options
         As in :func:`segment`.
 
     Returns
@@ -255,7 +259,8 @@ def predict_image(model, image, *, feature_axis: int | str | None = -1, nodata=N
     sklearn.exceptions.NotFittedError, ValueError
         ``model`` is not fitted, or was fitted on another number of features than bands.
     """
-    img = image if isinstance(image, Image) else as_image(image, feature_axis)
+    with _storage.using(storage_options):
+        img = image if isinstance(image, Image) else as_image(image, feature_axis)
     check_model(model, img.n_bands)
     return Segmentation(model=model, image=img, nodata=nodata)
 
@@ -268,6 +273,7 @@ def segment(
     nodata=None,
     sample: float | None = None,
     random_state=None,
+    storage_options: dict | None = None,
     **gmm_params,
 ) -> Segmentation:
     """Segment a multi-band image into per-pixel classes with a Gaussian mixture.
@@ -289,6 +295,9 @@ def segment(
         passes), then predict every pixel. None fits on all valid pixels.
     random_state : int, RandomState or None
         Seeds the pixel sample and the model's initialisation.
+    storage_options : dict, optional
+        fsspec options (credentials, ``client_kwargs={"endpoint_url": ...}``) for an image given
+        as a URL (``s3://bucket/image.zarr``), over what the environment provides.
     **gmm_params
         Any other :class:`~daskgmm.GaussianMixture` parameter (``covariance_type``, ``max_iter``...).
 
@@ -300,7 +309,8 @@ def segment(
         ``probabilities``, ``log_density``, ``confidence``; ``.to_zarr(path)`` writes them.
         Unpacks as ``labels, model``.
     """
-    img = as_image(image, feature_axis)
+    with _storage.using(storage_options):
+        img = as_image(image, feature_axis)
     model = fit_image(
         img, n_components, nodata=nodata, sample=sample, random_state=random_state, **gmm_params
     )

@@ -3,15 +3,12 @@
 A model file is one ``.npz`` archive of plain numeric arrays plus a ``metadata``
 entry holding UTF-8 JSON bytes (estimator parameters, format version, the
 daskgmm version that wrote it). It is read with ``numpy.load(allow_pickle=False)``,
-so loading a file can never execute code. Files are written to a temporary name
+so loading a file can never execute code. A local file is written to a temporary name
 in the same directory and renamed into place, so a crash never leaves a
-half-written model under the final name.
+half-written model under the final name; a URL (``s3://...``, :mod:`daskgmm._storage`) is
+written as one object in one put, which an object store makes visible whole or not at all.
 
-Zarr outputs (:func:`write_zarr`, used by segmentation and ``daskgmm segment``) go to a
-hidden temporary group next to the destination, get the attribute ``daskgmm_complete``
-last, and are renamed into place; :func:`open_segmentation` refuses a store without that
-stamp. Zarr chunks are the dask chunks of the arrays, so each task writes whole Zarr chunks
-and no two tasks ever write the same chunk.
+Zarr outputs (segmentation, ``daskgmm segment``) are written by :mod:`daskgmm._zarr_output`.
 
 This module never imports the estimator: functions that build a model take its class.
 """
@@ -23,14 +20,14 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
-import time
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from io import BytesIO
 from typing import Any
 
 import numpy as np
+
+from daskgmm import _storage
 
 logger = logging.getLogger("daskgmm")
 
@@ -100,7 +97,12 @@ def _umask() -> int:
 
 def check_writable(path, what: str = "output file") -> None:
     """Refuse, before any work, an output file ``path`` that cannot be written: a directory, or a
-    path whose nearest existing directory is not writable (:class:`ValueError`)."""
+    path whose nearest existing directory is not writable (:class:`ValueError`); a URL whose
+    protocol is unknown (:class:`ValueError`) or whose package is missing (:class:`ImportError`)."""
+    if _storage.is_url(path):
+        _storage.check_writable_url(os.fspath(path), what)
+        return
+    path = _storage.local_path(path)
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise ValueError(f"The {what} {path!r} is a directory; give a file name, e.g. {path}/model.npz.")
@@ -120,7 +122,12 @@ def write_container(path, arrays: Mapping[str, np.ndarray], meta: dict) -> None:
     """Write ``arrays`` plus ``meta`` (JSON, as the ``metadata`` entry) as one ``.npz``, atomically."""
     payload = dict(arrays)
     payload["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    atomic_write_bytes(path, lambda f: np.savez(f, **payload))
+    if _storage.is_url(path):  # one object, one put: never seen half-written
+        buffer = BytesIO()
+        np.savez(buffer, **payload)
+        _storage.write_bytes(os.fspath(path), buffer.getvalue())
+        return
+    atomic_write_bytes(_storage.local_path(path), lambda f: np.savez(f, **payload))
 
 
 def read_container(
@@ -135,14 +142,18 @@ def read_container(
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        source = _storage.as_file(path)  # a local path, or the object's bytes read in one get
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                head = f.read(4)
+        else:
+            head = source.getvalue()[:4]
     except OSError as e:
         raise error(f"{path!r} cannot be read as a daskgmm {what} ({e}).{remedy}") from e
     if head != b"PK\x03\x04":
         raise error(f"{path!r} is not a daskgmm {what} (not an .npz archive).{remedy}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(source, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except ValueError as e:
         if "pickle" in str(e):
@@ -295,17 +306,14 @@ def read_model(path) -> tuple[dict, dict]:
         than this daskgmm reads.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not _storage.exists(path):
         raise FileNotFoundError(f"No model file at {path!r}. Check the path given to save().")
     return read_container(path, FORMAT_NAME, FORMAT_VERSION, "model file")
 
 
 # --------------------------------------------------------------------------
-# Zarr output: temporary group, completion stamp, rename
+# Models as JSON (the attribute ``model`` of a Zarr output, see daskgmm._zarr_output)
 # --------------------------------------------------------------------------
-COMPLETE_ATTR = "daskgmm_complete"
-
-
 def model_json(model) -> dict:
     """The fitted model as JSON-able data (parameters and arrays; no pickle)."""
     arrays, meta = model_to_dict(model)
@@ -326,251 +334,6 @@ def model_from_json(meta: dict, model_class: type):
         for entry in model.history_
     ]
     return model
-
-
-def _jsonable(value):
-    """Strict JSON: numpy scalars as Python numbers; NaN and infinities as the strings "NaN",
-    "Infinity" and "-Infinity" (as Zarr writes such fill values), at any depth."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {key: _jsonable(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _regular_chunks(chunks: tuple) -> tuple:
-    """Zarr chunk shape for dask ``chunks``, or ``()`` if they are not regular."""
-    shape = []
-    for cs in chunks:
-        first = cs[0]
-        if any(c != first for c in cs[:-1]) or cs[-1] > first:
-            return ()
-        shape.append(int(first))
-    return tuple(shape)
-
-
-def write_zarr(
-    path,
-    arrays: Mapping[str, Any],
-    *,
-    dims: Mapping[str, Sequence[str]],
-    model=None,
-    attrs: Mapping[str, Any] | None = None,
-    source: str | None = None,
-    overwrite: bool = False,
-) -> str:
-    """Write lazy ``arrays`` to a new Zarr group at ``path`` without ever leaving a store that
-    looks complete after a failure.
-
-    The group is written under a hidden temporary name in the same directory
-    (``.NAME.partial-<id>``), the attribute ``daskgmm_complete`` is set last, and the group
-    is renamed to ``path``. A failure removes the temporary group; a killed process leaves
-    only the hidden temporary name, which :func:`open_segmentation` refuses. With
-    ``overwrite``, an existing ``path`` is replaced only once the new store is complete.
-
-    Parameters
-    ----------
-    path : str or path-like
-    arrays : mapping of name to dask array
-        Written with their dask chunks as Zarr chunks (irregular chunks are made regular
-        first), so each task writes whole Zarr chunks. Integer arrays get fill value -1,
-        float arrays NaN.
-    dims : mapping of name to dimension names
-    model : fitted GaussianMixture, optional
-        Stored as JSON in the attribute ``model`` (read back by :func:`open_segmentation`).
-    attrs : mapping, optional
-        More group attributes. Written as strict JSON: numpy scalars become numbers and
-        non-finite floats the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (a NaN
-        ``nodata`` is read back as ``"NaN"``).
-    source : str, optional
-        Path of the input: refused as ``path``, and stored in the attribute ``source``.
-    overwrite : bool, default=False
-
-    Returns
-    -------
-    str
-        The absolute path written.
-    """
-    import dask.array as da
-    import zarr
-
-    from daskgmm._progress import compute
-
-    path = os.path.abspath(os.fspath(path))
-    check_output(path, source=source, overwrite=overwrite)
-    parent, base = os.path.split(path.rstrip(os.sep))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
-    try:
-        group = zarr.open_group(tmp, mode="w")
-        sources, targets = [], []
-        for name, arr in arrays.items():
-            chunks = _regular_chunks(arr.chunks)
-            if not chunks:
-                # irregular dask chunks cannot map one-to-one onto Zarr chunks: make them regular
-                regular = tuple(max(cs) for cs in arr.chunks)
-                arr = arr.rechunk(regular)
-                chunks = regular
-                logger.info("output %s rechunked to regular chunks %s for Zarr", name, regular)
-            target = group.create_array(
-                name,
-                shape=arr.shape,
-                chunks=chunks,
-                dtype=arr.dtype,
-                fill_value=-1 if arr.dtype.kind in "iu" else np.nan,
-                dimension_names=list(dims[name]),
-                config={"write_empty_chunks": True},  # every chunk stored: none reads as missing
-            )
-            sources.append(arr)
-            targets.append(target)
-        t0 = time.perf_counter()
-        compute(da.store(sources, targets, lock=False, compute=False))  # a progress bar on a terminal
-        logger.info("wrote %s in %.1fs", list(arrays), time.perf_counter() - t0)
-        meta = {"daskgmm_version": _version(), "outputs": list(arrays), "source": source}
-        if model is not None:
-            meta["model"] = model_json(model)
-        meta.update(attrs or {})
-        group.attrs.update(_jsonable(meta))
-        group.attrs[COMPLETE_ATTR] = True  # last: the store is complete from here on
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _place(tmp, path, source=source, overwrite=overwrite)
-    return path
-
-
-def describe_path(path: str) -> str:
-    """What is at ``path``, in words, for an error message."""
-    if os.path.islink(path):
-        return "a symbolic link"
-    if os.path.isfile(path):
-        return f"a file of {os.path.getsize(path):,} bytes"
-    if not os.path.isdir(path):
-        return "not a file or directory"
-    if is_complete_output(path):
-        return "a complete daskgmm output"
-    n = len(os.listdir(path))
-    if os.path.exists(os.path.join(path, "zarr.json")) or os.path.exists(os.path.join(path, ".zgroup")):
-        return f"a Zarr store that is not a complete daskgmm output (no {COMPLETE_ATTR!r} stamp)"
-    return f"a directory with {n} entr{'y' if n == 1 else 'ies'} that is not a daskgmm output"
-
-
-def is_complete_output(path: str) -> bool:
-    """Whether ``path`` is a Zarr group written by :func:`write_zarr` to completion (its stamp)."""
-    try:
-        with open(os.path.join(path, "zarr.json"), encoding="utf-8") as f:
-            meta = json.load(f)
-        return meta.get("node_type") == "group" and meta.get("attributes", {}).get(COMPLETE_ATTR) is True
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _inside(inner: str, outer: str) -> bool:
-    inner, outer = os.path.realpath(inner), os.path.realpath(outer)
-    return inner == outer or os.path.commonpath([inner, outer]) == outer
-
-
-def check_output(path, *, source: str | None = None, overwrite: bool = False) -> None:
-    """Refuse an output ``path`` that :func:`write_zarr` must not write or replace.
-
-    ``path`` may not be, or contain, the input ``source``. An existing ``path`` is refused
-    without ``overwrite`` (:class:`FileExistsError`), and with it unless it is a complete
-    daskgmm output (:class:`ValueError` saying what ``path`` is). Call it before a long fit.
-    """
-    path = os.path.abspath(os.fspath(path))
-    if source and (_inside(source, path) or _inside(path, source)):
-        what = (
-            "the input image itself"
-            if _inside(path, source) and _inside(source, path)
-            else "a directory holding the input image"
-            if _inside(source, path)
-            else "inside the input image"
-        )
-        raise ValueError(f"The output path {path!r} is {what} ({source!r}); choose another output path.")
-    if not os.path.lexists(path):
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{path!r} already exists; choose another output or pass overwrite=True (--overwrite). "
-            f"It is {describe_path(path)}."
-        )
-    if os.path.islink(path) or not is_complete_output(path):
-        raise ValueError(
-            f"{path!r} is {describe_path(path)}; overwrite=True (--overwrite) replaces only a complete "
-            "daskgmm output. Choose another output path, or remove it yourself."
-        )
-
-
-def _place(tmp: str, path: str, *, source: str | None, overwrite: bool) -> None:
-    """Move the complete group ``tmp`` to ``path``: atomic no-replace, or a checked replace."""
-    parent, base = os.path.split(path.rstrip(os.sep))
-    if not (overwrite and os.path.lexists(path)):
-        try:
-            os.mkdir(path)  # atomic reservation: fails if anything appeared at path meanwhile
-        except FileExistsError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(
-                f"{path!r} appeared while this output was being written ({describe_path(path)}, "
-                "another run?); it was left as it is and this output was discarded."
-            ) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        os.rename(tmp, path)  # onto our own empty directory
-        return
-    try:
-        check_output(path, source=source, overwrite=True)  # again, just before the swap
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
-    os.rename(path, trash)
-    try:
-        os.rename(tmp, path)
-    except BaseException as e:
-        try:
-            os.rename(trash, path)
-        except OSError:
-            raise OSError(
-                f"Replacing {path!r} failed ({e}): the previous output is at {trash!r} and the new "
-                f"one at {tmp!r}; move either to {path!r}."
-            ) from e
-        raise OSError(
-            f"Replacing {path!r} failed ({e}); the previous output is back in place and the new "
-            f"one is at {tmp!r}."
-        ) from e
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def open_segmentation(path, model_class: type | None = None) -> dict:
-    """Open a store written by :func:`write_zarr` (segmentation, ``daskgmm segment``).
-
-    Returns ``{"labels": dask array, ... (the arrays written), "model": model_class instance
-    (when the store holds a model and ``model_class`` is given), "attrs": dict}``. Refuses a
-    store that lacks the completion stamp (an interrupted write).
-    """
-    import dask.array as da
-    import zarr
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No segmentation at {path!r}.")
-    group = zarr.open_group(path, mode="r")
-    attrs = dict(group.attrs)
-    if not attrs.get(COMPLETE_ATTR):
-        raise ValueError(
-            f"{path!r} is not a complete daskgmm segmentation (no '{COMPLETE_ATTR}' stamp): its "
-            "write was interrupted or it was not written by daskgmm. Run the segmentation again."
-        )
-    out: dict[str, Any] = {name: da.from_zarr(group[name]) for name in attrs.get("outputs", ["labels"])}
-    if model_class is not None and "model" in attrs:
-        out["model"] = model_from_json(attrs["model"], model_class)
-    out["attrs"] = attrs
-    return out
 
 
 def check_replaceable(path: str, overwrite: bool, stamp: str) -> None:

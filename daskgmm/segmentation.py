@@ -4,7 +4,7 @@
 return) builds the lazy outputs ``labels``, ``probabilities``, ``log_density`` and
 ``confidence`` with the one prediction kernel, one task per spatial block shared by every
 output; :func:`write_zarr` writes them through the one safe Zarr writer
-(:func:`daskgmm.io.write_zarr`) and :func:`open_segmentation` reads them back, refusing a
+(:func:`daskgmm._zarr_output.write_zarr`) and :func:`open_segmentation` reads them back, refusing a
 store without the completion stamp. See :mod:`daskgmm.image` for the rules (nodata,
 component order, dtypes).
 """
@@ -21,7 +21,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from daskgmm import io
+from daskgmm import _storage, _zarr_output
 from daskgmm._gaussian import EStepParams
 from daskgmm._graph import shared
 from daskgmm._input import Image, compute_dtype
@@ -232,10 +232,11 @@ class Segmentation:
         confidence: bool = False,
         overwrite: bool = False,
         attrs: dict | None = None,
+        storage_options: dict | None = None,
     ) -> str:
         """Write ``labels`` (and the asked-for outputs) to a new Zarr group at ``path``, safely.
 
-        See :func:`write_zarr` and :func:`daskgmm.io.write_zarr`. Returns the path written.
+        See :func:`write_zarr` and :func:`daskgmm._zarr_output.write_zarr`. Returns the path written.
 
         Parameters
         ----------
@@ -246,6 +247,8 @@ class Segmentation:
             Replace an existing ``path`` once the new store is complete (else FileExistsError).
         attrs : dict, optional
             More group attributes.
+        storage_options : dict, optional
+            fsspec options for a URL ``path`` (e.g. ``{"anon": False}``), over the environment's.
 
         Returns
         -------
@@ -262,7 +265,9 @@ class Segmentation:
             )
             if on
         ]
-        return write_zarr(self, path, names, overwrite=overwrite, attrs=attrs)
+        return write_zarr(
+            self, path, names, overwrite=overwrite, attrs=attrs, storage_options=storage_options
+        )
 
 
 def write_zarr(
@@ -272,12 +277,13 @@ def write_zarr(
     *,
     overwrite: bool = False,
     attrs: dict | None = None,
+    storage_options: dict | None = None,
 ) -> str:
     """Write the outputs ``names`` of ``seg`` to a new Zarr group at ``path``, safely.
 
     The store holds the outputs (chunked like the image's spatial chunks; probabilities add
     one chunk holding all K components), the model as JSON, the nodata rule and the component
-    order; see :func:`daskgmm.io.write_zarr` for how a failure never leaves a store that
+    order; see :func:`daskgmm._zarr_output.write_zarr` for how a failure never leaves a store that
     looks complete. Returns the path written.
 
     Parameters
@@ -288,6 +294,8 @@ def write_zarr(
     overwrite : bool, default=False
     attrs : dict, optional
         More group attributes (they override the ones written here).
+    storage_options : dict, optional
+        fsspec options for a URL ``path``.
 
     Returns
     -------
@@ -310,18 +318,19 @@ def write_zarr(
     dims = {
         name: seg.image.spatial_dims + (("component",) if name == "probabilities" else ()) for name in names
     }
-    return io.write_zarr(
-        path,
-        seg.outputs(names, wrap=False),
-        dims=dims,
-        model=seg.model,
-        attrs=meta,
-        source=seg.image.source,
-        overwrite=overwrite,
-    )
+    with _storage.using(storage_options):
+        return _zarr_output.write_zarr(
+            path,
+            seg.outputs(names, wrap=False),
+            dims=dims,
+            model=seg.model,
+            attrs=meta,
+            source=seg.image.source,
+            overwrite=overwrite,
+        )
 
 
-def open_segmentation(path) -> dict:
+def open_segmentation(path, *, storage_options: dict | None = None) -> dict:
     """Open a store written by :meth:`Segmentation.to_zarr` / ``daskgmm segment``.
 
     Returns ``{"labels": dask array, ... (the outputs written), "model": GaussianMixture,
@@ -330,6 +339,9 @@ def open_segmentation(path) -> dict:
     Parameters
     ----------
     path : str or path-like
+        A local path or a URL (``s3://bucket/seg.zarr``).
+    storage_options : dict, optional
+        fsspec options for a URL, over the environment's.
 
     Returns
     -------
@@ -343,4 +355,5 @@ def open_segmentation(path) -> dict:
     """
     from daskgmm._gaussian_mixture import GaussianMixture
 
-    return io.open_segmentation(path, GaussianMixture)
+    with _storage.using(storage_options):
+        return _zarr_output.open_segmentation(path, GaussianMixture)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_random_state
 
+from daskgmm import _storage
 from daskgmm._engine import Candidate, DataPlan, Engine, log_likelihoods, warn_not_converged
 from daskgmm._gaussian import n_parameters
 from daskgmm._gaussian_mixture import GaussianMixture
@@ -76,6 +77,7 @@ class ModelSelection:
         return "\n".join(lines)
 
 
+@_storage.accepts_storage_options
 def select_model(
     X,
     n_components: Iterable[int] = range(1, 11),
@@ -86,6 +88,7 @@ def select_model(
     checkpoint=None,
     resume: bool = False,
     callback=None,
+    storage_options: dict | None = None,
     **params,
 ) -> ModelSelection:
     """Fit all candidate mixtures together and pick the best by BIC or AIC.
@@ -112,6 +115,9 @@ def select_model(
     callback : callable, default=None
         ``callback(state, record)`` after every iteration of every candidate's start;
         ``state.candidate`` is the candidate's row in the table.
+    storage_options : dict, optional
+        fsspec options for ``X`` or ``checkpoint`` given as URLs (``s3://...``), over what the
+        environment and fsspec's configuration provide.
     **params
         Any other :class:`~daskgmm.GaussianMixture` parameter (``tol``, ``max_iter``,
         ``n_init``, ``random_state``, ``init_params``, ``chunk_size``, ``nan_policy``,

@@ -58,6 +58,7 @@ SYSTEM = {
     "test_tls",  # the compose TLS cluster as processes
     "test_sklearn_suite",  # scikit-learn's own mixture tests, run by pytest in a subprocess
     "test_cli",  # the daskgmm command, in-process and in subprocesses, on local clusters
+    "test_storage",  # issue 16: a moto S3 server, the daskgmm command, a local multi-process cluster
     "test_readme",  # every README code block, each in a fresh interpreter
     "test_init",  # what a fresh interpreter imports
     # single tests: commands, clusters, notebook kernels, batch scripts

@@ -674,7 +674,7 @@ def test_a_memory_limit_below_an_idle_worker_is_a_usage_error(data, capsys, limi
 def test_two_concurrent_segment_runs_to_one_out(raster, tmp_path, cluster):
     """Two real ``daskgmm segment`` processes, neither with --overwrite, to the same OUT: one
     succeeds, the other fails clearly, and OUT is the complete output of the one that succeeded."""
-    from daskgmm.io import open_segmentation
+    from daskgmm._zarr_output import open_segmentation
 
     out = tmp_path / "seg.zarr"
     cmd = [sys.executable, "-m", "daskgmm.cli", "segment", raster, str(out), "-k", "3", "--nodata", "0"]

@@ -131,7 +131,7 @@ def _labels(n=40):
 
 
 def test_overwrite_replaces_only_a_complete_daskgmm_output(tmp_path):
-    from daskgmm.io import open_segmentation, write_zarr
+    from daskgmm._zarr_output import open_segmentation, write_zarr
 
     out = tmp_path / "seg.zarr"
     write_zarr(out, _labels(), dims={"labels": ["x"]})
@@ -173,7 +173,7 @@ def _another_run_finishes(block, path):
 
 def test_an_output_that_appears_during_the_write_survives(tmp_path):
     """Placement is atomic no-replace: the later of two runs fails and the first output stays."""
-    from daskgmm.io import write_zarr
+    from daskgmm._zarr_output import write_zarr
 
     out = str(tmp_path / "seg.zarr")
     arrays = {

@@ -42,6 +42,8 @@ LAYERS = {
     "io.py": 1,
     "datasets.py": 1,
     "_collapse.py": 1,
+    "_storage.py": 1,  # issue 16: local paths and URLs (fsspec), storage options
+    "_zarr_output.py": 1,  # issue 16: the one safe Zarr writer (local disk and object stores)
     # L2 engine
     "_engine.py": 2,
     "checkpoint.py": 2,

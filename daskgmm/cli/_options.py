@@ -101,15 +101,45 @@ def add_data_options(p: argparse.ArgumentParser, out) -> None:
         help="accept a Zarr input whose store lacks chunks, reading them as its fill value "
         "(default: refused, as data that were never written)",
     )
+    p.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        type=_storage_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an fsspec option for URL paths (s3://...), repeatable; VALUE is read as JSON when it "
+        'is JSON (e.g. anon=true, client_kwargs=\'{"endpoint_url": "http://host:9000"}\'), else as '
+        "text. Credentials come from the environment (AWS_*, fsspec config) as fsspec finds them",
+    )
+
+
+def _storage_option(text: str) -> tuple:
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. anon=true")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def missing_chunks_config(run):
-    """Run a command with its ``--allow-missing-chunks`` as dask's ``daskgmm.allow_missing_chunks``."""
+    """Run a command with its ``--allow-missing-chunks`` as dask's ``daskgmm.allow_missing_chunks``
+    and its ``--storage-option``s in use for every URL it reads or writes."""
 
     def wrapped(args) -> int:
         import dask
 
-        with dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}):
+        from daskgmm._storage import using
+
+        options = dict(getattr(args, "storage_options", None) or [])
+        with (
+            dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}),
+            using(options),
+        ):
             return run(args)
 
     wrapped.__name__, wrapped.__doc__ = run.__name__, run.__doc__

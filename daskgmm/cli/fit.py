@@ -67,7 +67,11 @@ def open_data(path: str, array: str | None):
     lazy dask array over a .npy file (:class:`NpyFile`)."""
     import dask.array as da
 
-    if not os.path.exists(path):
+    from daskgmm._storage import is_url
+
+    if is_url(path) and path.endswith(".npy"):
+        raise SystemExit(f"error: {path!r}: a .npy file is read from local disk only; store it as Zarr")
+    if not is_url(path) and not os.path.exists(path):
         raise SystemExit(f"error: {path!r} does not exist")
     if path.endswith(".npy"):
         return da.from_array(NpyFile(path), chunks=("auto", -1), asarray=True)
@@ -75,7 +79,7 @@ def open_data(path: str, array: str | None):
 
     try:
         return open_zarr_array(path, array)[0]
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
 
 
@@ -162,7 +166,7 @@ def run_fit(args) -> int:
         for path, what in ((args.save_model, "--save-model file"), (args.checkpoint, "--checkpoint file")):
             if path:
                 check_writable(path, what)
-    except ValueError as e:
+    except (ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
     X = open_data(args.data, args.array)
     show = is_interactive() and not args.no_progress

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -123,7 +122,7 @@ def _open_image(path: str, array: str | None):
 
     try:
         return open_zarr_array(path, array)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
 
 
@@ -133,21 +132,27 @@ def run(args) -> int:
     import dask
     import numpy as np
 
+    from daskgmm import _storage
     from daskgmm._progress import is_interactive
+    from daskgmm._zarr_output import check_output
     from daskgmm.image import Segmentation, as_image, fit_image
-    from daskgmm.io import check_output, check_writable
+    from daskgmm.io import check_writable
 
-    out = os.path.abspath(args.out)
-    if os.path.exists(out) and not args.overwrite:
+    out = _storage.normalise(args.out)
+    try:
+        there = _storage.exists(out)
+    except (ValueError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from e
+    if there and not args.overwrite:
         raise SystemExit(f"error: {args.out!r} already exists; pass --overwrite to replace it")
     if args.sample is not None and not 0.0 < args.sample <= 1.0:
         raise SystemExit(f"error: --sample {args.sample} must be a fraction in (0, 1], e.g. 0.01")
     znode, source = _open_image(args.image, args.array)
     try:  # before the fit: OUT must not hold the input, and only a complete output is replaced
-        check_output(out, source=os.path.abspath(args.image), overwrite=args.overwrite)
+        check_output(out, source=_storage.normalise(args.image), overwrite=args.overwrite)
         if args.save_model:
             check_writable(args.save_model, "--save-model file")
-    except (FileExistsError, ValueError) as e:
+    except (FileExistsError, ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
     try:
         img = as_image(znode, args.feature_axis)
