@@ -99,6 +99,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="also run the select_model sweep vs separate fits and incremental vs full EM rows "
         "(daskgmm.benchmarks.beyond; a few minutes)",
     )
+    p.add_argument(
+        "--storage",
+        action="store_true",
+        help="only the streamed fit from a local moto S3 server against local disk "
+        "(daskgmm.benchmarks.storage; needs the test extra's moto; about a minute)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -109,6 +115,12 @@ def run(args) -> int:
 
     if args.iters < 1:
         raise SystemExit(f"error: --iters must be >= 1, got {args.iters}")
+    if args.storage:  # object storage vs local disk, nothing else
+        from daskgmm.benchmarks.storage import bench_storage, format_storage
+
+        rows = bench_storage(iters=args.iters, seed=args.seed)
+        print(json.dumps(rows) if args.json == "-" else format_storage(rows, 1_000_000, 8, 16, 2))
+        return 0
     if args.gemm_size < 16:
         raise SystemExit(f"error: --gemm-size must be >= 16, got {args.gemm_size}")
     json_only = args.json == "-"
