@@ -27,6 +27,7 @@ DOCS = ("README.md", "deploy/README.md")
 
 #: the first line of a block -> why it does not run here
 SKIP = {
+    "daskgmm segment s3://bucket/tile.zarr s3://bucket/out/seg.zarr -k 6 --probabilities \\": "needs an S3 bucket and credentials; tests/test_storage.py runs the same against a moto S3 server",
     # README.md
     "python3 -m venv .venv && . .venv/bin/activate && pip install . && daskgmm demo": "creates a virtual environment and installs from the network; tests/test_cli.py runs the demo",
     'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test]" && pytest -m "not slow"': "creates a virtual environment, installs from the network and runs this test suite",
