@@ -42,6 +42,9 @@ INSTALL = {
     "adl": "pip install adlfs",
 }
 
+#: protocols whose keys need no parent directories (and where makedirs may create a bucket)
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
+
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
@@ -163,10 +166,10 @@ def write_bytes(url: str, data: bytes) -> None:
     fs, p = filesystem(url)
     if fs.isdir(p):
         raise ValueError(f"{url!r} is a directory (a prefix holding objects); give a file name.")
-    parent = p.rsplit("/", 1)[0]
-    with contextlib.suppress(Exception):  # buckets/prefixes need no directories; local-like fs do
-        fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(p, bytes(data))
+    if protocol(url) not in OBJECT_STORES:  # sftp, ftp, ...: directories must exist
+        with contextlib.suppress(Exception):
+            fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(p, bytes(data))  # never makedirs on an object store: it could create a bucket
 
 
 def check_writable_url(url: str, what: str) -> None:

@@ -98,7 +98,7 @@ def s3():
 @pytest.fixture(scope="module")
 def data(s3, tmp_path_factory):
     """A 3-component mixture (with its true parameters) as a local Zarr array and its copy on S3."""
-    X, _, weights, means, _ = make_mixture(n_samples=4000, n_features=3, n_components=3, seed=3, separation=6)
+    X, _, weights, means, _ = make_mixture(n_samples=2000, n_features=3, n_components=3, seed=3, separation=6)
     local = str(tmp_path_factory.mktemp("data") / "x.zarr")
     zarr.create_array(local, shape=X.shape, chunks=(500, 3), dtype=X.dtype)[...] = X
     url = s3.url("x.zarr")
@@ -151,7 +151,7 @@ def test_select_model_and_checkpoint_resume_on_s3(client, s3, data):
 
     with using(s3.options):
         meta, _ = read_checkpoint(ckpt)
-    assert meta["data"]["path"] == url and meta["data"]["zarr_chunk_files"].startswith("8 chunk files")
+    assert meta["data"]["path"] == url and meta["data"]["zarr_chunk_files"].startswith("4 chunk files")
 
 
 def _sklearn_like(model) -> SkGMM:

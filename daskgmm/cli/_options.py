@@ -110,7 +110,7 @@ def add_data_options(p: argparse.ArgumentParser, out) -> None:
         metavar="KEY=VALUE",
         help="an fsspec option for URL paths (s3://...), repeatable; VALUE is read as JSON when it "
         'is JSON (e.g. anon=true, client_kwargs=\'{"endpoint_url": "http://host:9000"}\'), else as '
-        "text. Credentials come from the environment (AWS_*, fsspec config) as fsspec finds them",
+        "text. Credentials come from the environment (AWS_*, fsspec config) as fsspec finds them (default: none)",
     )
 
 
