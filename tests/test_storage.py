@@ -130,11 +130,11 @@ def test_select_model_and_checkpoint_resume_on_s3(client, s3, data):
         pass
 
     def stop(state, record):
-        if record["iteration"] == 3:
+        if record["iteration"] == 2:
             raise Interrupt
 
     ckpt = s3.url("ckpt.npz")
-    kw = dict(n_components=3, random_state=1, init_params="random_from_data", tol=1e-4)
+    kw = dict(n_components=3, random_state=1, init_params="random_from_data")
     with pytest.raises(Interrupt):
         GaussianMixture(checkpoint=ckpt, **kw).fit(url, callback=stop, storage_options=s3.options)
     calls = []
@@ -142,7 +142,7 @@ def test_select_model_and_checkpoint_resume_on_s3(client, s3, data):
         url, resume=True, callback=lambda s, r: calls.append(r["iteration"]), storage_options=s3.options
     )
     whole = GaussianMixture(**kw).fit(local)
-    assert calls[0] == 4  # continued after the third iteration, not from the start
+    assert whole.n_iter_ > 2 and calls[0] == 3  # continued after the second iteration, not from the start
     np.testing.assert_array_equal(resumed.means_, whole.means_)
     np.testing.assert_array_equal(resumed.precisions_cholesky_, whole.precisions_cholesky_)
     assert resumed.n_iter_ == whole.n_iter_
