@@ -241,8 +241,16 @@ def _write_url(path, arrays, dims, coords, array_attrs, meta, *, source, overwri
             if fs.exists(key):
                 fs.rm(key, recursive=True)
         group = zarr.open_group(store, mode="r+", use_consolidated=False)
-    sources, targets = _fill_group(group, arrays, dims, coords, array_attrs)
-    _store_all(sources, targets, arrays)
+    try:
+        sources, targets = _fill_group(group, arrays, dims, coords, array_attrs)
+        _store_all(sources, targets, arrays)
+    except Exception:
+        if old is None:  # a new output that failed (not a killed process): remove what this run wrote
+            for name in [*meta["arrays"], "zarr.json"]:
+                key = f"{prefix}/{name}"
+                if fs.exists(key):
+                    fs.rm(key, recursive=True)
+        raise  # a failed replace stays marked as an interrupted write: refused, rerun replaces it
     _finish(group, store, meta)
 
 

@@ -70,7 +70,7 @@ def _normalise_source(source: str | None) -> str | None:
 def data_fingerprint(inp) -> dict:
     """Shape, dtype, row chunks, the path, and what identifies the data's content.
 
-    ``inp`` is a :class:`daskgmm._input.Input`. Zarr input (a local store) is identified by its
+    ``inp`` is a :class:`daskgmm._input.Input`. Zarr input (a local store or a URL) is identified by its
     path, a hash of its metadata files (``zarr.json``/``.zarray``/``.zattrs``) and a hash of every
     chunk file's name, size and modification time (:func:`zarr_stamp`: file metadata only, no
     data is read). Every other input by dask's token of the array (its name): numpy arrays by

@@ -201,3 +201,37 @@ def test_model_file_and_checkpoint_on_an_object_store_are_whole_objects(url):
     assert meta["format"] == "daskgmm-checkpoint"
     with pytest.raises(ValueError, match="is a directory"):
         gm.save(url.rsplit("/", 1)[0])  # a prefix holding objects, not a file name
+
+
+def _fail(block):
+    raise RuntimeError("a task failed")
+
+
+def test_object_store_write_that_fails_leaves_nothing_new(url):
+    arrays = {"labels": _labels()["labels"].map_blocks(_fail, dtype=np.int32)}
+    with pytest.raises(RuntimeError, match="a task failed"):
+        write_zarr(url, arrays, dims={"labels": ["x"]})
+    assert not fsspec.filesystem("memory").exists(url.split("://", 1)[1])
+
+
+def test_checkpoint_of_a_remote_store_refuses_a_rewritten_chunk(url):
+    """The fingerprint of a URL store comes from its listing (size, version of every chunk
+    object) and its metadata objects, as for a local store: one chunk rewritten is other data."""
+    import zarr
+
+    from daskgmm import GaussianMixture
+    from daskgmm._storage import zarr_store
+    from daskgmm.checkpoint import CheckpointError
+
+    X = _two_blobs()
+    data, ckpt = url.replace("seg.zarr", "x.zarr"), url.replace("seg.zarr", "c.npz")
+    z = zarr.create_array(zarr_store(data, read_only=False), shape=X.shape, chunks=(50, 2), dtype="f8")
+    z[...] = X
+    kw = dict(n_components=2, random_state=0, checkpoint=ckpt, max_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # converged or not in 2 iterations: either writes the checkpoint
+        GaussianMixture(**kw).fit(data)
+    assert fsspec.filesystem("memory").exists(ckpt.split("://", 1)[1])
+    z[:50] = X[:50] + 1e-9  # one chunk rewritten, same size
+    with pytest.raises(CheckpointError, match="belongs to other data: zarr_chunk_files"):
+        GaussianMixture(**kw).fit(data, resume=True)
