@@ -134,7 +134,7 @@ def run(args) -> int:
 
     from daskgmm import _storage
     from daskgmm._progress import is_interactive
-    from daskgmm._zarr_output import check_output
+    from daskgmm._zarr_output import check_output, describe_path
     from daskgmm.image import Segmentation, as_image, fit_image
     from daskgmm.io import check_writable
 
@@ -144,7 +144,9 @@ def run(args) -> int:
     except (ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
     if there and not args.overwrite:
-        raise SystemExit(f"error: {args.out!r} already exists; pass --overwrite to replace it")
+        raise SystemExit(
+            f"error: {args.out!r} already exists; pass --overwrite to replace it (it is {describe_path(out)})"
+        )
     if args.sample is not None and not 0.0 < args.sample <= 1.0:
         raise SystemExit(f"error: --sample {args.sample} must be a fraction in (0, 1], e.g. 0.01")
     znode, source = _open_image(args.image, args.array)
