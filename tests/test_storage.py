@@ -287,6 +287,33 @@ def test_credentials_and_endpoint_from_the_environment(s3, data, monkeypatch, tm
     assert os.listdir(tmp_path) == []
 
 
+def test_cli_fit_from_s3_with_checkpoint_and_model_on_s3(s3, data, cluster, capsys):
+    """``daskgmm fit DATA`` from S3 on the cluster, --checkpoint and --save-model on S3, then
+    --resume from that checkpoint: the same model, equal to the fit of the local copy."""
+    from daskgmm.cli import main
+
+    X, weights, means, local, url = data
+    model_url, ckpt = s3.url("m.npz"), s3.url("c.npz")
+    cmd = [
+        "fit",
+        url,
+        "-k",
+        "3",
+        "--seed",
+        "0",
+        "--checkpoint",
+        ckpt,
+        "--scheduler",
+        cluster.scheduler_address,
+    ]
+    assert main([*cmd, "--save-model", model_url, "--json", *s3.cli_options]) == 0
+    first = load(model_url, storage_options=s3.options)
+    np.testing.assert_array_equal(first.means_, GaussianMixture(3, random_state=0).fit(local).means_)
+    assert main([*cmd, "--resume", "--save-model", model_url, "--json", *s3.cli_options]) == 0
+    np.testing.assert_array_equal(load(model_url, storage_options=s3.options).means_, first.means_)
+    capsys.readouterr()
+
+
 def test_cli_refuses_what_it_cannot_read_or_write(s3, data, capsys):
     from daskgmm.cli import main
 
