@@ -1,6 +1,6 @@
 """The one input funnel: parameter checks and input coercion at the boundary.
 
-numpy, dask, Zarr (arrays and paths) and xarray are unwrapped in one place
+numpy, dask, Zarr (arrays, local paths and URLs: :mod:`daskgmm._storage`) and xarray are unwrapped in one place
 (:func:`_unwrap`), then shaped for their use:
 
 * :func:`to_dask`: rows for the estimator, one 2-D dask array of float32/float64 with the
