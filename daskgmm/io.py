@@ -362,6 +362,8 @@ def write_zarr(
     attrs: Mapping[str, Any] | None = None,
     source: str | None = None,
     overwrite: bool = False,
+    coords: Mapping[str, tuple] | None = None,
+    array_attrs: Mapping[str, Mapping] | None = None,
 ) -> str:
     """Write lazy ``arrays`` to a new Zarr group at ``path`` without ever leaving a store that
     looks complete after a failure.
@@ -389,6 +391,9 @@ def write_zarr(
     source : str, optional
         Path of the input: refused as ``path``, and stored in the attribute ``source``.
     overwrite : bool, default=False
+    coords, array_attrs : mapping, optional
+        Coordinate arrays ``name -> (dims, values, attrs)`` and attributes per output name, in
+        xarray's layout (:mod:`daskgmm._geo`); consolidated metadata is written after the stamp.
 
     Returns
     -------
@@ -398,6 +403,7 @@ def write_zarr(
     import dask.array as da
     import zarr
 
+    from daskgmm import _geo
     from daskgmm._progress import compute
 
     path = os.path.abspath(os.fspath(path))
@@ -424,9 +430,11 @@ def write_zarr(
                 fill_value=-1 if arr.dtype.kind in "iu" else np.nan,
                 dimension_names=list(dims[name]),
                 config={"write_empty_chunks": True},  # every chunk stored: none reads as missing
+                attributes=_jsonable(dict((array_attrs or {}).get(name, {}))),
             )
             sources.append(arr)
             targets.append(target)
+        _geo.write_coords(group, {n: (d, v, _jsonable(a)) for n, (d, v, a) in (coords or {}).items()})
         t0 = time.perf_counter()
         compute(da.store(sources, targets, lock=False, compute=False))  # a progress bar on a terminal
         logger.info("wrote %s in %.1fs", list(arrays), time.perf_counter() - t0)
@@ -436,6 +444,7 @@ def write_zarr(
         meta.update(attrs or {})
         group.attrs.update(_jsonable(meta))
         group.attrs[COMPLETE_ATTR] = True  # last: the store is complete from here on
+        _geo.consolidate(group)  # includes the stamp: xarray.open_zarr reads it without a warning
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,7 +21,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from daskgmm import io
+from daskgmm import _geo, io
 from daskgmm._gaussian import EStepParams
 from daskgmm._graph import shared
 from daskgmm._input import Image, compute_dtype
@@ -198,7 +198,7 @@ class Segmentation:
         coords = dict(self.image.coords)
         if name == "probabilities":
             coords["component"] = np.arange(self.n_components)
-        attrs = dict(self.image.attrs)
+        attrs = _geo.output_attrs(self.image.attrs, self.image.coords)
         if name == "labels":
             attrs["nodata"] = -1
         return xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=name)
@@ -310,6 +310,12 @@ def write_zarr(
     dims = {
         name: seg.image.spatial_dims + (("component",) if name == "probabilities" else ()) for name in names
     }
+    coords, array_attrs = _geo.zarr_layout(
+        {**seg.image.coords, "component": _component_coord(seg.n_components)},
+        seg.image.attrs,
+        dims,
+        extra={"labels": {"nodata": -1}},
+    )
     return io.write_zarr(
         path,
         seg.outputs(names, wrap=False),
@@ -318,23 +324,36 @@ def write_zarr(
         attrs=meta,
         source=seg.image.source,
         overwrite=overwrite,
+        coords=coords,
+        array_attrs=array_attrs,
     )
 
 
-def open_segmentation(path) -> dict:
+def _component_coord(k: int):
+    import xarray as xr
+
+    return xr.Variable(("component",), np.arange(k))
+
+
+def open_segmentation(path, *, as_xarray: bool = False):
     """Open a store written by :meth:`Segmentation.to_zarr` / ``daskgmm segment``.
 
     Returns ``{"labels": dask array, ... (the outputs written), "model": GaussianMixture,
-    "attrs": dict}``. Refuses a store that lacks the completion stamp (an interrupted write).
+    "attrs": dict}``, or with ``as_xarray=True`` an :class:`xarray.Dataset` of the outputs with
+    the image's coordinates (``x``, ``y``, ``spatial_ref``...) and the group attributes (the
+    model as JSON under ``"model"``). Refuses a store that lacks the completion stamp (an
+    interrupted write). ``xarray.open_zarr(path)`` opens the same store directly.
 
     Parameters
     ----------
     path : str or path-like
+    as_xarray : bool, default=False
+        Return an xarray Dataset (lazy, dask-backed) instead of the dict.
 
     Returns
     -------
-    dict
-        The arrays written (dask, shapes as written), ``"model"`` and ``"attrs"``.
+    dict or xarray.Dataset
+        The arrays written (dask, shapes as written), ``"model"`` and ``"attrs"``; or the Dataset.
 
     Raises
     ------
@@ -343,4 +362,9 @@ def open_segmentation(path) -> dict:
     """
     from daskgmm._gaussian_mixture import GaussianMixture
 
-    return io.open_segmentation(path, GaussianMixture)
+    out = io.open_segmentation(path, GaussianMixture)
+    if not as_xarray:
+        return out
+    import xarray as xr
+
+    return xr.open_zarr(path, chunks={})[out["attrs"].get("outputs", ["labels"])]

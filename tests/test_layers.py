@@ -42,6 +42,7 @@ LAYERS = {
     "io.py": 1,
     "datasets.py": 1,
     "_collapse.py": 1,
+    "_geo.py": 1,  # issue 16: coordinates, attributes and CRS of image outputs; GeoTIFF input
     # L2 engine
     "_engine.py": 2,
     "checkpoint.py": 2,
