@@ -17,6 +17,7 @@ coordinates in its ``coordinates`` attribute; values are CF-encoded by xarray's 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -102,6 +103,31 @@ def spatial_coords(obj, spatial_dims: Sequence[str]) -> dict:
     """The coordinates of DataArray ``obj`` over its spatial dims only (scalars included), as
     :func:`daskgmm._input.as_image` keeps them."""
     return {k: c for k, c in obj.coords.items() if set(c.dims) <= set(spatial_dims)}
+
+
+def attach_group_coords(img):
+    """Give ``img`` (a :class:`daskgmm._input.Image` of the Zarr array at ``img.source``) the
+    coordinates and attributes xarray reads for that array, when its parent group is a dataset
+    xarray wrote (``x``, ``y``, ``spatial_ref``...); else leave it as it is.
+
+    Returns the variable's own missing-value marker (its ``_FillValue``), or None."""
+    if img.kind != "zarr" or not img.source:
+        return None
+    import xarray as xr
+
+    parent, name = os.path.split(os.fspath(img.source).rstrip("/"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # not a dataset, or no consolidated metadata: fine
+            var = xr.open_zarr(parent, chunks=None, decode_coords="all")[name]
+    except Exception:  # not a group, not one xarray reads, no such variable
+        return None
+    if any(var.sizes.get(d) != n for d, n in zip(img.spatial_dims, img.spatial_shape)):
+        return None  # not the same dimensions (a Zarr array without dimension names)
+    img.coords = spatial_coords(var, img.spatial_dims)
+    img.attrs = dict(var.attrs)
+    fill = var.encoding.get("_FillValue")
+    return fill.item() if isinstance(fill, np.generic) else fill
 
 
 def zarr_layout(

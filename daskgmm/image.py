@@ -65,6 +65,14 @@ def _int_seed(random_state) -> int:
     raise TypeError(f"random_state must be an int, a numpy RandomState or None; got {random_state!r}.")
 
 
+def _feature_axis(image, feature_axis):
+    """``feature_axis``, with ``"auto"`` resolved: a DataArray's ``band`` dimension, else -1."""
+    if not (isinstance(feature_axis, str) and feature_axis == "auto"):
+        return feature_axis
+    dims = getattr(image, "dims", None)  # an xarray DataArray's dimension names
+    return "band" if isinstance(dims, tuple) and "band" in dims else -1
+
+
 def _check_sample(sample) -> float | None:
     if sample is None:
         return None
@@ -169,7 +177,7 @@ def fit_image(
     image,
     n_components: int,
     *,
-    feature_axis: int | str | None = -1,
+    feature_axis: int | str | None = "auto",
     nodata=None,
     sample: float | None = None,
     random_state=None,
@@ -200,7 +208,7 @@ def fit_image(
     from daskgmm._gaussian_mixture import GaussianMixture
     from daskgmm._input import default_row_chunk
 
-    img = image if isinstance(image, Image) else as_image(image, feature_axis)
+    img = image if isinstance(image, Image) else as_image(image, _feature_axis(image, feature_axis))
     fraction = _check_sample(sample)
     seed = _int_seed(random_state)
     if random_state is None or isinstance(random_state, np.random.RandomState):
@@ -234,7 +242,7 @@ def fit_image(
     return model
 
 
-def predict_image(model, image, *, feature_axis: int | str | None = -1, nodata=None) -> Segmentation:
+def predict_image(model, image, *, feature_axis: int | str | None = "auto", nodata=None) -> Segmentation:
     """Apply a fitted model to an image (for example another tile), lazily.
 
     Returns a :class:`Segmentation` (``labels, model = predict_image(...)`` works too).
@@ -255,7 +263,7 @@ def predict_image(model, image, *, feature_axis: int | str | None = -1, nodata=N
     sklearn.exceptions.NotFittedError, ValueError
         ``model`` is not fitted, or was fitted on another number of features than bands.
     """
-    img = image if isinstance(image, Image) else as_image(image, feature_axis)
+    img = image if isinstance(image, Image) else as_image(image, _feature_axis(image, feature_axis))
     check_model(model, img.n_bands)
     return Segmentation(model=model, image=img, nodata=nodata)
 
@@ -264,7 +272,7 @@ def segment(
     image,
     n_components: int,
     *,
-    feature_axis: int | str | None = -1,
+    feature_axis: int | str | None = "auto",
     nodata=None,
     sample: float | None = None,
     random_state=None,
@@ -278,9 +286,10 @@ def segment(
         numpy or dask array, Zarr array or path to one, or xarray DataArray.
     n_components : int
         Number of classes K.
-    feature_axis : int, str or None, default=-1
+    feature_axis : int, str or None, default="auto"
         Axis holding the bands (a dimension name for a DataArray, e.g. ``"band"``);
-        None for a single-band image.
+        None for a single-band image. ``"auto"``: the ``band`` dimension of a DataArray that
+        has one (rioxarray's ``(band, y, x)``), else the last axis.
     nodata : scalar, optional
         Pixels equal to ``nodata`` in any band, and pixels with a NaN band, are left out of
         the fit and labelled -1.
@@ -300,7 +309,7 @@ def segment(
         ``probabilities``, ``log_density``, ``confidence``; ``.to_zarr(path)`` writes them.
         Unpacks as ``labels, model``.
     """
-    img = as_image(image, feature_axis)
+    img = as_image(image, _feature_axis(image, feature_axis))
     model = fit_image(
         img, n_components, nodata=nodata, sample=sample, random_state=random_state, **gmm_params
     )
