@@ -150,9 +150,9 @@ def zarr_layout(
         if not set(c.dims) <= all_dims:
             continue
         var = xr.conventions.encode_cf_variable(xr.Variable(c.dims, np.asarray(c.values), dict(c.attrs)))
-        var_attrs = {k: v for k, v in var.attrs.items() if k != "_FillValue"}
+        var_attrs = {k: _storable(v) for k, v in var.attrs.items() if k != "_FillValue"}
         out_coords[str(name)] = (tuple(var.dims), np.asarray(var.values), var_attrs)
-    base = output_attrs(attrs, coords)
+    base = {k: _storable(v) for k, v in output_attrs(attrs, coords).items()}
     array_attrs = {}
     for out, out_dims in dims.items():
         a = dict(base)
@@ -168,21 +168,38 @@ def zarr_layout(
     return out_coords, array_attrs
 
 
+def _storable(value):
+    """An attribute value as Zarr can store it in JSON: arrays as lists, numpy scalars as
+    numbers, at any depth; anything else JSON cannot hold (a set, an object) as its text."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):
+        return {str(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_storable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
 def write_coords(group, coords: Mapping[str, tuple]) -> None:
     """Write ``coords`` (name -> ``(dims, values, attrs)``, attrs JSON-able) as arrays of the
     Zarr ``group``, with ``dimension_names`` (none for a scalar), one chunk each, float fill NaN."""
     for name, (dims, values, attrs) in coords.items():
         values = np.asarray(values)
+        text = values.dtype.kind in "UO"  # as xarray writes text: Zarr's variable-length strings
         arr = group.create_array(
             name,
             shape=values.shape,
             chunks=tuple(max(1, s) for s in values.shape),
-            dtype=values.dtype,
+            dtype=str if text else values.dtype,
             fill_value=np.nan if values.dtype.kind in "fc" else None,
             dimension_names=list(dims) if dims else None,
             attributes=dict(attrs),
         )
-        arr[...] = values
+        arr[...] = values.astype(object) if text else values
 
 
 def consolidate(group) -> None:

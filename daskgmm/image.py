@@ -24,6 +24,11 @@ Writing (:meth:`Segmentation.to_zarr`, ``daskgmm segment``) goes through the one
 writer, :func:`daskgmm.io.write_zarr`: a hidden temporary group, the attribute
 ``daskgmm_complete`` stamped last, a rename into place; :func:`open_segmentation` refuses a
 store without that stamp. Zarr chunks are the image's spatial chunks.
+
+Geography: outputs of an xarray image (a rioxarray ``(band, y, x)`` raster, whose ``band``
+dimension ``feature_axis="auto"`` picks) keep its spatial coordinates, dims, attributes (less
+those of the band values) and CRS (``spatial_ref``, named by ``grid_mapping``), lazily and in the
+Zarr store, which ``xarray.open_zarr`` and rioxarray read back georeferenced (:mod:`daskgmm._geo`).
 """
 
 from __future__ import annotations

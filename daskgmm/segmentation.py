@@ -6,7 +6,8 @@ return) builds the lazy outputs ``labels``, ``probabilities``, ``log_density`` a
 output; :func:`write_zarr` writes them through the one safe Zarr writer
 (:func:`daskgmm.io.write_zarr`) and :func:`open_segmentation` reads them back, refusing a
 store without the completion stamp. See :mod:`daskgmm.image` for the rules (nodata,
-component order, dtypes).
+component order, dtypes). Outputs of an xarray image carry its coordinates, attributes and CRS,
+in memory and in the store (xarray's Zarr layout, :func:`daskgmm._geo.zarr_layout`).
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ def write_zarr(
 
     The store holds the outputs (chunked like the image's spatial chunks; probabilities add
     one chunk holding all K components), the model as JSON, the nodata rule and the component
-    order; see :func:`daskgmm.io.write_zarr` for how a failure never leaves a store that
+    order, and for an xarray image its coordinates, attributes and CRS in xarray's layout; see :func:`daskgmm.io.write_zarr` for how a failure never leaves a store that
     looks complete. Returns the path written.
 
     Parameters
