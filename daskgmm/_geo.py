@@ -147,7 +147,7 @@ def zarr_layout(
     all_dims = {d for ds in dims.values() for d in ds}
     out_coords = {}
     for name, c in coords.items():
-        if not set(c.dims) <= all_dims:
+        if not set(c.dims) <= all_dims or name in dims:  # an output keeps its own name
             continue
         var = xr.conventions.encode_cf_variable(xr.Variable(c.dims, np.asarray(c.values), dict(c.attrs)))
         var_attrs = {k: _storable(v) for k, v in var.attrs.items() if k != "_FillValue"}

@@ -62,10 +62,11 @@ def add_parser(subparsers) -> None:
     """Register ``daskgmm segment``."""
     p = subparsers.add_parser(
         "segment",
-        help="segment a multi-band Zarr raster into per-pixel classes, written to a Zarr group",
+        help="segment a multi-band Zarr raster or GeoTIFF into per-pixel classes, written to a Zarr group",
         description="Fit a Gaussian mixture on the valid pixels of IMAGE (or a --sample of them), "
         "label every pixel, and write OUT, a Zarr group with 'labels' (and the asked-for outputs), "
-        "chunked like IMAGE. " + ORDER_RULE + ".",
+        "chunked like IMAGE, with IMAGE's coordinates and CRS when it has them (a GeoTIFF, a Zarr group "
+        "written by xarray). " + ORDER_RULE + ".",
     )
     p.add_argument(
         "image",
