@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import dask
 import dask.array as da
 import numpy as np
 
+from daskgmm import _geo
 from daskgmm._input import Image, as_image, compute_dtype
 from daskgmm._kernels import valid_pixels_block
 from daskgmm.io import COMPLETE_ATTR as COMPLETE_ATTR  # re-exported
@@ -76,6 +78,21 @@ def _feature_axis(image, feature_axis):
         return feature_axis
     dims = getattr(image, "dims", None)  # an xarray DataArray's dimension names
     return "band" if isinstance(dims, tuple) and "band" in dims else -1
+
+
+def _as_image(image, feature_axis) -> Image:
+    """:func:`as_image`, plus GeoTIFF paths (``.tif``/``.tiff``, through rioxarray: ``daskgmm[geo]``)
+    and ``feature_axis="auto"``."""
+    if isinstance(image, Image):
+        return image
+    source = None
+    if isinstance(image, (str, os.PathLike)) and _geo.is_geotiff(image):
+        source = os.path.abspath(os.fspath(image))
+        image = _geo.open_geotiff(source)
+    img = as_image(image, _feature_axis(image, feature_axis))
+    if source is not None:
+        img.source = source  # an output at the input's path is refused
+    return img
 
 
 def _check_sample(sample) -> float | None:
@@ -213,7 +230,7 @@ def fit_image(
     from daskgmm._gaussian_mixture import GaussianMixture
     from daskgmm._input import default_row_chunk
 
-    img = image if isinstance(image, Image) else as_image(image, _feature_axis(image, feature_axis))
+    img = _as_image(image, feature_axis)
     fraction = _check_sample(sample)
     seed = _int_seed(random_state)
     if random_state is None or isinstance(random_state, np.random.RandomState):
@@ -268,7 +285,7 @@ def predict_image(model, image, *, feature_axis: int | str | None = "auto", noda
     sklearn.exceptions.NotFittedError, ValueError
         ``model`` is not fitted, or was fitted on another number of features than bands.
     """
-    img = image if isinstance(image, Image) else as_image(image, _feature_axis(image, feature_axis))
+    img = _as_image(image, feature_axis)
     check_model(model, img.n_bands)
     return Segmentation(model=model, image=img, nodata=nodata)
 
@@ -288,7 +305,8 @@ def segment(
     Parameters
     ----------
     image : array-like of shape (*spatial, n_bands) (bands on ``feature_axis``)
-        numpy or dask array, Zarr array or path to one, or xarray DataArray.
+        numpy or dask array, Zarr array or path to one, xarray DataArray, or the path of a
+        GeoTIFF (``.tif``/``.tiff``, read lazily through rioxarray: ``pip install 'daskgmm[geo]'``).
     n_components : int
         Number of classes K.
     feature_axis : int, str or None, default="auto"
@@ -314,7 +332,7 @@ def segment(
         ``probabilities``, ``log_density``, ``confidence``; ``.to_zarr(path)`` writes them.
         Unpacks as ``labels, model``.
     """
-    img = as_image(image, _feature_axis(image, feature_axis))
+    img = _as_image(image, feature_axis)
     model = fit_image(
         img, n_components, nodata=nodata, sample=sample, random_state=random_state, **gmm_params
     )

@@ -23,6 +23,9 @@ rioxarray = pytest.importorskip("rioxarray")
 rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402  (comes with rasterio)
 
+# rioxarray's own use of affine (``affine * ...``), not this package's
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+
 TRANSFORM = Affine(10.0, 0.0, 300000.0, 0.0, -10.0, 5000000.0)  # 10 m pixels, UTM 33N
 CRS = "EPSG:32633"
 
@@ -65,6 +68,22 @@ def sklearn_labels(model, bands: np.ndarray) -> np.ndarray:
     out = np.full(len(pixels), -1)
     out[valid] = ref.predict(pixels[valid])
     return out.reshape(bands.shape[1:])
+
+
+def write_geotiff(path, bands: np.ndarray, nodata=0) -> None:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=bands.shape[2],
+        height=bands.shape[1],
+        count=bands.shape[0],
+        dtype=bands.dtype.name,
+        crs=CRS,
+        transform=TRANSFORM,
+        nodata=nodata,
+    ) as f:
+        f.write(bands)
 
 
 def open_quietly(path) -> xr.Dataset:
@@ -147,10 +166,7 @@ def test_accessor_outputs_write_back_through_xarray_unmasked(tmp_path):
 def test_missing_rioxarray_names_the_extra(monkeypatch, tmp_path):
     """Without rioxarray, a GeoTIFF input is refused before any work, naming the extra."""
     tif = tmp_path / "scene.tif"
-    with rasterio.open(
-        tif, "w", driver="GTiff", width=8, height=8, count=2, dtype="uint8", crs=CRS, transform=TRANSFORM
-    ) as f:
-        f.write(np.ones((2, 8, 8), np.uint8))
+    write_geotiff(tif, np.ones((2, 8, 8), np.uint8))
     monkeypatch.setitem(sys.modules, "rioxarray", None)  # `import rioxarray` raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'daskgmm\[geo\]'"):
         _geo.open_geotiff(tif)
@@ -166,19 +182,7 @@ def test_cli_segment_geotiff_and_xarray_group(tmp_path, cluster, capsys):
     group written by xarray: OUT has the input's grid and CRS; --overwrite replaces it."""
     bands = make_bands(seed=2)
     tif = tmp_path / "scene.tif"
-    with rasterio.open(
-        tif,
-        "w",
-        driver="GTiff",
-        width=bands.shape[2],
-        height=bands.shape[1],
-        count=3,
-        dtype="uint16",
-        crs=CRS,
-        transform=TRANSFORM,
-        nodata=0,
-    ) as f:
-        f.write(bands)
+    write_geotiff(tif, bands)
     scene = rioxarray.open_rasterio(tif)
     address = cluster.scheduler_address
     out = tmp_path / "classes.zarr"
@@ -206,3 +210,17 @@ def test_cli_segment_geotiff_and_xarray_group(tmp_path, cluster, capsys):
     assert_same_grid(ds2["labels"], scene)
     model2 = im.open_segmentation(out2)["model"]
     np.testing.assert_array_equal(ds2["labels"].values, sklearn_labels(model2, bands))
+
+
+def test_geotiff_path_in_the_python_api(tmp_path):
+    """``segment("scene.tif", ...)`` reads it through rioxarray (bands on 'band'); the output
+    keeps the file's grid and CRS, and may not be written over the file."""
+    bands = make_bands(seed=3)
+    tif = tmp_path / "scene.tif"
+    write_geotiff(tif, bands)
+    seg = daskgmm.segment(str(tif), 3, nodata=0, random_state=0)
+    assert seg.labels.rio.crs.to_epsg() == 32633 and seg.labels.rio.transform() == TRANSFORM
+    np.testing.assert_array_equal(seg.labels.values, sklearn_labels(seg.model, bands))
+    with pytest.raises(ValueError, match="the input image itself"):
+        seg.to_zarr(tif, overwrite=True)
+    assert tif.stat().st_size > 0
