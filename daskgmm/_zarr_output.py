@@ -30,13 +30,12 @@ import os
 import shutil
 import time
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from daskgmm import _storage
+from daskgmm import _geo, _storage
 from daskgmm.io import _version, model_from_json, model_json
 
 logger = logging.getLogger("daskgmm")
@@ -96,32 +95,19 @@ def _fill_group(group, arrays, dims, coords, array_attrs) -> tuple[list, list]:
         )
         sources.append(arr)
         targets.append(target)
-    for name, (cdims, values, cattrs) in (coords or {}).items():
-        values = np.asarray(values)
-        if values.dtype.kind in "OU":
-            values = values.astype(str)
-        if len(cdims) != values.ndim:
-            raise ValueError(f"coordinate {name!r} has dims {cdims} but {values.ndim} dimension(s).")
-        z = group.create_array(
-            name,
-            shape=values.shape,
-            chunks=values.shape if values.ndim and all(values.shape) else "auto",
-            dtype=values.dtype,
-            dimension_names=list(cdims),
-            attributes=_jsonable(dict(cattrs or {})),
-        )
-        z[...] = values
+    for name, (cdims, values, _) in (coords or {}).items():
+        if len(cdims) != np.ndim(values):
+            raise ValueError(f"coordinate {name!r} has dims {cdims} but {np.ndim(values)} dimension(s).")
+    # in xarray's layout (text as Zarr variable-length strings, as xarray writes it)
+    _geo.write_coords(group, {n: (d, v, _jsonable(dict(a or {}))) for n, (d, v, a) in (coords or {}).items()})
     return sources, targets
 
 
-def _finish(group, store, meta: dict) -> None:
-    """The commit: attributes with the stamp (one metadata write), then consolidated metadata."""
-    import zarr
-
+def _finish(group, meta: dict) -> None:
+    """The commit: attributes with the stamp (one metadata write), then consolidated metadata
+    (which repeats the stamp: ``xarray.open_zarr`` reads the store without a warning)."""
     group.attrs.put(_jsonable({**meta, COMPLETE_ATTR: True}))  # also drops WRITING_ATTR
-    with warnings.catch_warnings():  # "consolidated metadata is not part of the Zarr 3 spec"
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(store)
+    _geo.consolidate(group)
 
 
 def write_zarr(
@@ -210,7 +196,7 @@ def _write_local(path, arrays, dims, coords, array_attrs, meta, *, source, overw
         group = zarr.open_group(tmp, mode="w")
         sources, targets = _fill_group(group, arrays, dims, coords, array_attrs)
         _store_all(sources, targets, arrays)
-        _finish(group, tmp, meta)  # last: the store is complete from here on
+        _finish(group, meta)  # last: the store is complete from here on
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -251,7 +237,7 @@ def _write_url(path, arrays, dims, coords, array_attrs, meta, *, source, overwri
                 if fs.exists(key):
                     fs.rm(key, recursive=True)
         raise  # a failed replace stays marked as an interrupted write: refused, rerun replaces it
-    _finish(group, store, meta)
+    _finish(group, meta)
 
 
 # --------------------------------------------------------------------------

@@ -9,7 +9,9 @@ Importing :mod:`daskgmm` registers it::
 
 Prediction is :func:`xarray.apply_ufunc` with ``dask="parallelized"`` over the one
 prediction kernel (:func:`daskgmm._kernels.predict_block`, as for :mod:`daskgmm.image`):
-outputs keep every other dimension, its coordinates, chunks and the attributes. A feature
+outputs keep every other dimension, its coordinates (``spatial_ref``, the CRS, included), chunks
+and the attributes of the grid (those of the band values, ``_FillValue``, ``scale_factor``...,
+are left off: :data:`daskgmm._geo.VALUE_ATTRS`). A feature
 dimension split over several chunks is brought to one chunk for you (``.chunk({feature_dim: -1})``);
 the other dimensions are never rechunked.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from daskgmm import _geo
 from daskgmm import image as _image
 from daskgmm._kernels import output_dtype, predict_output
 from daskgmm._typing import Output
@@ -117,6 +120,8 @@ class GMMAccessor:  # registered by daskgmm._accessor_hook (import daskgmm)
         )
         if probabilities:
             out = out.assign_coords(component=np.arange(k))
+        # the grid's attributes and CRS (grid_mapping), not those of the band values (_FillValue...)
+        out.attrs = _geo.output_attrs(obj.attrs, out.coords, obj.encoding)
         if what == "labels":
             out.attrs["nodata"] = -1
         return out.rename(what)

@@ -24,19 +24,26 @@ Writing (:meth:`Segmentation.to_zarr`, ``daskgmm segment``) goes through the one
 writer, :func:`daskgmm._zarr_output.write_zarr`: the attribute ``daskgmm_complete`` stamped
 last (after a rename into place on local disk; on an object store after every array under the
 final prefix); :func:`open_segmentation` refuses a store without that stamp. Images and outputs
-may be local paths or URLs (``s3://...``, with ``storage_options``). Zarr chunks are the image's spatial chunks.
+may be local paths or URLs (``s3://...``, with ``storage_options``). Zarr chunks are the image's
+spatial chunks.
+
+Geography: outputs of an xarray image (a rioxarray ``(band, y, x)`` raster, whose ``band``
+dimension ``feature_axis="auto"`` picks) keep its spatial coordinates, dims, attributes (less
+those of the band values) and CRS (``spatial_ref``, named by ``grid_mapping``), lazily and in the
+Zarr store, which ``xarray.open_zarr`` and rioxarray read back georeferenced (:mod:`daskgmm._geo`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 
 import dask
 import dask.array as da
 import numpy as np
 
-from daskgmm import _storage
+from daskgmm import _geo, _storage
 from daskgmm._input import Image, as_image, compute_dtype
 from daskgmm._kernels import valid_pixels_block
 from daskgmm._zarr_output import COMPLETE_ATTR as COMPLETE_ATTR  # re-exported
@@ -65,6 +72,29 @@ def _int_seed(random_state) -> int:
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(2**31 - 1))
     raise TypeError(f"random_state must be an int, a numpy RandomState or None; got {random_state!r}.")
+
+
+def _feature_axis(image, feature_axis):
+    """``feature_axis``, with ``"auto"`` resolved: a DataArray's ``band`` dimension, else -1."""
+    if not (isinstance(feature_axis, str) and feature_axis == "auto"):
+        return feature_axis
+    dims = getattr(image, "dims", None)  # an xarray DataArray's dimension names
+    return "band" if isinstance(dims, tuple) and "band" in dims else -1
+
+
+def _as_image(image, feature_axis) -> Image:
+    """:func:`as_image`, plus GeoTIFF paths (``.tif``/``.tiff``, through rioxarray: ``daskgmm[geo]``)
+    and ``feature_axis="auto"``."""
+    if isinstance(image, Image):
+        return image
+    source = None
+    if isinstance(image, (str, os.PathLike)) and _geo.is_geotiff(image):
+        source = os.path.abspath(os.fspath(image))
+        image = _geo.open_geotiff(source)
+    img = as_image(image, _feature_axis(image, feature_axis))
+    if source is not None:
+        img.source = source  # an output at the input's path is refused
+    return img
 
 
 def _check_sample(sample) -> float | None:
@@ -171,7 +201,7 @@ def fit_image(
     image,
     n_components: int,
     *,
-    feature_axis: int | str | None = -1,
+    feature_axis: int | str | None = "auto",
     nodata=None,
     sample: float | None = None,
     random_state=None,
@@ -202,7 +232,7 @@ def fit_image(
     from daskgmm._gaussian_mixture import GaussianMixture
     from daskgmm._input import default_row_chunk
 
-    img = image if isinstance(image, Image) else as_image(image, feature_axis)
+    img = _as_image(image, feature_axis)
     fraction = _check_sample(sample)
     seed = _int_seed(random_state)
     if random_state is None or isinstance(random_state, np.random.RandomState):
@@ -237,7 +267,12 @@ def fit_image(
 
 
 def predict_image(
-    model, image, *, feature_axis: int | str | None = -1, nodata=None, storage_options: dict | None = None
+    model,
+    image,
+    *,
+    feature_axis: int | str | None = "auto",
+    nodata=None,
+    storage_options: dict | None = None,
 ) -> Segmentation:
     """Apply a fitted model to an image (for example another tile), lazily.
 
@@ -260,7 +295,7 @@ def predict_image(
         ``model`` is not fitted, or was fitted on another number of features than bands.
     """
     with _storage.using(storage_options):
-        img = image if isinstance(image, Image) else as_image(image, feature_axis)
+        img = _as_image(image, feature_axis)
     check_model(model, img.n_bands)
     return Segmentation(model=model, image=img, nodata=nodata)
 
@@ -269,7 +304,7 @@ def segment(
     image,
     n_components: int,
     *,
-    feature_axis: int | str | None = -1,
+    feature_axis: int | str | None = "auto",
     nodata=None,
     sample: float | None = None,
     random_state=None,
@@ -281,12 +316,14 @@ def segment(
     Parameters
     ----------
     image : array-like of shape (*spatial, n_bands) (bands on ``feature_axis``)
-        numpy or dask array, Zarr array or path to one, or xarray DataArray.
+        numpy or dask array, Zarr array or path to one, xarray DataArray, or the path of a
+        GeoTIFF (``.tif``/``.tiff``, read lazily through rioxarray: ``pip install 'daskgmm[geo]'``).
     n_components : int
         Number of classes K.
-    feature_axis : int, str or None, default=-1
+    feature_axis : int, str or None, default="auto"
         Axis holding the bands (a dimension name for a DataArray, e.g. ``"band"``);
-        None for a single-band image.
+        None for a single-band image. ``"auto"``: the ``band`` dimension of a DataArray that
+        has one (rioxarray's ``(band, y, x)``), else the last axis.
     nodata : scalar, optional
         Pixels equal to ``nodata`` in any band, and pixels with a NaN band, are left out of
         the fit and labelled -1.
@@ -310,7 +347,7 @@ def segment(
         Unpacks as ``labels, model``.
     """
     with _storage.using(storage_options):
-        img = as_image(image, feature_axis)
+        img = _as_image(image, feature_axis)
     model = fit_image(
         img, n_components, nodata=nodata, sample=sample, random_state=random_state, **gmm_params
     )

@@ -6,7 +6,8 @@ return) builds the lazy outputs ``labels``, ``probabilities``, ``log_density`` a
 output; :func:`write_zarr` writes them through the one safe Zarr writer
 (:func:`daskgmm._zarr_output.write_zarr`) and :func:`open_segmentation` reads them back, refusing a
 store without the completion stamp. See :mod:`daskgmm.image` for the rules (nodata,
-component order, dtypes).
+component order, dtypes). Outputs of an xarray image carry its coordinates, attributes and CRS,
+in memory and in the store (xarray's Zarr layout, :func:`daskgmm._geo.zarr_layout`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from daskgmm import _storage, _zarr_output
+from daskgmm import _geo, _storage, _zarr_output
 from daskgmm._gaussian import EStepParams
 from daskgmm._graph import shared
 from daskgmm._input import Image, compute_dtype
@@ -198,7 +199,7 @@ class Segmentation:
         coords = dict(self.image.coords)
         if name == "probabilities":
             coords["component"] = np.arange(self.n_components)
-        attrs = dict(self.image.attrs)
+        attrs = _geo.output_attrs(self.image.attrs, self.image.coords)
         if name == "labels":
             attrs["nodata"] = -1
         return xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=name)
@@ -283,7 +284,8 @@ def write_zarr(
 
     The store holds the outputs (chunked like the image's spatial chunks; probabilities add
     one chunk holding all K components), the model as JSON, the nodata rule and the component
-    order; see :func:`daskgmm._zarr_output.write_zarr` for how a failure never leaves a store that
+    order, and for an xarray image its coordinates, attributes and CRS in xarray's layout; see
+    :func:`daskgmm._zarr_output.write_zarr` for how a failure never leaves a store that
     looks complete. Returns the path written.
 
     Parameters
@@ -318,6 +320,12 @@ def write_zarr(
     dims = {
         name: seg.image.spatial_dims + (("component",) if name == "probabilities" else ()) for name in names
     }
+    coords, array_attrs = _geo.zarr_layout(
+        {**seg.image.coords, "component": _component_coord(seg.n_components)},
+        seg.image.attrs,
+        dims,
+        extra={"labels": {"nodata": -1}},
+    )
     with _storage.using(storage_options):
         return _zarr_output.write_zarr(
             path,
@@ -327,26 +335,39 @@ def write_zarr(
             attrs=meta,
             source=seg.image.source,
             overwrite=overwrite,
+            coords=coords,
+            array_attrs=array_attrs,
         )
 
 
-def open_segmentation(path, *, storage_options: dict | None = None) -> dict:
+def _component_coord(k: int):
+    import xarray as xr
+
+    return xr.Variable(("component",), np.arange(k))
+
+
+def open_segmentation(path, *, as_xarray: bool = False, storage_options: dict | None = None):
     """Open a store written by :meth:`Segmentation.to_zarr` / ``daskgmm segment``.
 
     Returns ``{"labels": dask array, ... (the outputs written), "model": GaussianMixture,
-    "attrs": dict}``. Refuses a store that lacks the completion stamp (an interrupted write).
+    "attrs": dict}``, or with ``as_xarray=True`` an :class:`xarray.Dataset` of the outputs with
+    the image's coordinates (``x``, ``y``, ``spatial_ref``...) and the group attributes (the
+    model as JSON under ``"model"``). Refuses a store that lacks the completion stamp (an
+    interrupted write). ``xarray.open_zarr(path)`` opens the same store directly.
 
     Parameters
     ----------
     path : str or path-like
         A local path or a URL (``s3://bucket/seg.zarr``).
+    as_xarray : bool, default=False
+        Return an xarray Dataset (lazy, dask-backed) instead of the dict.
     storage_options : dict, optional
         fsspec options for a URL, over the environment's.
 
     Returns
     -------
-    dict
-        The arrays written (dask, shapes as written), ``"model"`` and ``"attrs"``.
+    dict or xarray.Dataset
+        The arrays written (dask, shapes as written), ``"model"`` and ``"attrs"``; or the Dataset.
 
     Raises
     ------
@@ -356,4 +377,13 @@ def open_segmentation(path, *, storage_options: dict | None = None) -> dict:
     from daskgmm._gaussian_mixture import GaussianMixture
 
     with _storage.using(storage_options):
-        return _zarr_output.open_segmentation(path, GaussianMixture)
+        out = _zarr_output.open_segmentation(path, GaussianMixture)
+        if not as_xarray:
+            return out
+        import xarray as xr
+
+        where = _storage.normalise(path)
+        options = _storage.current_options() if _storage.is_url(where) else None
+        return xr.open_zarr(where, chunks={}, storage_options=options)[
+            out["attrs"].get("outputs", ["labels"])
+        ]

@@ -66,6 +66,7 @@ SYSTEM = {
     "test_deploy::test_entrypoint_translates_the_helm_charts_commands",
     "test_deploy::test_slurm_batch_script_runs_a_fit",
     "test_image::test_cli_segment",
+    "test_geo::test_cli_segment_geotiff_and_xarray_group",  # issue 16: daskgmm segment on a GeoTIFF
     "test_image::test_killed_write_leaves_nothing_that_looks_complete",
     "test_image::test_segment_bench_command_runs_small",
     "test_notebooks::test_notebook_runs_at_small_size",

@@ -44,6 +44,7 @@ LAYERS = {
     "_collapse.py": 1,
     "_storage.py": 1,  # issue 16: local paths and URLs (fsspec), storage options
     "_zarr_output.py": 1,  # issue 16: the one safe Zarr writer (local disk and object stores)
+    "_geo.py": 1,  # issue 16: coordinates, attributes and CRS of image outputs; GeoTIFF input
     # L2 engine
     "_engine.py": 2,
     "checkpoint.py": 2,

@@ -35,6 +35,8 @@ SKIP = {
     "daskgmm segment scene.zarr classes.zarr -k 6 --array reflectance --feature-axis 0 --scheduler "
     "tcp://scheduler:8786": "needs a scheduler at tcp://scheduler:8786; tests/test_image.py segments through a real cluster",
     "daskgmm segment-bench /tmp/segment-bench      # defaults: 20,000 x 20,000 x 4 uint16, 5 classes": "the 3.2 GB scale run takes minutes; tests/test_image.py runs it small",
+    "daskgmm segment scene.tif scene-cli.zarr -k 3 --seed 0 --nworkers 1 --overwrite": "starts a local cluster "
+    "(~20 s on a loaded 2-core machine); tests/test_geo.py runs this command on a GeoTIFF through a real cluster",
     "daskgmm fit data.zarr -k 8 --scheduler tls://scheduler:8786 \\": "needs a TLS scheduler at tls://scheduler:8786; tests/test_tls.py runs that topology on 127.0.0.1",
     "dask scheduler --scheduler-file sched.json &            # or an existing scheduler": "leaves a scheduler and a worker running and names a remote scheduler; tests/test_cluster.py runs "
     "these commands",

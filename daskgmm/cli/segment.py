@@ -1,10 +1,17 @@
-"""``daskgmm segment``: segment a multi-band Zarr raster into per-pixel classes, written to a
-Zarr group (:mod:`daskgmm.image` does the work)."""
+"""``daskgmm segment``: segment a multi-band Zarr raster or GeoTIFF into per-pixel classes,
+written to a Zarr group (:mod:`daskgmm.image` does the work).
+
+A GeoTIFF (IMAGE ending in ``.tif``/``.tiff``) is read through rioxarray (the ``daskgmm[geo]``
+extra): bands on the ``band`` axis, its own nodata value unless ``--nodata`` is given. Its
+``x``/``y`` coordinates and CRS (``spatial_ref``) are written with the outputs, as are the
+coordinates of a Zarr group written by xarray (``--array VARIABLE``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -38,6 +45,10 @@ def _number(text: str):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+#: ``--feature-axis`` not given: the last axis, or ``band`` for a GeoTIFF
+AUTO_AXIS = "auto"
+
+
 def _feature_axis(text: str):
     if text.lower() == "none":
         return None
@@ -51,27 +62,33 @@ def add_parser(subparsers) -> None:
     """Register ``daskgmm segment``."""
     p = subparsers.add_parser(
         "segment",
-        help="segment a multi-band Zarr raster into per-pixel classes, written to a Zarr group",
+        help="segment a multi-band Zarr raster or GeoTIFF into per-pixel classes, written to a Zarr group",
         description="Fit a Gaussian mixture on the valid pixels of IMAGE (or a --sample of them), "
         "label every pixel, and write OUT, a Zarr group with 'labels' (and the asked-for outputs), "
-        "chunked like IMAGE. " + ORDER_RULE + ".",
+        "chunked like IMAGE, with IMAGE's coordinates and CRS when it has them (a GeoTIFF, a Zarr group "
+        "written by xarray). " + ORDER_RULE + ".",
     )
-    p.add_argument("image", help="Zarr array (or group with --array) of shape (*spatial, bands)")
+    p.add_argument(
+        "image",
+        help="Zarr array (or group with --array) of shape (*spatial, bands), or a GeoTIFF (.tif, .tiff; "
+        "needs the daskgmm[geo] extra)",
+    )
     p.add_argument("out", help="output Zarr group (refused if it exists, unless --overwrite)")
     data = p.add_argument_group("image")
     data.add_argument("--array", help="array name inside a Zarr group (default: IMAGE is an array)")
     data.add_argument(
         "--feature-axis",
         type=_feature_axis,
-        default=-1,
+        default=AUTO_AXIS,
         help="axis holding the bands: an integer, a Zarr dimension name, or 'none' for one band "
-        "(default: %(default)s, the last)",
+        "(default: -1, the last; 'band' for a GeoTIFF)",
     )
     data.add_argument(
         "--nodata",
         type=_number,
         default=None,
-        help="pixels equal to this in any band are left out and labelled -1 (default: none)",
+        help="pixels equal to this in any band are left out and labelled -1 (default: none; a "
+        "GeoTIFF's own nodata value, or the _FillValue of a variable written by xarray)",
     )
     data.add_argument(
         "--sample",
@@ -126,13 +143,44 @@ def _open_image(path: str, array: str | None):
         raise SystemExit(f"error: {e}") from e
 
 
+def _open_input(args):
+    """``(image, source, feature_axis, nodata)`` of IMAGE: a GeoTIFF through rioxarray (a
+    DataArray with its coordinates and CRS), else the Zarr array."""
+    from daskgmm import _geo
+
+    axis, nodata = args.feature_axis, args.nodata
+    if _geo.is_geotiff(args.image):
+        if args.array:
+            raise SystemExit("error: --array names an array of a Zarr group; a GeoTIFF holds one raster")
+        from daskgmm._storage import is_url
+
+        if is_url(args.image):
+            raise SystemExit(
+                f"error: {args.image!r}: a GeoTIFF is read from a local path; copy it to local disk, "
+                "or write it to Zarr on the object store (xarray's to_zarr) and give that"
+            )
+        if not os.path.isfile(args.image):
+            raise SystemExit(f"error: No GeoTIFF at {args.image!r}: the file does not exist.")
+        try:
+            raster = _geo.open_geotiff(args.image)
+        except ImportError as e:
+            raise SystemExit(f"error: {e}") from e
+        except Exception as e:  # rasterio's errors for a file it cannot read
+            raise SystemExit(f"error: {args.image!r} cannot be read as a GeoTIFF ({e}).") from e
+        if nodata is None and raster.rio.nodata is not None:
+            nodata = raster.rio.nodata.item()  # a numpy scalar of the raster's dtype
+        return raster, os.path.abspath(args.image), "band" if axis == AUTO_AXIS else axis, nodata
+    znode, source = _open_image(args.image, args.array)
+    return znode, source, -1 if axis == AUTO_AXIS else axis, nodata
+
+
 @missing_chunks_config
 def run(args) -> int:
     """``daskgmm segment``: fit, then write OUT safely; prints a summary."""
     import dask
     import numpy as np
 
-    from daskgmm import _storage
+    from daskgmm import _geo, _storage
     from daskgmm._progress import is_interactive
     from daskgmm._zarr_output import check_output, describe_path
     from daskgmm.image import Segmentation, as_image, fit_image
@@ -149,7 +197,7 @@ def run(args) -> int:
         )
     if args.sample is not None and not 0.0 < args.sample <= 1.0:
         raise SystemExit(f"error: --sample {args.sample} must be a fraction in (0, 1], e.g. 0.01")
-    znode, source = _open_image(args.image, args.array)
+    znode, source, feature_axis, nodata = _open_input(args)
     try:  # before the fit: OUT must not hold the input, and only a complete output is replaced
         check_output(out, source=_storage.normalise(args.image), overwrite=args.overwrite)
         if args.save_model:
@@ -157,10 +205,13 @@ def run(args) -> int:
     except (FileExistsError, ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
     try:
-        img = as_image(znode, args.feature_axis)
+        img = as_image(znode, feature_axis)
     except (ValueError, TypeError) as e:
         raise SystemExit(f"error: {e}") from e
     img.source = source
+    fill = _geo.attach_group_coords(img)  # a Zarr array of a group written by xarray: its coordinates
+    if nodata is None and fill is not None:
+        nodata = fill  # the variable's own missing-value marker, as for a GeoTIFF
     n_pixels = int(np.prod(img.spatial_shape))
     show = is_interactive() and not args.no_progress
     # progress bars: the engine's for the EM passes, dask's for the initialisation and the writing
@@ -172,7 +223,7 @@ def run(args) -> int:
             model = fit_image(
                 img,
                 args.n_components,
-                nodata=args.nodata,
+                nodata=nodata,
                 sample=args.sample,
                 random_state=args.seed,
                 **model_kwargs(args, MODEL_OPTIONS),
@@ -180,7 +231,7 @@ def run(args) -> int:
         except ValueError as e:
             raise SystemExit(f"error: {e}") from e
         fit_s = time.perf_counter() - t0
-        seg = Segmentation(model=model, image=img, nodata=args.nodata)
+        seg = Segmentation(model=model, image=img, nodata=nodata)
         t1 = time.perf_counter()
         try:
             seg.to_zarr(
@@ -201,6 +252,7 @@ def run(args) -> int:
         "n_pixels_fit": int(model.n_pixels_fit_),
         "n_bands": img.n_bands,
         "n_components": int(model.n_components),
+        "nodata": nodata,
         "converged": bool(model.converged_),
         "n_iter": int(model.n_iter_),
         "lower_bound": float(model.lower_bound_),
