@@ -235,3 +235,20 @@ def test_checkpoint_of_a_remote_store_refuses_a_rewritten_chunk(url):
     z[:50] = X[:50] + 1e-9  # one chunk rewritten, same size
     with pytest.raises(CheckpointError, match="belongs to other data: zarr_chunk_files"):
         GaussianMixture(**kw).fit(data, resume=True)
+
+
+def test_a_georeferenced_segmentation_keeps_its_coordinates_on_an_object_store(url):
+    """xarray input -> segment -> to_zarr on an object store -> opened as xarray: the same x/y."""
+    import xarray as xr
+
+    from daskgmm import segment
+    from daskgmm.segmentation import open_segmentation as open_public
+
+    img = _two_blobs(300).reshape(20, 30, 2)
+    x, y = 500.0 + 10.0 * np.arange(30), 4000.0 - 10.0 * np.arange(20)
+    da_img = xr.DataArray(img, dims=("y", "x", "band"), coords={"x": x, "y": y}).chunk({"y": 10})
+    segment(da_img, 2, feature_axis="band", random_state=0).to_zarr(url)
+    ds = open_public(url, as_xarray=True)
+    np.testing.assert_array_equal(ds["x"].values, x)
+    np.testing.assert_array_equal(ds["y"].values, y)
+    assert ds["labels"].dims == ("y", "x")
