@@ -404,7 +404,8 @@ class GaussianMixture(BaseMixture):
 
 
 def load(path) -> GaussianMixture:
-    """Load a model written by :meth:`GaussianMixture.save` (never unpickles).
+    """Load a model written by :meth:`GaussianMixture.save` or
+    :meth:`BayesianGaussianMixture.save` (never unpickles).
 
     Parameters
     ----------
@@ -413,10 +414,13 @@ def load(path) -> GaussianMixture:
 
     Returns
     -------
-    GaussianMixture
-        The fitted model; ``saved_with_version_`` is the daskgmm version that wrote it.
+    GaussianMixture or BayesianGaussianMixture
+        The fitted model (the class that saved it); ``saved_with_version_`` is the daskgmm version that wrote it.
     """
     arrays, meta = read_model(path)
-    model = model_from_dict(arrays, meta, GaussianMixture)
+    cls = GaussianMixture
+    if meta.get("class") == "BayesianGaussianMixture":
+        from daskgmm._bayesian_mixture import BayesianGaussianMixture as cls
+    model = model_from_dict(arrays, meta, cls)
     model.saved_with_version_ = meta.get("daskgmm_version")
     return model
