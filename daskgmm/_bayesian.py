@@ -98,8 +98,8 @@ def default_priors(
         dof = float(degrees_of_freedom_prior)
     else:
         raise ValueError(
-            "The parameter 'degrees_of_freedom_prior' should be greater than %d, but got %.3f."
-            % (d - 1, degrees_of_freedom_prior)
+            f"The parameter 'degrees_of_freedom_prior' should be greater than {d - 1}, "
+            f"but got {degrees_of_freedom_prior:.3f}."
         )
     if covariance_prior is None:
         cov = np.asarray(covariance, dtype=np.float64)
