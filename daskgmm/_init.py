@@ -360,7 +360,9 @@ def data_moments(
     """
     n, d = X.shape
     ct = "full" if covariance_type in ("full", "tied") else "diag"
-    guess = gather_rows(X, np.linspace(0, n - 1, min(n, 64)).astype(int)).astype(np.float64).mean(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: the pass names them
+        guess = gather_rows(X, np.linspace(0, n - 1, min(n, 64)).astype(int)).astype(np.float64).mean(axis=0)
+    guess = np.where(np.isfinite(guess), guess, 0.0)
     p = _stats_params(guess[None, :], ct, X.dtype)
     R = da.ones((n, 1), chunks=(X.chunks[0], 1), dtype=X.dtype)
     blocks = X.to_delayed(optimize_graph=False).ravel()
