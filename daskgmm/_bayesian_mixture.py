@@ -400,6 +400,19 @@ class BayesianGaussianMixture(BaseMixture):
                 value = a
             setattr(self, name, value)
 
+    def _permute_extra(self, order) -> None:
+        """Reorder the posterior's per-component arrays with the components (segmentation's
+        sorting); a Dirichlet process's sticks have an order of their own, so it is refused."""
+        if self.weight_concentration_prior_type == "dirichlet_process":
+            raise ValueError(
+                "The components of a Dirichlet-process posterior are ordered sticks and cannot be "
+                "reordered; use weight_concentration_prior_type='dirichlet_distribution' to sort them."
+            )
+        self.weight_concentration_ = self.weight_concentration_[order]
+        self.mean_precision_ = self.mean_precision_[order]
+        if self.covariance_type != "tied":
+            self.degrees_of_freedom_ = self.degrees_of_freedom_[order]
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = self.nan_policy == "omit"

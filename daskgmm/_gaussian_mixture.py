@@ -403,6 +403,16 @@ class GaussianMixture(BaseMixture):
         return self
 
 
+def model_class(meta: dict) -> type:
+    """The estimator class that wrote a model's metadata (``GaussianMixture`` unless it names
+    ``BayesianGaussianMixture``)."""
+    if meta.get("class") == "BayesianGaussianMixture":
+        from daskgmm._bayesian_mixture import BayesianGaussianMixture
+
+        return BayesianGaussianMixture
+    return GaussianMixture
+
+
 def load(path) -> GaussianMixture:
     """Load a model written by :meth:`GaussianMixture.save` or
     :meth:`BayesianGaussianMixture.save` (never unpickles).
@@ -418,9 +428,6 @@ def load(path) -> GaussianMixture:
         The fitted model (the class that saved it); ``saved_with_version_`` is the daskgmm version that wrote it.
     """
     arrays, meta = read_model(path)
-    cls = GaussianMixture
-    if meta.get("class") == "BayesianGaussianMixture":
-        from daskgmm._bayesian_mixture import BayesianGaussianMixture as cls
-    model = model_from_dict(arrays, meta, cls)
+    model = model_from_dict(arrays, meta, model_class(meta))
     model.saved_with_version_ = meta.get("daskgmm_version")
     return model

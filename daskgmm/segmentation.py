@@ -51,7 +51,15 @@ def model_params(model, image_dtype) -> EStepParams:
     EStepParams
     """
     dtype = compute_dtype(image_dtype)
-    return EStepParams(model.weights_, model.means_, model.precisions_cholesky_, model.covariance_type, dtype)
+    log_weights = model._estep_log_weights() if hasattr(model, "_estep_log_weights") else None
+    return EStepParams(
+        model.weights_,
+        model.means_,
+        model.precisions_cholesky_,
+        model.covariance_type,
+        dtype,
+        log_weights=log_weights,  # a BayesianGaussianMixture's variational terms
+    )
 
 
 def nodata_rule(nodata):
@@ -341,6 +349,6 @@ def open_segmentation(path) -> dict:
     FileNotFoundError, ValueError
         Nothing at ``path``, or no completion stamp.
     """
-    from daskgmm._gaussian_mixture import GaussianMixture
+    from daskgmm._gaussian_mixture import model_class
 
-    return io.open_segmentation(path, GaussianMixture)
+    return io.open_segmentation(path, model_class)

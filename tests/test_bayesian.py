@@ -251,3 +251,42 @@ def test_fit_predict_is_fit_then_predict_and_sample_draws_from_the_fit(X):
     big = gm.weights_ > 0.2
     for k in np.flatnonzero(big):
         np.testing.assert_allclose(Xs[ys == k].mean(axis=0), gm.means_[k], atol=0.1)
+
+
+@pytest.mark.slow
+def test_streamed_fit_of_a_store_larger_than_worker_memory(tmp_path):
+    """448 MB of float64 on one worker limited to 400 MiB (as tests/test_out_of_core.py does for
+    GaussianMixture): the priors' pass, the initialisation and every iteration stream the store;
+    the worker is neither paused nor restarted; the generating means are recovered."""
+    from distributed import Client, LocalCluster
+
+    from daskgmm.benchmarks.ooc import MemoryWatch, write_mixture_zarr
+
+    n, d, k = 3_500_000, 16, 3
+    path = str(tmp_path / "big.zarr")
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit="400MiB", processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+        client.as_current(),
+    ):
+        true_means = write_mixture_zarr(path, n, d, k, chunk_rows=125_000, seed=1)
+        gm = BayesianGaussianMixture(
+            n_components=k,
+            covariance_type="diag",
+            max_iter=3,
+            tol=0.0,
+            random_state=0,
+            init_sample_size=20_000,
+        )
+        with MemoryWatch(client) as watch:
+            gm.fit(path)
+    data_bytes = n * d * 8
+    assert [r["bytes_read"] for r in gm.history_] == [data_bytes] * 3
+    assert not watch.paused and not watch.restarted
+    assert 0 < watch.peak_worker < 400 * 2**20
+    assert watch.peak_driver - watch.start_driver < data_bytes / 5
+    kept = gm.means_[gm.weights_ > 0.05]
+    err = np.linalg.norm(kept[:, None, :] - true_means[None], axis=2).min(axis=0)
+    assert err.max() < 0.05

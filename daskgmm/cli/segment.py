@@ -12,7 +12,9 @@ import time
 from daskgmm.cli._cluster import add_cluster_arguments, connect
 from daskgmm.cli._options import (
     add_data_options,
+    add_model_choice,
     add_model_options,
+    estimator_class,
     int_at_least,
     missing_chunks_config,
     model_kwargs,
@@ -25,7 +27,8 @@ MODEL_OPTIONS = ("covariance_type", "max_iter", "tol", "reg_covar", "n_init", "i
 #: building the parser does not import the image module)
 ORDER_RULE = (
     "components sorted by their mean in the first band, ties broken by the next bands "
-    "(numpy.lexsort of the means); label -1 marks nodata"
+    "(numpy.lexsort of the means; --model bayesian with its default Dirichlet-process prior keeps "
+    "the fitted order); label -1 marks nodata"
 )
 
 
@@ -90,6 +93,7 @@ def add_parser(subparsers) -> None:
     model = p.add_argument_group("model", "GaussianMixture's parameters")
     add_model_options(model, ("n_components",))
     add_model_options(model, MODEL_OPTIONS)
+    add_model_choice(p, model)
     out = p.add_argument_group("output")
     out.add_argument(
         "--save-model", metavar="PATH", help="also write the fitted model here (.npz, no pickle)"
@@ -137,6 +141,7 @@ def run(args) -> int:
     from daskgmm.image import Segmentation, as_image, fit_image
     from daskgmm.io import check_output, check_writable
 
+    cls, names = estimator_class(args, MODEL_OPTIONS)
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not args.overwrite:
         raise SystemExit(f"error: {args.out!r} already exists; pass --overwrite to replace it")
@@ -168,7 +173,8 @@ def run(args) -> int:
                 nodata=args.nodata,
                 sample=args.sample,
                 random_state=args.seed,
-                **model_kwargs(args, MODEL_OPTIONS),
+                model_class=cls,
+                **model_kwargs(args, names),
             )
         except ValueError as e:
             raise SystemExit(f"error: {e}") from e
