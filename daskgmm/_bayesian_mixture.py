@@ -400,6 +400,16 @@ class BayesianGaussianMixture(BaseMixture):
                 value = a
             setattr(self, name, value)
 
+    @property
+    def bic(self):
+        """Not defined, as in scikit-learn: the variational score is not a likelihood."""
+        raise AttributeError("'BayesianGaussianMixture' has no bic: its score is not a likelihood")
+
+    @property
+    def aic(self):
+        """Not defined, as in scikit-learn: the variational score is not a likelihood."""
+        raise AttributeError("'BayesianGaussianMixture' has no aic: its score is not a likelihood")
+
     def _permute_extra(self, order) -> None:
         """Reorder the posterior's per-component arrays with the components (segmentation's
         sorting); a Dirichlet process's sticks have an order of their own, so it is refused."""
