@@ -332,13 +332,13 @@ class BayesianGaussianMixture(BaseMixture):
         ((best, _),) = engine.run()
         if not best.converged and self.max_iter > 0:
             warn_not_converged()
-        self._set_fitted(best, prior, dtype)
+        self._set_fitted(best, prior)
 
-    def _set_fitted(self, state: EMState, prior, dtype=np.float64) -> None:
-        """Every fitted attribute, set in one place, from the start that is kept."""
+    def _set_fitted(self, state: EMState, prior) -> None:
+        """Every fitted attribute, set in one place, from the start that is kept (float64 for any
+        data dtype, as scikit-learn's variational attributes, which mix in the float64 priors)."""
         p: VariationalParams = state.params
-        ct = self.covariance_type
-        dtype = np.float32 if np.dtype(dtype) == np.float32 else np.float64
+        ct, dtype = self.covariance_type, np.float64
         self.weights_ = np.asarray(p.weights, dtype=dtype)
         self.means_ = np.asarray(p.means, dtype=dtype)
         self.covariances_ = np.asarray(p.covariances, dtype=dtype)

@@ -16,6 +16,12 @@ result does not depend on how many starts or candidates share the passes.
 Mirrors scikit-learn's ``BaseMixture.fit_predict``: the lower bound of iteration
 *i* is the mean log-likelihood of the parameters *before* that iteration's M-step;
 the start with the largest final lower bound wins (ties: the first).
+
+The model family is a strategy on :class:`EMConfig` (``family``): None is EM for a Gaussian
+mixture; :class:`daskgmm._bayesian.VariationalFamily` (``BayesianGaussianMixture``) prepares the
+E-step with its variational log-weights and turns the same statistics into the variational
+posterior and its lower bound (scikit-learn's, a total, after the M-step). The loop, the passes,
+convergence, starts and checkpoints are the same.
 """
 
 from __future__ import annotations
