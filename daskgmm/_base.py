@@ -60,6 +60,7 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         X = inp.data
         policy = getattr(self, "nan_policy", "raise")
         f = self._fitted_params()  # float64, also when the attributes are float32
+        log_weights = self._estep_log_weights()
         if policy == "marginalize":
             params = marginal_params(
                 f.weights, f.means, f.covariances, f.precisions_cholesky, self.covariance_type
@@ -71,11 +72,9 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
                 f.precisions_cholesky,
                 self.covariance_type,
                 X.dtype,
-                log_weights=self._estep_log_weights(),
+                log_weights=log_weights,
             )
-        token = dask.base.tokenize(
-            f.weights, f.means, f.precisions_cholesky, X.dtype, policy, self._estep_log_weights()
-        )
+        token = dask.base.tokenize(f.weights, f.means, f.precisions_cholesky, X.dtype, policy, log_weights)
         out = predict_rows(
             X, params, what, self.n_components, token, nodata=np.nan if policy == "omit" else None
         )

@@ -103,7 +103,8 @@ def add_model_choice(p, group) -> None:
         choices=("gaussian", "bayesian"),
         default="gaussian",
         help="gaussian: GaussianMixture (EM, K components); bayesian: BayesianGaussianMixture "
-        "(variational, at most K components: those the data does not need get weights near 0) "
+        "(variational, at most K components: those the data does not need get weights near 0; "
+        "segment keeps a Dirichlet-process fit's components in their fitted order) "
         "(default: %(default)s)",
     )
     add_model_options(group, BAYESIAN_OPTIONS)

@@ -27,8 +27,7 @@ MODEL_OPTIONS = ("covariance_type", "max_iter", "tol", "reg_covar", "n_init", "i
 #: building the parser does not import the image module)
 ORDER_RULE = (
     "components sorted by their mean in the first band, ties broken by the next bands "
-    "(numpy.lexsort of the means; --model bayesian with its default Dirichlet-process prior keeps "
-    "the fitted order); label -1 marks nodata"
+    "(numpy.lexsort of the means); label -1 marks nodata"
 )
 
 
