@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from daskgmm import _accessor_hook
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from daskgmm._bayesian_mixture import BayesianGaussianMixture
     from daskgmm._gaussian_mixture import GaussianMixture, load
     from daskgmm.image import segment
     from daskgmm.selection import ModelSelection, select_model
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
 #: public name -> the module that defines it
 _PUBLIC = {
     "GaussianMixture": "daskgmm._gaussian_mixture",
+    "BayesianGaussianMixture": "daskgmm._bayesian_mixture",
     "load": "daskgmm._gaussian_mixture",
     "select_model": "daskgmm.selection",
     "ModelSelection": "daskgmm.selection",
@@ -29,7 +31,15 @@ _PUBLIC = {
 #: submodules reachable as attributes after ``import daskgmm`` (as before they were lazy)
 _SUBMODULES = ("accessor", "checkpoint", "datasets", "image", "io", "plot", "selection")
 
-__all__ = ["GaussianMixture", "load", "select_model", "ModelSelection", "segment", "__version__"]
+__all__ = [
+    "GaussianMixture",
+    "BayesianGaussianMixture",
+    "load",
+    "select_model",
+    "ModelSelection",
+    "segment",
+    "__version__",
+]
 
 _accessor_hook.install()
 

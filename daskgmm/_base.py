@@ -47,6 +47,11 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         ]
         return Params(*f64)
 
+    def _estep_log_weights(self):
+        """The per-component terms added to the Gaussian log-densities in place of ``log weights_``
+        (None: ``log weights_``; a variational mixture adds its expectations)."""
+        return None
+
     def _predict_input(self, inp: Input, what: Output):
         """Lazy ``what`` for every row: one :func:`~daskgmm._kernels.predict_output` task per chunk.
 
@@ -56,13 +61,21 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         X = inp.data
         policy = getattr(self, "nan_policy", "raise")
         f = self._fitted_params()  # float64, also when the attributes are float32
+        log_weights = self._estep_log_weights()
         if policy == "marginalize":
             params = marginal_params(
                 f.weights, f.means, f.covariances, f.precisions_cholesky, self.covariance_type
             )
         else:
-            params = EStepParams(f.weights, f.means, f.precisions_cholesky, self.covariance_type, X.dtype)
-        token = dask.base.tokenize(f.weights, f.means, f.precisions_cholesky, X.dtype, policy)
+            params = EStepParams(
+                f.weights,
+                f.means,
+                f.precisions_cholesky,
+                self.covariance_type,
+                X.dtype,
+                log_weights=log_weights,
+            )
+        token = dask.base.tokenize(f.weights, f.means, f.precisions_cholesky, X.dtype, policy, log_weights)
         out = predict_rows(
             X, params, what, self.n_components, token, nodata=np.nan if policy == "omit" else None
         )

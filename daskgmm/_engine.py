@@ -16,6 +16,12 @@ result does not depend on how many starts or candidates share the passes.
 Mirrors scikit-learn's ``BaseMixture.fit_predict``: the lower bound of iteration
 *i* is the mean log-likelihood of the parameters *before* that iteration's M-step;
 the start with the largest final lower bound wins (ties: the first).
+
+The model family is a strategy on :class:`EMConfig` (``family``): None is EM for a Gaussian
+mixture; :class:`daskgmm._bayesian.VariationalFamily` (``BayesianGaussianMixture``) prepares the
+E-step with its variational log-weights and turns the same statistics into the variational
+posterior and its lower bound (scikit-learn's, a total, after the M-step). The loop, the passes,
+convergence, starts and checkpoints are the same.
 """
 
 from __future__ import annotations
@@ -63,6 +69,11 @@ class EMConfig:
     tol: float
     reg_covar: float
     max_iter: int
+    #: the model family, when not EM's Gaussian mixture: an object with
+    #: ``prepare(params, covariance_type, dtype) -> EStepParams`` (the E-step of a pass) and
+    #: ``update(stats, p, reg_covar, covariance_type, dtype) -> (params, lower_bound)`` (the
+    #: driver's half of an iteration), e.g. :class:`daskgmm._bayesian.VariationalFamily`
+    family: object | None = None
 
 
 @dataclass
@@ -156,17 +167,20 @@ def apply_m_step(
     replace components before their precisions are computed; an iteration that
     re-seeded a component never counts as converged.
     """
-    lower_bound = stats["loglik"] / stats["n"]
-    nk, means, covariances = m_step(stats, p.stat_centers, cfg.reg_covar, cfg.covariance_type, dtype)
     events = []
-    if collapse is not None:
-        nk, means, covariances, events = collapse(stats, nk, means, covariances)
-        if collapse.init_events:
-            events = [dict(e, at="initialisation") for e in collapse.init_events] + events
-            collapse.init_events.clear()
-    weights = nk / nk.sum()
-    prec_chol = compute_precision_cholesky(covariances, cfg.covariance_type, dtype)
-    state.params = Params(weights, means, covariances, prec_chol)
+    if cfg.family is not None:
+        state.params, lower_bound = cfg.family.update(stats, p, cfg.reg_covar, cfg.covariance_type, dtype)
+    else:
+        lower_bound = stats["loglik"] / stats["n"]
+        nk, means, covariances = m_step(stats, p.stat_centers, cfg.reg_covar, cfg.covariance_type, dtype)
+        if collapse is not None:
+            nk, means, covariances, events = collapse(stats, nk, means, covariances)
+            if collapse.init_events:
+                events = [dict(e, at="initialisation") for e in collapse.init_events] + events
+                collapse.init_events.clear()
+        weights = nk / nk.sum()
+        prec_chol = compute_precision_cholesky(covariances, cfg.covariance_type, dtype)
+        state.params = Params(weights, means, covariances, prec_chol)
     change = lower_bound - state.lower_bound
     state.n_iter += 1
     state.lower_bound = float(lower_bound)
@@ -377,10 +391,7 @@ class Engine:
         try:
             while live:
                 t0 = time.perf_counter()
-                ps = [
-                    self.data.prepare(self.states[i].params, self.cfgs[i].covariance_type, dtype)
-                    for i in live
-                ]
+                ps = [self._prepare(i, dtype) for i in live]
                 token = tokenize(
                     self.data.token,
                     [
@@ -392,6 +403,7 @@ class Engine:
                         for i in live
                     ],
                     [self.cfgs[i].covariance_type for i in live],
+                    [getattr(self.states[i].params, "log_weights", None) for i in live],
                 )
                 if self.incr is None:
                     all_stats = statistics_pass(
@@ -432,6 +444,13 @@ class Engine:
         finally:
             bar.close()
             self.console.write = print
+
+    def _prepare(self, i: int, dtype):
+        """Start ``i``'s E-step parameters for the next pass (its model family's, or EM's)."""
+        cfg, params = self.cfgs[i], self.states[i].params
+        if cfg.family is not None:
+            return cfg.family.prepare(params, cfg.covariance_type, dtype)
+        return self.data.prepare(params, cfg.covariance_type, dtype)
 
     def _pass_record(self, live, records, seconds) -> dict:
         if len(self.states) == 1:

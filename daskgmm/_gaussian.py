@@ -211,7 +211,8 @@ class EStepParams:
 
     Holds the centre, the coefficient matrix ``coef`` (K × design rows) of the
     log-density in the compute dtype, and the float64 values the statistics need,
-    so every block does only matrix products.
+    so every block does only matrix products. ``log_weights``, when given, replaces
+    ``log(weights)`` as the per-component additive term (``weights`` then only place the centre).
     """
 
     __slots__ = (
@@ -231,7 +232,7 @@ class EStepParams:
         "stat_centers",
     )
 
-    def __init__(self, weights, means, prec_chol, covariance_type, dtype, center=None):
+    def __init__(self, weights, means, prec_chol, covariance_type, dtype, center=None, log_weights=None):
         dtype = np.dtype(dtype)
         means = np.asarray(means, dtype=np.float64)
         prec_chol = np.asarray(prec_chol, dtype=np.float64)
@@ -249,8 +250,11 @@ class EStepParams:
         m = means - self.center
         self.means_c64 = m
         self.means_c = m.astype(dtype)
-        with np.errstate(divide="ignore"):
-            log_w = np.log(np.asarray(weights, dtype=np.float64))
+        if log_weights is None:
+            with np.errstate(divide="ignore"):
+                log_w = np.log(np.asarray(weights, dtype=np.float64))
+        else:  # per-component terms in place of log w_k (variational Bayes: daskgmm._bayesian)
+            log_w = np.asarray(log_weights, dtype=np.float64)
         log_det = log_det_cholesky(prec_chol, covariance_type, n_features)
         # per-component constant: log w_k - D/2 log 2pi + log det P_k
         self.const = (log_w - 0.5 * n_features * LOG_2PI + log_det).astype(np.float64)

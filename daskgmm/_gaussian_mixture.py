@@ -409,9 +409,20 @@ class GaussianMixture(BaseMixture):
         return self
 
 
+def model_class(meta: dict) -> type:
+    """The estimator class that wrote a model's metadata (``GaussianMixture`` unless it names
+    ``BayesianGaussianMixture``)."""
+    if meta.get("class") == "BayesianGaussianMixture":
+        from daskgmm._bayesian_mixture import BayesianGaussianMixture
+
+        return BayesianGaussianMixture
+    return GaussianMixture
+
+
 @_storage.accepts_storage_options
 def load(path, *, storage_options: dict | None = None) -> GaussianMixture:
-    """Load a model written by :meth:`GaussianMixture.save` (never unpickles).
+    """Load a model written by :meth:`GaussianMixture.save` or
+    :meth:`BayesianGaussianMixture.save` (never unpickles).
 
     Parameters
     ----------
@@ -422,10 +433,10 @@ def load(path, *, storage_options: dict | None = None) -> GaussianMixture:
 
     Returns
     -------
-    GaussianMixture
-        The fitted model; ``saved_with_version_`` is the daskgmm version that wrote it.
+    GaussianMixture or BayesianGaussianMixture
+        The fitted model (the class that saved it); ``saved_with_version_`` is the daskgmm version that wrote it.
     """
     arrays, meta = read_model(path)
-    model = model_from_dict(arrays, meta, GaussianMixture)
+    model = model_from_dict(arrays, meta, model_class(meta))
     model.saved_with_version_ = meta.get("daskgmm_version")
     return model

@@ -346,3 +346,40 @@ def start_factory(
         )
 
     return make
+
+
+def data_moments(
+    X: da.Array, sample_weight: da.Array | None, covariance_type: str, split_every: int = 16
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(total weight, mean, unbiased covariance)`` of the rows, in one pass (float64).
+
+    The covariance is the matrix (D, D) for ``full``/``tied`` and the variances (D,) otherwise
+    (``ddof=1``; a sample weight counts a row that many times). The statistics kernel of one
+    component with responsibility 1 accumulates them about the mean of a few rows, so data far
+    from the origin keeps its digits (the priors of :mod:`daskgmm._bayesian`).
+    """
+    n, d = X.shape
+    ct = "full" if covariance_type in ("full", "tied") else "diag"
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: the pass names them
+        guess = gather_rows(X, np.linspace(0, n - 1, min(n, 64)).astype(int)).astype(np.float64).mean(axis=0)
+    guess = np.where(np.isfinite(guess), guess, 0.0)
+    p = _stats_params(guess[None, :], ct, X.dtype)
+    R = da.ones((n, 1), chunks=(X.chunks[0], 1), dtype=X.dtype)
+    blocks = X.to_delayed(optimize_graph=False).ravel()
+    rblocks = R.to_delayed(optimize_graph=False).ravel()
+    wblocks = sample_weight.to_delayed(optimize_graph=False).ravel() if sample_weight is not None else None
+    token = dask.base.tokenize(X.name, p, None if sample_weight is None else sample_weight.name)
+    shared_p = shared(p, name=f"gmm-moments-params-{token}")
+    args = [
+        (b, rblocks[i], shared_p) + ((wblocks[i],) if wblocks is not None else ())
+        for i, b in enumerate(blocks)
+    ]
+    stats = compute(map_reduce(chunk_stats_given_resp, args, f"gmm-moments-{token}", split_every))[0]
+    total = float(stats["nk"][0])
+    u = stats["u"][0]
+    mean = guess + u / total
+    if ct == "full":
+        scatter = stats["s2"][0] - np.outer(u, u) / total
+    else:
+        scatter = stats["s2"][0] - u * u / total
+    return total, mean, scatter / (total - 1.0)

@@ -1,4 +1,10 @@
-"""Copy fitted parameters between daskgmm and :class:`sklearn.mixture.GaussianMixture`."""
+"""Copy fitted parameters between daskgmm and scikit-learn's mixtures.
+
+``GaussianMixture`` <-> :class:`sklearn.mixture.GaussianMixture`, ``BayesianGaussianMixture`` <->
+:class:`sklearn.mixture.BayesianGaussianMixture`: an estimator class names its scikit-learn
+counterpart (``_SKLEARN_CLASS``) and the fitted attributes it has beyond GaussianMixture's
+(``_EXTRA_FITTED``).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,22 @@ _FITTED = (
     "lower_bound_",
     "n_features_in_",
 )
+
+
+def _sklearn_class(cls):
+    import sklearn.mixture
+
+    return getattr(sklearn.mixture, getattr(cls, "_SKLEARN_CLASS", "GaussianMixture"))
+
+
+def _copy(value, as_float64: bool = False):
+    if isinstance(value, tuple):  # the Beta parameters of a Dirichlet process
+        return tuple(_copy(v, as_float64) for v in value)
+    if isinstance(value, np.ndarray):
+        if as_float64 and value.dtype.kind == "f":
+            return np.array(value, dtype=np.float64, copy=True)
+        return np.array(value, copy=True)
+    return value
 
 
 def to_sklearn(est):
@@ -36,16 +58,15 @@ def to_sklearn(est):
     sklearn.exceptions.NotFittedError
         ``est`` is not fitted.
     """
-    from sklearn.mixture import GaussianMixture as SkGaussianMixture
     from sklearn.utils.validation import check_is_fitted
 
+    SkGaussianMixture = _sklearn_class(type(est))
     check_is_fitted(est)
     names = SkGaussianMixture().get_params().keys()
     params = {k: v for k, v in est.get_params().items() if k in names}
     sk = SkGaussianMixture(**params)
-    for name in _FITTED:
-        value = getattr(est, name)
-        setattr(sk, name, np.array(value, copy=True) if isinstance(value, np.ndarray) else value)
+    for name in _FITTED + getattr(est, "_EXTRA_FITTED", ()):
+        setattr(sk, name, _copy(getattr(est, name)))
     sk.lower_bounds_ = list(getattr(est, "lower_bounds_", []))
     if hasattr(est, "feature_names_in_"):
         sk.feature_names_in_ = np.array(est.feature_names_in_, copy=True)
@@ -77,27 +98,21 @@ def from_sklearn(cls, model, **params):
     sklearn.exceptions.NotFittedError
         ``model`` is not fitted.
     """
-    from sklearn.mixture import GaussianMixture as SkGaussianMixture
     from sklearn.utils.validation import check_is_fitted
 
+    SkGaussianMixture = _sklearn_class(cls)
     if not isinstance(model, SkGaussianMixture):
         raise TypeError(
-            f"from_sklearn expects a fitted sklearn.mixture.GaussianMixture, got {type(model).__name__}."
+            f"from_sklearn expects a fitted sklearn.mixture.{SkGaussianMixture.__name__}, "
+            f"got {type(model).__name__}."
         )
     check_is_fitted(model)
     names = cls().get_params().keys()
     kwargs = {k: v for k, v in model.get_params().items() if k in names}
     kwargs.update(params)
     est = cls(**kwargs)
-    for name in _FITTED:
-        value = getattr(model, name)
-        setattr(
-            est,
-            name,
-            np.array(value, dtype=np.float64, copy=True)
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f"
-            else value,
-        )
+    for name in _FITTED + getattr(cls, "_EXTRA_FITTED", ()):
+        setattr(est, name, _copy(getattr(model, name), as_float64=True))
     est.lower_bounds_ = list(getattr(model, "lower_bounds_", []))
     est.history_ = []
     if hasattr(model, "feature_names_in_"):

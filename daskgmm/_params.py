@@ -40,6 +40,7 @@ class Param:
     low: float | None = None
     choices: tuple = ()
     none: bool = False  # None is allowed
+    strict: bool = False  # a float must be > low (not >= low)
 
     def check(self, value, owner: str = "GaussianMixture") -> None:
         """Raise scikit-learn's ``ValueError`` wording when ``value`` is not allowed."""
@@ -55,6 +56,12 @@ class Param:
                 extra = " or None" if self.none else ""
                 raise ValueError(
                     f"{head} an int in the range [{self.low}, inf){extra}. Got {value!r} instead."
+                )
+        elif self.kind == "float" and self.strict:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > self.low:
+                extra = "None or " if self.none else ""
+                raise ValueError(
+                    f"{head} {extra}a float in the range ({self.low}, inf). Got {value!r} instead."
                 )
         elif self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= self.low:
@@ -144,10 +151,59 @@ PARAMS: dict[str, Param] = {
 }
 
 
+#: the priors of BayesianGaussianMixture (its other parameters are in PARAMS), in signature order
+BAYESIAN_PARAMS: dict[str, Param] = {
+    p.name: p
+    for p in (
+        _p(
+            "weight_concentration_prior_type",
+            "choice",
+            "dirichlet_process",
+            "prior on the weights (Bayesian model)",
+            choices=("dirichlet_process", "dirichlet_distribution"),
+        ),
+        _p(
+            "weight_concentration_prior",
+            "float",
+            None,
+            "concentration of the weights' prior (default 1/n_components)",
+            low=0.0,
+            none=True,
+            strict=True,
+        ),
+        _p(
+            "mean_precision_prior",
+            "float",
+            None,
+            "precision of the means' prior (default 1)",
+            low=0.0,
+            none=True,
+            strict=True,
+        ),
+        _p("mean_prior", "array", None, "mean of the means' prior (n_features,) (default: the data mean)"),
+        _p(
+            "degrees_of_freedom_prior",
+            "float",
+            None,
+            "degrees of freedom of the Wishart prior (default n_features)",
+            low=0.0,
+            none=True,
+            strict=True,
+        ),
+        _p(
+            "covariance_prior",
+            "array",
+            None,
+            "covariance of the Wishart prior (default: the data's covariance)",
+        ),
+    )
+}
+
+
 def check_params(params: dict, owner: str = "GaussianMixture") -> None:
-    """Check every known parameter in ``params`` against the table."""
+    """Check every known parameter in ``params`` against the tables."""
     for name, value in params.items():
-        spec = PARAMS.get(name)
+        spec = PARAMS.get(name) or BAYESIAN_PARAMS.get(name)
         if spec is not None:
             try:
                 spec.check(value, owner)
@@ -161,6 +217,7 @@ def check_params(params: dict, owner: str = "GaussianMixture") -> None:
 
 
 __all__ = [
+    "BAYESIAN_PARAMS",
     "COVARIANCE_TYPES",
     "CRITERIA",
     "INIT_PARAMS",

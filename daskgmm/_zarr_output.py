@@ -412,6 +412,7 @@ def open_segmentation(path, model_class: type | None = None) -> dict:
     attrs = dict(group.attrs)
     out: dict[str, Any] = {name: da.from_zarr(group[name]) for name in attrs.get("outputs", ["labels"])}
     if model_class is not None and "model" in attrs:
-        out["model"] = model_from_json(attrs["model"], model_class)
+        cls = model_class if isinstance(model_class, type) else model_class(attrs["model"])  # by its meta
+        out["model"] = model_from_json(attrs["model"], cls)
     out["attrs"] = attrs
     return out

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daskgmm import _storage
+from daskgmm._bayesian import EXTRA_ARRAYS, VariationalParams
 from daskgmm._engine import EMState
 from daskgmm._gaussian import Params
 from daskgmm._input import from_array_api
@@ -143,9 +144,9 @@ def fit_settings(model, sample_weight=None) -> dict:
         "random_state": rs,
         "init_sample_size": int(model.init_sample_size),
         "split_every": int(model.split_every),
-        "weights_init": _digest(model.weights_init),
-        "means_init": _digest(model.means_init),
-        "precisions_init": _digest(model.precisions_init),
+        "weights_init": _digest(getattr(model, "weights_init", None)),
+        "means_init": _digest(getattr(model, "means_init", None)),
+        "precisions_init": _digest(getattr(model, "precisions_init", None)),
         "sample_weight": None if sample_weight is None else str(sample_weight.name),
         "on_collapse": getattr(model, "on_collapse", "raise"),
         "nan_policy": getattr(model, "nan_policy", "raise"),
@@ -169,7 +170,7 @@ _STAT_KEYS = ("n", "loglik", "nk", "u", "s2")
 
 def _state_to(prefix: str, state: EMState, arrays: dict) -> dict:
     p = state.params
-    for name in _PARAM_ARRAYS:
+    for name in _PARAM_ARRAYS + (EXTRA_ARRAYS if isinstance(p, VariationalParams) else ()):
         value = getattr(p, name)
         if value is not None:
             arrays[f"{prefix}_{name}"] = np.asarray(value, dtype=np.float64)
@@ -184,7 +185,10 @@ def _state_to(prefix: str, state: EMState, arrays: dict) -> dict:
 
 def _state_from(prefix: str, meta: dict, arrays: dict) -> EMState:
     values = {name: arrays.get(f"{prefix}_{name}") for name in _PARAM_ARRAYS}
-    params = Params(**values)
+    if f"{prefix}_{EXTRA_ARRAYS[0]}" in arrays:  # a variational posterior (daskgmm._bayesian)
+        params = VariationalParams(**values, **{name: arrays[f"{prefix}_{name}"] for name in EXTRA_ARRAYS})
+    else:
+        params = Params(**values)
     return EMState(
         params=params,
         n_iter=int(meta["n_iter"]),

@@ -170,6 +170,8 @@ def pixel_table(img: Image, nodata=None, sample: float | None = None, seed: int 
 
 def _permute_components(model, order: np.ndarray) -> None:
     """Reorder the fitted components of ``model`` in place (all arrays consistently)."""
+    if hasattr(model, "_permute_extra"):  # BayesianGaussianMixture's posterior arrays
+        model._permute_extra(order)
     model.weights_ = model.weights_[order]
     model.means_ = model.means_[order]
     if model.covariance_type != "tied":
@@ -205,9 +207,14 @@ def fit_image(
     nodata=None,
     sample: float | None = None,
     random_state=None,
+    model_class=None,
     **gmm_params,
 ):
     """Fit a :class:`~daskgmm.GaussianMixture` on the valid pixels of ``image``.
+
+    ``model_class=daskgmm.BayesianGaussianMixture`` fits the variational mixture instead
+    (``n_components`` is then an upper bound); with its default Dirichlet-process prior the
+    components keep their fitted (stick-breaking) order instead of being sorted.
 
     Same arguments as :func:`segment`; returns the fitted model with its components in
     the documented order.
@@ -259,9 +266,11 @@ def fit_image(
             "or increase sample."
         )
     logger.info("fitting %d components on %d pixels of %d bands", n_components, n_valid, img.n_bands)
-    model = GaussianMixture(n_components=n_components, random_state=model_seed, **gmm_params)
+    cls = GaussianMixture if model_class is None else model_class
+    model = cls(n_components=n_components, random_state=model_seed, **gmm_params)
     model.fit(pixels)
-    sort_components(model)
+    if getattr(model, "weight_concentration_prior_type", None) != "dirichlet_process":
+        sort_components(model)  # a Dirichlet process's components are ordered sticks: kept as fitted
     model.n_pixels_fit_ = n_valid
     return model
 

@@ -199,6 +199,7 @@ def model_to_dict(model) -> tuple[dict, dict]:
     check_is_fitted(model)
     arrays = {name: _float_array(getattr(model, name)) for name in (*_ARRAYS, "precisions_")}
     arrays["lower_bounds_"] = np.asarray(model.lower_bounds_, dtype=np.float64)
+    arrays.update(model._extra_arrays() if hasattr(model, "_extra_arrays") else {})  # Bayesian mixtures
     params = {k: _json_param(v) for k, v in model.get_params().items()}
     meta = {
         "format": FORMAT_NAME,
@@ -285,6 +286,8 @@ def _model_from_dict(arrays: dict, meta: dict, model_class: type):
     model.n_features_in_ = int(fitted["n_features_in_"])
     model.history_ = list(fitted.get("history_", []))
     model.lower_bounds_ = np.asarray(arrays.get("lower_bounds_", []), dtype=np.float64).tolist()
+    if hasattr(model, "_load_extra_arrays"):
+        model._load_extra_arrays(arrays)
     return model
 
 

@@ -52,7 +52,15 @@ def model_params(model, image_dtype) -> EStepParams:
     EStepParams
     """
     dtype = compute_dtype(image_dtype)
-    return EStepParams(model.weights_, model.means_, model.precisions_cholesky_, model.covariance_type, dtype)
+    log_weights = model._estep_log_weights() if hasattr(model, "_estep_log_weights") else None
+    return EStepParams(
+        model.weights_,
+        model.means_,
+        model.precisions_cholesky_,
+        model.covariance_type,
+        dtype,
+        log_weights=log_weights,  # a BayesianGaussianMixture's variational terms
+    )
 
 
 def nodata_rule(nodata):
@@ -374,10 +382,10 @@ def open_segmentation(path, *, as_xarray: bool = False, storage_options: dict | 
     FileNotFoundError, ValueError
         Nothing at ``path``, or no completion stamp.
     """
-    from daskgmm._gaussian_mixture import GaussianMixture
+    from daskgmm._gaussian_mixture import model_class
 
     with _storage.using(storage_options):
-        out = _zarr_output.open_segmentation(path, GaussianMixture)
+        out = _zarr_output.open_segmentation(path, model_class)
         if not as_xarray:
             return out
         import xarray as xr

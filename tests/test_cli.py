@@ -284,6 +284,20 @@ USAGE_MISTAKES = [
         "not allowed with",
     ),
     (["fit", "x.npy", "-k", "2", "--resume"], "--resume needs --checkpoint PATH"),
+    # --model bayesian (BayesianGaussianMixture) and its priors
+    (["fit", "x.npy", "-k", "2", "--mean-precision-prior", "2"], "need --model bayesian"),
+    (
+        ["fit", "x.npy", "-k", "2", "--model", "bayesian", "--on-collapse", "reseed"],
+        "--on-collapse is for --model gaussian (EM) only",
+    ),
+    (
+        ["fit", "x.npy", "-k", "2", "--model", "bayesian", "--degrees-of-freedom-prior", "0"],
+        "argument --degrees-of-freedom-prior: must be > 0, got 0",
+    ),
+    (
+        ["segment", "a", "b", "-k", "2", "--model", "bayesian", "--on-collapse", "reseed"],
+        "--on-collapse is for --model gaussian (EM) only",
+    ),
 ]
 
 
@@ -696,3 +710,58 @@ def test_two_concurrent_segment_runs_to_one_out(raster, tmp_path, cluster):
     back = open_segmentation(str(out))
     assert back["attrs"]["seed"] in (0, 1) and winner["out"] == str(out)
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
+def test_fit_model_bayesian_equals_sklearn_and_counts_the_components_it_keeps(data, cluster, capsys):
+    """``daskgmm fit --model bayesian``: scikit-learn's BayesianGaussianMixture from the same start."""
+    import dask
+    from sklearn.mixture import BayesianGaussianMixture as SkBGM
+
+    d, X, _ = data
+    argv = ["fit", str(d / "x.npy"), "-k", "6", "--seed", "0", "--model", "bayesian"]
+    argv += ["--weight-concentration-prior", "0.01", "--save-model", str(d / "b.npz"), "--json"]
+    saved = dask.config.get("scheduler", None)
+    try:
+        with dask.config.set({"scheduler-address": cluster.scheduler_address}):
+            assert main(argv) == 0
+    finally:
+        dask.config.set(scheduler=saved)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ref = SkBGM(n_components=6, random_state=0, weight_concentration_prior=0.01).fit(X)
+    model = daskgmm.load(d / "b.npz")
+    assert type(model).__name__ == "BayesianGaussianMixture"
+    np.testing.assert_allclose(model.weights_, ref.weights_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(model.means_, ref.means_, rtol=1e-6)
+    assert out["model"] == "bayesian" and out["components_kept"] == int((ref.weights_ > 0.01).sum())
+
+
+@pytest.mark.parametrize("prior", ["dirichlet_process", "dirichlet_distribution"])
+def test_segment_model_bayesian_labels_as_sklearn_predicts(raster, tmp_path, cluster, prior):
+    """``daskgmm segment --model bayesian``: K chosen by the fit; every valid pixel's label is what
+    scikit-learn's BayesianGaussianMixture predicts with the fitted posterior."""
+    import dask
+
+    from daskgmm.segmentation import open_segmentation
+
+    out = tmp_path / f"seg-{prior}.zarr"
+    argv = ["segment", raster, str(out), "-k", "6", "--nodata", "0", "--seed", "0", "--model", "bayesian"]
+    argv += ["--weight-concentration-prior-type", prior, "--weight-concentration-prior", "0.01"]
+    argv += ["--max-iter", "500", "--tol", "0.01"]
+    saved = dask.config.get("scheduler", None)
+    try:
+        with dask.config.set({"scheduler-address": cluster.scheduler_address}):
+            assert main(argv) == 0
+    finally:
+        dask.config.set(scheduler=saved)
+    seg = open_segmentation(out)
+    model = seg["model"]
+    assert type(model).__name__ == "BayesianGaussianMixture"
+    kept = (model.weights_ > 0.01).sum()  # 3 true components; the Dirichlet distribution prunes less
+    assert kept == 3 if prior == "dirichlet_process" else 3 <= kept < 6
+    if prior == "dirichlet_distribution":  # sorted by the first band's mean
+        assert np.all(np.diff(model.means_[:, 0]) >= 0)
+    img = np.asarray(zarr.open_array(raster, mode="r")[:])
+    labels = np.asarray(seg["labels"])
+    valid = ~(img == 0).any(axis=-1)
+    assert (labels[~valid] == -1).all()
+    np.testing.assert_array_equal(labels[valid], model.to_sklearn().predict(img[valid]))

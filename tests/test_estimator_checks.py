@@ -1,4 +1,4 @@
-"""scikit-learn's own estimator checks pass on daskgmm.GaussianMixture."""
+"""scikit-learn's own estimator checks pass on daskgmm.GaussianMixture and BayesianGaussianMixture."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from daskgmm import GaussianMixture
+from daskgmm import BayesianGaussianMixture, GaussianMixture
 from tests.conftest import make_mixture
 
 
-@parametrize_with_checks([GaussianMixture()])
+@parametrize_with_checks([GaussianMixture(), BayesianGaussianMixture()])
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
 

@@ -32,6 +32,7 @@ LAYERS = {
     "_missing.py": 0,
     "_kernels.py": 0,
     "_streaming.py": 0,
+    "_bayesian.py": 0,
     # L1 plumbing
     "_graph.py": 1,
     "_input.py": 1,
@@ -53,6 +54,7 @@ LAYERS = {
     "_base.py": 3,
     "_interop.py": 3,
     "_gaussian_mixture.py": 3,
+    "_bayesian_mixture.py": 3,
     "segmentation.py": 3,
     "selection.py": 3,
     "image.py": 3,

@@ -1,13 +1,15 @@
 """scikit-learn's own mixture tests, run against daskgmm (a true drop-in, issue #13).
 
-At test time the source of ``sklearn/mixture/tests/test_gaussian_mixture.py`` and
-``test_mixture.py`` is read from the *installed* scikit-learn (nothing is vendored), the one
-import of ``GaussianMixture`` is rewritten, and pytest runs the files in a subprocess with
+At test time the source of ``sklearn/mixture/tests/test_gaussian_mixture.py``,
+``test_mixture.py`` and ``test_bayesian_mixture.py`` is read from the *installed* scikit-learn
+(nothing is vendored), the one import of ``GaussianMixture`` / ``BayesianGaussianMixture`` is
+rewritten, and pytest runs the files in a subprocess with
 scikit-learn's own conftest (``-p sklearn.conftest``: its ``global_dtype`` and
 ``global_random_seed`` fixtures), ``SKLEARN_RUN_FLOAT32_TESTS=1`` (the float32 cases) and
 ``SCIPY_ARRAY_API=1`` (its array-API tests), twice:
 
-* ``numpy``: ``from daskgmm import GaussianMixture``: numpy input, numpy output;
+* ``numpy``: ``from daskgmm import GaussianMixture`` (and ``BayesianGaussianMixture``): numpy
+  input, numpy output;
 * ``dask``: ``from tests._sklearn_suite import GaussianMixture``: the same estimator fed
   unevenly chunked dask arrays (four chunks of unequal size), lazy results computed.
 
@@ -39,7 +41,11 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from daskgmm import GaussianMixture
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ("sklearn.mixture.tests.test_gaussian_mixture", "sklearn.mixture.tests.test_mixture")
+MODULES = (
+    "sklearn.mixture.tests.test_gaussian_mixture",
+    "sklearn.mixture.tests.test_mixture",
+    "sklearn.mixture.tests.test_bayesian_mixture",
+)
 VARIANTS = {"numpy": "daskgmm", "dask": "tests._sklearn_suite"}
 
 #: tests left out: they exercise scikit-learn's private helpers or private methods, not the estimator
@@ -57,6 +63,13 @@ LEFT_OUT = {
     "test_gaussian_mixture_all_init_does_not_estimate_gaussian_parameters": (
         "counts calls of sklearn's private _estimate_gaussian_parameters, which daskgmm never calls "
         "(daskgmm's equivalent: test_precisions_init_gives_sklearns_cholesky below)"
+    ),
+    # BayesianGaussianMixture (test_bayesian_mixture.py)
+    "test_log_dirichlet_norm": "sklearn's private _log_dirichlet_norm only",
+    "test_log_wishart_norm": "sklearn's private _log_wishart_norm only",
+    "test_compare_covar_type": (
+        "calls the private methods _check_parameters and _initialize_parameters of sklearn's estimator "
+        "(daskgmm's first variational step from the same start: tests/test_bayesian.py::test_parity_with_sklearn)"
     ),
 }
 
@@ -124,7 +137,13 @@ def _test_names(sources: dict[str, str] | None) -> list[tuple[str, str]]:
 #: k-means-initialised fits of 50-200 rows, where the dask scheduler's per-iteration overhead
 #: dominates; the dask path of ``n_init`` > 1 runs by default in test_multiple_init,
 #: test_gaussian_mixture_fit_predict_n_init and test_gaussian_mixture_fit
-SLOW_ON_DASK = {"test_init", "test_gaussian_mixture_fit_best_params"}
+SLOW_ON_DASK = {
+    "test_init",
+    "test_gaussian_mixture_fit_best_params",
+    # BayesianGaussianMixture: 16 fits of 100 iterations; 10 starts (numpy input runs them)
+    "test_invariant_translation",
+    "test_bayesian_mixture_fit_predict_n_init",
+}
 
 ALL_TESTS = _test_names(SOURCES)
 CASES = [
@@ -142,20 +161,25 @@ CASES = [
 
 
 def retarget(source: str, module: str) -> str:
-    """Rewrite the import of ``GaussianMixture`` (and only that) to come from ``module``."""
+    """Rewrite the import of ``GaussianMixture`` and ``BayesianGaussianMixture`` (and only those)
+    to come from ``module``."""
     patterns = [
         (r"^from sklearn\.mixture import GaussianMixture$", f"from {module} import GaussianMixture"),
         (
             r"^from sklearn\.mixture import BayesianGaussianMixture, GaussianMixture$",
-            f"from sklearn.mixture import BayesianGaussianMixture\nfrom {module} import GaussianMixture",
+            f"from {module} import BayesianGaussianMixture, GaussianMixture",
+        ),
+        (
+            r"^from sklearn\.mixture import BayesianGaussianMixture$",
+            f"from {module} import BayesianGaussianMixture",
         ),
     ]
     for pattern, repl in patterns:
         new, n = re.subn(pattern, repl, source, flags=re.MULTILINE)
         if n:
-            assert n == 1, f"{n} imports of GaussianMixture matched {pattern!r}"
+            assert n == 1, f"{n} imports of the mixtures matched {pattern!r}"
             return new
-    raise AssertionError("scikit-learn's test file no longer imports GaussianMixture as expected")
+    raise AssertionError("scikit-learn's test file no longer imports its mixtures as expected")
 
 
 def run_suite(variant: str, workdir: Path, only: list[str]) -> dict[str, list[dict]]:
@@ -211,6 +235,7 @@ def run_suite(variant: str, workdir: Path, only: list[str]) -> dict[str, list[di
     results: dict[str, list[dict]] = {}
     for case in ET.parse(xml).getroot().iter("testcase"):
         name = case.get("name", "")
+        stem = case.get("classname", "").split(".")[-1]
         outcome, message = "passed", ""
         for tag in ("failure", "error", "skipped"):
             node = case.find(tag)
@@ -220,7 +245,7 @@ def run_suite(variant: str, workdir: Path, only: list[str]) -> dict[str, list[di
                     "\n" + node.text if tag != "skipped" and node.text else ""
                 )
                 break
-        results.setdefault(name.split("[")[0], []).append(
+        results.setdefault(f"{stem}::{name.split('[')[0]}", []).append(
             {"id": name, "outcome": outcome, "message": message}
         )
     return results
@@ -238,7 +263,9 @@ def suite(request, tmp_path_factory):
 
     def results(variant: str) -> dict[str, list[dict]]:
         if variant not in cache:
-            only = sorted({p["name"] for p in selected if p["variant"] == variant})
+            only = sorted(
+                {f"{Path(p['fname']).stem}::{p['name']}" for p in selected if p["variant"] == variant}
+            )
             cache[variant] = run_suite(variant, tmp_path_factory.mktemp(f"sklearn_suite_{variant}"), only)
         return cache[variant]
 
@@ -252,7 +279,7 @@ needs_sources = pytest.mark.skipif(SOURCES is None, reason="scikit-learn's tests
 @pytest.mark.parametrize("variant, fname, name", CASES)
 def test_sklearn(suite, variant, fname, name):
     """One of scikit-learn's mixture tests (all its cases) against daskgmm."""
-    cases = suite(variant).get(name)
+    cases = suite(variant).get(f"{Path(fname).stem}::{name}")
     assert cases, f"{fname}::{name} ran no case"
     bad = [c for c in cases if c["outcome"] in ("failure", "error")]
     if bad:

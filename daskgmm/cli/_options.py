@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from daskgmm._params import PARAMS
+from daskgmm._params import BAYESIAN_PARAMS, PARAMS
 
 #: option name per parameter where it is not ``--`` + the name with dashes
 FLAGS = {"n_components": ("--n-components", "-k"), "init_params": ("--init",), "random_state": ("--seed",)}
@@ -45,6 +45,13 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _nonnegative_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def add_alias(p, flag: str, dest: str, type=None) -> None:
     """An older spelling of an option: parsed into ``dest``, left out of ``--help``."""
     p.add_argument(flag, dest=dest, type=type, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -55,7 +62,7 @@ def add_model_options(p: argparse.ArgumentParser, names, required=("n_components
     ``defaults`` overrides the table's default where a command has its own, e.g. the demo's K)."""
     defaults = defaults or {}
     for name in names:
-        spec = PARAMS[name]
+        spec = PARAMS[name] if name in PARAMS else BAYESIAN_PARAMS[name]
         flags = FLAGS.get(name, ("--" + name.replace("_", "-"),))
         kw: dict = {"dest": name, "help": spec.help}
         if name in required:
@@ -72,11 +79,57 @@ def add_model_options(p: argparse.ArgumentParser, names, required=("n_components
             kw["type"] = int_at_least(spec.low if spec.low is not None else 0)
             kw["metavar"] = "SEED" if name == "random_state" else "N"
         elif spec.kind == "float":
-            kw["type"] = _nonnegative_float
+            kw["type"] = _positive_float if spec.strict else _nonnegative_float
             kw["metavar"] = "X"
         elif spec.kind == "path":
             kw["metavar"] = "PATH"
         p.add_argument(*flags, **kw)
+
+
+#: the priors of ``--model bayesian`` the commands take as options (the arrays ``mean_prior`` and
+#: ``covariance_prior`` are Python-only)
+BAYESIAN_OPTIONS = (
+    "weight_concentration_prior_type",
+    "weight_concentration_prior",
+    "mean_precision_prior",
+    "degrees_of_freedom_prior",
+)
+
+
+def add_model_choice(p, group) -> None:
+    """``--model {gaussian,bayesian}`` and the Bayesian priors (in ``group``)."""
+    p.add_argument(
+        "--model",
+        choices=("gaussian", "bayesian"),
+        default="gaussian",
+        help="gaussian: GaussianMixture (EM, K components); bayesian: BayesianGaussianMixture "
+        "(variational, at most K components: those the data does not need get weights near 0; "
+        "segment keeps a Dirichlet-process fit's components in their fitted order) "
+        "(default: %(default)s)",
+    )
+    add_model_options(group, BAYESIAN_OPTIONS)
+
+
+def estimator_class(args, names):
+    """The estimator of ``--model`` and the option names it takes (of ``names``); refuses EM-only
+    options given with ``--model bayesian``."""
+    if getattr(args, "model", "gaussian") != "bayesian":
+        if any(getattr(args, n, None) is not None for n in BAYESIAN_OPTIONS if n != BAYESIAN_OPTIONS[0]) or (
+            getattr(args, BAYESIAN_OPTIONS[0], "dirichlet_process") != "dirichlet_process"
+        ):
+            raise UsageError("the prior options (--weight-concentration-prior...) need --model bayesian")
+        from daskgmm import GaussianMixture
+
+        return GaussianMixture, tuple(names)
+    em_only = {"on_collapse": "raise", "incremental": None}
+    for name, default in em_only.items():
+        if getattr(args, name, default) != default:
+            raise UsageError(f"--{name.replace('_', '-')} is for --model gaussian (EM) only")
+    if getattr(args, "nan_policy", "raise") == "marginalize":
+        raise UsageError("--model bayesian takes --nan-policy raise or omit, not marginalize")
+    from daskgmm import BayesianGaussianMixture
+
+    return BayesianGaussianMixture, tuple(n for n in names if n not in em_only) + BAYESIAN_OPTIONS
 
 
 def model_kwargs(args, names) -> dict:

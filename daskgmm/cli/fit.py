@@ -9,7 +9,14 @@ import time
 import warnings
 
 from daskgmm.cli._cluster import add_cluster_arguments, connect
-from daskgmm.cli._options import UsageError, add_data_options, add_model_options, missing_chunks_config
+from daskgmm.cli._options import (
+    UsageError,
+    add_data_options,
+    add_model_choice,
+    add_model_options,
+    estimator_class,
+    missing_chunks_config,
+)
 from daskgmm.cli._options import model_kwargs as _model_kwargs
 
 #: the estimator parameters ``daskgmm fit`` takes as options (types, choices, defaults and help
@@ -30,6 +37,10 @@ MODEL_OPTIONS = (
     "nan_policy",
     "incremental",
 )
+
+
+#: a Bayesian mixture's component with at least this weight counts as kept
+KEPT_WEIGHT = 0.01
 
 
 # --------------------------------------------------------------------------
@@ -100,6 +111,7 @@ def add_parser(sub) -> None:
     p.add_argument("--array", help="array name inside a Zarr group (default: DATA is an array)")
     model = p.add_argument_group("model", "GaussianMixture's parameters")
     add_model_options(model, MODEL_OPTIONS)
+    add_model_choice(p, model)
     out = p.add_argument_group("output")
     out.add_argument("--save-model", metavar="PATH", help="write the fitted model here (.npz, no pickle)")
     out.add_argument(
@@ -124,7 +136,7 @@ def model_kwargs(args) -> dict:
 def summary(model) -> dict:
     import numpy as np
 
-    return {
+    out = {
         "n_components": int(model.n_components),
         "covariance_type": model.covariance_type,
         "converged": bool(model.converged_),
@@ -133,6 +145,10 @@ def summary(model) -> dict:
         "weights": np.round(model.weights_, 6).tolist(),
         "means": np.round(model.means_, 6).tolist(),
     }
+    if hasattr(model, "weight_concentration_"):  # --model bayesian: the components it keeps
+        out["model"] = "bayesian"
+        out["components_kept"] = int((model.weights_ > KEPT_WEIGHT).sum())
+    return out
 
 
 def print_summary(model, out=None) -> None:
@@ -144,6 +160,9 @@ def print_summary(model, out=None) -> None:
         f"converged: {model.converged_}  iterations: {model.n_iter_}  lower bound: {model.lower_bound_:.6f}",
         file=out,
     )
+    if hasattr(model, "weight_concentration_"):
+        kept = int((model.weights_ > KEPT_WEIGHT).sum())
+        print(f"components kept (weight > {KEPT_WEIGHT}): {kept} of {model.n_components}", file=out)
     with np.printoptions(precision=4, suppress=True, linewidth=120):
         for k in np.argsort(-model.weights_):
             print(f"  component {k}: weight {model.weights_[k]:.4f}  mean {model.means_[k]}", file=out)
@@ -154,7 +173,6 @@ def run_fit(args) -> int:
     import dask
     from sklearn.exceptions import ConvergenceWarning
 
-    from daskgmm import GaussianMixture
     from daskgmm._progress import is_interactive
     from daskgmm.checkpoint import CheckpointError
 
@@ -168,12 +186,13 @@ def run_fit(args) -> int:
                 check_writable(path, what)
     except (ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
+    cls, names = estimator_class(args, MODEL_OPTIONS)
     X = open_data(args.data, args.array)
     show = is_interactive() and not args.no_progress
     with connect(args) as client:
         if client.dashboard_link:
             print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-        model = GaussianMixture(verbose=0, **model_kwargs(args))
+        model = cls(verbose=0, **_model_kwargs(args, names))
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():

@@ -18,7 +18,9 @@ import time
 from daskgmm.cli._cluster import add_cluster_arguments, connect
 from daskgmm.cli._options import (
     add_data_options,
+    add_model_choice,
     add_model_options,
+    estimator_class,
     int_at_least,
     missing_chunks_config,
     model_kwargs,
@@ -106,6 +108,7 @@ def add_parser(subparsers) -> None:
     model = p.add_argument_group("model", "GaussianMixture's parameters")
     add_model_options(model, ("n_components",))
     add_model_options(model, MODEL_OPTIONS)
+    add_model_choice(p, model)
     out = p.add_argument_group("output")
     out.add_argument(
         "--save-model", metavar="PATH", help="also write the fitted model here (.npz, no pickle)"
@@ -186,6 +189,7 @@ def run(args) -> int:
     from daskgmm.image import Segmentation, as_image, fit_image
     from daskgmm.io import check_writable
 
+    cls, names = estimator_class(args, MODEL_OPTIONS)
     out = _storage.normalise(args.out)
     try:
         there = _storage.exists(out)
@@ -226,7 +230,8 @@ def run(args) -> int:
                 nodata=nodata,
                 sample=args.sample,
                 random_state=args.seed,
-                **model_kwargs(args, MODEL_OPTIONS),
+                model_class=cls,
+                **model_kwargs(args, names),
             )
         except ValueError as e:
             raise SystemExit(f"error: {e}") from e
