@@ -262,7 +262,7 @@ class GaussianMixture(BaseMixture):
         # hold the data in (cluster) memory or stream it every iteration
         X, bytes_per_pass = plan_data(inp.data, self.persist, inp.kind == "numpy")
         if w is not None and active_client() is not None:
-            w = w.persist()
+            w = w.rechunk((X.chunks[0],)).persist()  # chunked like the held data
         data = DataPlan(X, w, self.nan_policy, bytes_per_pass, inp.n_samples, self.split_every)
         random_state = check_random_state(self.random_state)
         if do_init:

@@ -15,6 +15,8 @@ logger = logging.getLogger("daskgmm")
 
 #: ``persist="auto"`` holds the data in memory when it takes at most this share of it
 PERSIST_FRACTION = 0.5
+#: data held on a cluster is merged into chunks of about this size (consecutive chunks)
+HELD_CHUNK_BYTES = 32 * 2**20
 
 
 def active_client():
@@ -32,6 +34,52 @@ def active_client():
     except Exception:  # pragma: no cover - defensive
         uses_client = False
     return client if uses_client else None
+
+
+def total_threads(client=None) -> int:
+    """Threads that run tasks: the cluster's total, or the local scheduler's."""
+    if client is not None:
+        try:
+            return max(
+                1, sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+            )
+        except Exception:  # pragma: no cover - defensive
+            return 1
+    from dask.system import CPU_COUNT
+
+    return int(dask.config.get("num_workers", None) or CPU_COUNT)
+
+
+def chunks_per_task_setting():
+    """The dask config ``daskgmm.chunks_per_task``: ``"auto"`` (default) or an int >= 1."""
+    return dask.config.get("daskgmm.chunks_per_task", "auto")
+
+
+def merge_for_cluster(X, threads: int):
+    """``X`` with consecutive chunks merged before it is held on a cluster.
+
+    Held chunks stay where they were computed, so a task that read several of them would move
+    data between workers every iteration; instead the held chunks themselves are coarse: about
+    :data:`HELD_CHUNK_BYTES` each (keeping at least four per thread), or ``daskgmm.chunks_per_task``
+    storage chunks each when that is an int.
+    """
+    import math
+
+    setting = chunks_per_task_setting()
+    n = len(X.chunks[0])
+    if n <= 1:
+        return X
+    if setting not in (None, "auto"):
+        per = int(setting)
+    else:
+        mean = max(int(X.nbytes) / n, 1.0)
+        per = max(1, min(math.floor(HELD_CHUNK_BYTES / mean), n // (4 * max(threads, 1))))
+    if per <= 1:
+        return X
+    rows = X.chunks[0]
+    merged = tuple(sum(rows[i : i + per]) for i in range(0, n, per))
+    logger.info("holding the data in %d chunks of %d storage chunks each", len(merged), per)
+    return X.rechunk({0: merged})
 
 
 def memory_budget(client) -> tuple[int, str]:
@@ -96,7 +144,7 @@ def plan_data(X, persist, in_memory: bool):
         logger.info(
             "in-memory input (%s): sent to the workers once and held there across iterations", _gb(nbytes)
         )
-        return X.persist(), 0
+        return merge_for_cluster(X, total_threads(client)).persist(), 0
     budget, where = memory_budget(client)
     if persist == "auto" and client is None:
         # the local scheduler: persisting would cost a pass of its own, and the
@@ -137,5 +185,5 @@ def plan_data(X, persist, in_memory: bool):
             _gb(budget),
         )
     if do:
-        return X.persist(), 0
+        return (merge_for_cluster(X, total_threads(client)) if client is not None else X).persist(), 0
     return X, nbytes
