@@ -9,8 +9,10 @@ chunks (:func:`task_groups`, :func:`task_sources`), so a store of 40,000 chunks
 is not 40,000 tasks per iteration. A chunk whose graph node is a task (a read from
 Zarr, a slice of a file) is inlined into its group's task, so the read runs inside
 it and costs the scheduler nothing; a chunk already in memory is referenced by key.
-A group's task sums its chunks' statistics in chunk order, so the result is
-deterministic for a given grouping (another grouping changes only the rounding).
+Consecutive reads of one array (``from_zarr``, ``from_array``) become one read of
+their span, which Zarr serves with its chunks fetched concurrently. A group's task
+sums its chunks' statistics in chunk order, so the result is deterministic for a
+given grouping (another grouping changes only the rounding).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import dask
-from dask._task_spec import GraphNode, List, Task, TaskRef
+import numpy as np
+from dask._task_spec import DataNode, GraphNode, List, Task, TaskRef
 from dask.base import is_dask_collection, tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from daskgmm._kernels import combine, combine_lists
+from daskgmm._kernels import combine, combine_lists, in_task
 
 
 def shared(obj, name: str | None = None):
@@ -174,17 +177,49 @@ def _node(block, cache: dict) -> GraphNode:
     return TaskRef(block.key)
 
 
+def _merge_reads(nodes: list) -> list:
+    """Consecutive reads of one array (dask's ``getter`` tasks, as ``from_zarr``/``from_array``
+    make) become one read of their span: a store then serves the group in one call (Zarr fetches
+    its chunks concurrently) instead of one call per chunk. Anything else is left as it is."""
+    from dask.array.core import getter, getter_inline, getter_nofancy
+
+    if len(nodes) < 2 or not all(
+        isinstance(n, Task) and n.func in (getter, getter_nofancy, getter_inline) for n in nodes
+    ):
+        return nodes
+    first = nodes[0]
+    spans = []
+    for n in nodes:
+        if len(n.args) != 2 or not isinstance(n.args[0], TaskRef) or n.args[0].key != first.args[0].key:
+            return nodes
+        if n.func is not first.func or n.kwargs != first.kwargs:
+            return nodes
+        index = getattr(n.args[1], "value", None)
+        if not isinstance(index, tuple) or not index or not all(isinstance(i, slice) for i in index):
+            return nodes
+        spans.append(index)
+    rest = spans[0][1:]
+    for a, b in zip(spans, spans[1:]):
+        if a[0].step not in (None, 1) or b[0].start != a[0].stop or b[1:] != rest:
+            return nodes
+    merged = (slice(spans[0][0].start, spans[-1][0].stop), *rest)
+    return [Task(first.key, first.func, first.args[0], DataNode(None, merged), **first.kwargs)]
+
+
 def task_sources(blocks: Sequence, weight_blocks: Sequence | None, groups: Sequence[range]) -> TaskSources:
     """Per group, the nodes of its chunks (computed once per fit, not once per iteration)."""
     cache: dict = {}
-    x = [[_node(blocks[i], cache) for i in g] for g in groups]
+    x = [_merge_reads([_node(blocks[i], cache) for i in g]) for g in groups]
     w = None if weight_blocks is None else [[_node(weight_blocks[i], cache) for i in g] for g in groups]
     collections = [blocks[0]] + ([] if weight_blocks is None else [weight_blocks[0]])
     return TaskSources(x, w, collections, list(groups))
 
 
+@in_task  # BLAS set to one thread once per task, not once per chunk
 def group_stats(kernel: Callable, ps, xs: list, ws: list | None = None) -> list:
     """The statistics of one coarse task: the kernel per chunk, summed in chunk order."""
+    if ws is not None and len(ws) != len(xs):  # the chunks were read as one block
+        ws = [np.concatenate([np.asarray(w) for w in ws])]
     total = None
     for j, X in enumerate(xs):
         part = kernel(X, ps, None if ws is None else ws[j])

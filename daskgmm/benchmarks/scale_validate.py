@@ -1,0 +1,282 @@
+"""Validation of the cost model (``daskgmm plan --validate``) and the scaling curves.
+
+Every measurement fits :class:`~daskgmm.GaussianMixture` from given parameters
+(``weights_init``/``means_init``/``precisions_init``, so no initialisation pass) with
+``tol=0`` on generated data, and times whole iterations (graph, scheduler, tasks,
+reduction, gather and the driver's M-step) from the fit's callback: the median of the
+intervals between consecutive iterations, after the first. Data "in chunks" is a Zarr
+store written with those row chunks and streamed (``persist=False``), as a store too big
+to hold would be. The scheduler's share of an iteration is
+``1 − Σ task compute time / (slots · iteration time)`` from ``client.get_task_stream``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from daskgmm.benchmarks.scale import (
+    machine_cores,
+    measure_constants,
+    predict,
+    synthetic_params,
+    synthetic_rows,
+)
+
+
+def write_store(path: str, X: np.ndarray, chunk_rows: int) -> str:
+    """A Zarr array of ``X`` with row chunks of ``chunk_rows`` (uncompressed, as a fair read)."""
+    import zarr
+
+    z = zarr.create_array(
+        path, shape=X.shape, chunks=(chunk_rows, X.shape[1]), dtype=X.dtype, compressors=None
+    )
+    z[:] = X
+    return path
+
+
+def fit_seconds(X, k: int, covariance_type: str, iters: int = 4, client=None, chunks_per_task=None) -> dict:
+    """Measured seconds per iteration (median after the first) and the non-compute share."""
+    import dask
+    from sklearn.exceptions import ConvergenceWarning
+
+    from daskgmm import GaussianMixture
+
+    d = X.shape[1]
+    weights, means, cov, _ = synthetic_params(k, d, covariance_type)
+    precisions = {"full": cov, "tied": cov, "diag": 1.0 / cov, "spherical": 1.0 / cov}[covariance_type]
+    stamps = []
+    gm = GaussianMixture(
+        n_components=k,
+        covariance_type=covariance_type,
+        weights_init=weights,
+        means_init=means,
+        precisions_init=precisions,
+        max_iter=iters,
+        tol=0.0,
+        persist=False,
+    )
+    config = {} if chunks_per_task is None else {"daskgmm.chunks_per_task": chunks_per_task}
+    stream = contextlib.nullcontext() if client is None else _task_stream(client)
+    with warnings.catch_warnings(), dask.config.set(config), stream as ts:
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(X, callback=lambda state, record: stamps.append(time.perf_counter()))
+    laps = np.diff(stamps)
+    seconds = float(np.median(laps)) if len(laps) else math.nan
+    out = {"seconds": seconds, "iterations": len(stamps)}
+    if client is not None and ts is not None:
+        slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        slots = min(slots, machine_cores()) if _is_local(client) else slots
+        busy = sum(
+            s["stop"] - s["start"]
+            for t in ts.data
+            for s in t.get("startstops", ())
+            if s.get("action") == "compute" and str(t.get("key", "")).find("gmm-em-stats") >= 0
+        )
+        wall = float(np.sum(laps)) + (stamps[0] - ts.t0 if stamps else 0.0)
+        out["compute_share"] = busy / max(slots * wall, 1e-9)
+        out["overhead_share"] = max(0.0, 1.0 - out["compute_share"])
+    return out
+
+
+class _Stream:
+    def __init__(self, client):
+        from distributed import get_task_stream
+
+        self.cm = get_task_stream(client)
+        self.data = []
+        self.t0 = 0.0
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.ts = self.cm.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.cm.__exit__(*exc)
+        self.data = self.ts.data
+        return False
+
+
+def _task_stream(client):
+    return _Stream(client)
+
+
+def _is_local(client) -> bool:
+    return all("127.0.0.1" in a or "localhost" in a for a in client.scheduler_info(n_workers=-1)["workers"])
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int, threads: int = 1):
+    """A ``LocalCluster(processes=True)`` and its client."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=":0",
+            memory_limit=0,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def process_cluster(n_workers: int, threads: int = 1):
+    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (what a real deployment runs)."""
+    from distributed import Client
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                ":0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        for _ in range(n_workers):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                        address,
+                        "--nthreads",
+                        str(threads),
+                        "--memory-limit",
+                        "0",
+                        "--dashboard-address",
+                        ":0",
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(n_workers, timeout=120)
+            yield client
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(10)
+
+
+def validate(
+    workers=(1, 2, 3, 4),
+    chunk_counts=(10, 100, 1000, 10_000),
+    rows: int = 500_000,
+    d: int = 16,
+    k: int = 16,
+    covariance_type: str = "full",
+    iters: int = 4,
+    processes: bool = False,
+    log=print,
+) -> list[dict]:
+    """Predicted against measured seconds per iteration on every (workers, chunks) pair."""
+    import dask.array as da
+
+    _, means, _, _ = synthetic_params(k, d, covariance_type)
+    X = synthetic_rows(rows, means)
+    tmp = tempfile.mkdtemp(prefix="daskgmm-plan-")
+    out = []
+    try:
+        stores = {}
+        for n in chunk_counts:
+            cr = -(-rows // n)
+            stores[n] = (write_store(os.path.join(tmp, f"c{n}.zarr"), X, cr), cr)
+        for w in workers:
+            cm = process_cluster(w) if processes else local_cluster(w)
+            with cm as client:
+                with dask_client(client):
+                    c = measure_constants(client, k, d, covariance_type)
+                    for n in chunk_counts:
+                        path, cr = stores[n]
+                        c.read_rate = measure_constants_read(client, path)
+                        pred = predict(c, rows, cr, cores=machine_cores())
+                        meas = fit_seconds(da.from_zarr(path), k, covariance_type, iters, client)
+                        row = {
+                            "workers": w,
+                            "chunks": n,
+                            "chunks_per_task": pred["chunks_per_task"],
+                            "tasks": pred["tasks"],
+                            "predicted": pred["seconds"],
+                            "measured": meas["seconds"],
+                            "ratio": pred["seconds"] / meas["seconds"],
+                            "overhead_share": meas.get("overhead_share", math.nan),
+                            "dominant": pred["dominant"],
+                            "load": os.getloadavg()[0],
+                        }
+                        log(row)
+                        out.append(row)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def measure_constants_read(client, path: str) -> float:
+    from daskgmm.benchmarks.scale import _read_rate
+
+    return _read_rate(client, path, None)
+
+
+@contextlib.contextmanager
+def dask_client(client):
+    """Make ``client`` dask's scheduler for the block (``as_current`` plus the global default)."""
+    with client.as_current():
+        import dask
+
+        with dask.config.set(scheduler=client):
+            yield client
+
+
+def markdown(rows: list[dict]) -> str:
+    """The validation table."""
+    head = "| workers | chunks | chunks/task | tasks | predicted s/iter | measured s/iter | predicted/measured | non-compute share | dominant | load (1 min) |"
+    lines = [head, "|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['workers']} | {r['chunks']:,} | {r['chunks_per_task']} | {r['tasks']} | {r['predicted']:.3f} | "
+            f"{r['measured']:.3f} | {r['ratio']:.2f} | {100 * r['overhead_share']:.0f}% | {r['dominant']} | "
+            f"{r['load']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["fit_seconds", "local_cluster", "markdown", "process_cluster", "validate", "write_store"]
