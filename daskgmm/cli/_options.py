@@ -101,6 +101,27 @@ def add_data_options(p: argparse.ArgumentParser, out) -> None:
         help="accept a Zarr input whose store lacks chunks, reading them as its fill value "
         "(default: refused, as data that were never written)",
     )
+    p.add_argument(
+        "--chunks-per-task",
+        type=chunks_per_task,
+        default="auto",
+        metavar="N",
+        help="storage chunks each task of an EM iteration reads (dask config daskgmm.chunks_per_task; "
+        "default: %(default)s, tasks of about 80 ms, at least 4 per thread)",
+    )
+
+
+def chunks_per_task(text: str):
+    """``--chunks-per-task``: ``auto`` or an int >= 1."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or an int >= 1, got {text!r}")
+    return value
 
 
 def missing_chunks_config(run):
@@ -109,7 +130,12 @@ def missing_chunks_config(run):
     def wrapped(args) -> int:
         import dask
 
-        with dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}):
+        with dask.config.set(
+            {
+                "daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks),
+                "daskgmm.chunks_per_task": getattr(args, "chunks_per_task", "auto"),
+            }
+        ):
             return run(args)
 
     wrapped.__name__, wrapped.__doc__ = run.__name__, run.__doc__
