@@ -5,16 +5,18 @@ tree reduction, a gather, and the M-step on the driver. Its time is modelled as 
 
     t_iter = t_fixed + waves · t_task + tasks · c_sched + levels · c_level + t_mstep
     t_task = rows_per_task · c_row + chunks_per_task · c_chunk + bytes_per_task / read_rate
-    waves  = ceil(tasks / slots),  slots = min(workers · threads, cores)
+    waves  = ceil(tasks / slots),  slots = workers · threads
     levels = ceil(log_split_every(tasks))
 
 with the constants measured on the user's cluster by :func:`measure_constants`:
 
-* ``c_row``: kernel seconds per row on one core of a worker, for the K, D, covariance
-  type and dtype asked (best of three on a generated chunk);
+* ``c_row``: kernel seconds per row on one thread of a worker, for the K, D, covariance
+  type and dtype asked, measured with *every* thread of every worker running the kernel at
+  once (so cores shared between threads, or with other jobs, show in it);
 * ``c_chunk``: the kernel's fixed cost per chunk (a 64-row chunk minus 64 rows' worth);
-* ``read_rate``: bytes per second one worker reads from the store (``--data``), all workers
-  reading at once; in-memory data has no read term;
+* ``read_rate``: bytes per second one thread reads from the store (``--data``) in spans of
+  ``read_span`` chunks (a task reads its chunks as one span), all threads reading at once;
+  in-memory data has no read term;
 * ``c_sched``: scheduler seconds per task: the slope of the wall time of a pass-shaped graph
   of no-op tasks (tree reduction included) between two task counts;
 * ``c_level``: the latency of one level of the reduction: a chain of dependent no-op tasks;
@@ -72,6 +74,7 @@ class Constants:
     workers: int
     threads: int
     split_every: int = 16
+    read_span: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -129,23 +132,27 @@ def time_kernel(k: int, d: int, covariance_type: str, dtype: str, rows: int) -> 
         return out
 
     best(X[:256], 1)  # warm-up
-    c_row = best(X, 3) / rows
+    t = time.perf_counter()
+    for _ in range(3):
+        multi_chunk_stats(X, [p])
+    c_row = (time.perf_counter() - t) / (3 * rows)
     small = best(X[:64], 20)
     return c_row, max(small - 64 * c_row, 0.0)
 
 
-def read_chunks(path: str, array: str | None, first: int, count: int) -> tuple[int, float]:
-    """On a worker: read ``count`` consecutive row chunks of a Zarr array; (bytes, seconds)."""
+def read_chunks(path: str, array: str | None, first: int, count: int, span: int = 1) -> tuple[int, float]:
+    """On a worker: read ``count`` spans of ``span`` consecutive row chunks of a Zarr array, one
+    call per span (as a coarse task reads); (bytes, seconds)."""
     import zarr
 
     z = zarr.open_array(path, path=array, mode="r") if array else zarr.open_array(path, mode="r")
     rows = z.chunks[0]
-    n_chunks = -(-z.shape[0] // rows)
+    n_spans = max(1, -(-z.shape[0] // (rows * span)))
     nbytes = 0
     t = time.perf_counter()
     for j in range(count):
-        i = (first + j) % n_chunks
-        nbytes += np.asarray(z[i * rows : (i + 1) * rows]).nbytes
+        i = (first + j) % n_spans
+        nbytes += np.asarray(z[i * rows * span : (i + 1) * rows * span]).nbytes
     return nbytes, time.perf_counter() - t
 
 
@@ -233,6 +240,7 @@ def measure_constants(
     array: str | None = None,
     split_every: int = 16,
     kernel_rows: int | None = None,
+    read_span: int = 1,
 ) -> Constants:
     """Measure the model's constants on ``client``'s cluster (None: the local threaded scheduler)."""
     k, d = n_components, n_features
@@ -242,25 +250,19 @@ def measure_constants(
 
         p, _ = _estep(k, d, covariance_type, dtype)
         kernel_rows = int(min(200_000, max(2_000, 0.15 / row_seconds([p]))))
-    if client is None:
-        c_row, c_chunk = time_kernel(k, d, covariance_type, dtype, kernel_rows)
-    else:
-        first = next(iter(client.scheduler_info(n_workers=-1)["workers"]))
-        fut = client.submit(
-            time_kernel, k, d, covariance_type, dtype, kernel_rows, pure=False, workers=[first]
-        )
-        c_row, c_chunk = fut.result()
+    timings = _on_every_thread(client, time_kernel, k, d, covariance_type, dtype, kernel_rows)
+    c_row, c_chunk = (float(v) for v in np.mean(timings, axis=0))
     read_rate = None
     if data is not None:
-        read_rate = _read_rate(client, data, array)
+        read_rate = read_rate_per_thread(client, data, array, read_span)
     params, _ = _estep(k, d, covariance_type, dtype)
-    n1, n2 = 32, 32 + 200 * max(w * t, 1)
-    t1 = _best_wall(lambda: _pass_graph(n1, params, split_every))
-    t2 = _best_wall(lambda: _pass_graph(n2, params, split_every))
+    n1, n2 = 16, 16 + 64 * max(w * t, 1)
+    t1 = _best_wall(lambda: _pass_graph(n1, params, split_every), repeats=2)
+    t2 = _best_wall(lambda: _pass_graph(n2, params, split_every), repeats=2)
     c_sched = max((t2 - t1) / (n2 - n1), 0.0)
     t_fixed = _best_wall(lambda: _pass_graph(1, params, split_every), repeats=5)
-    chain = 50
-    c_level = max((_best_wall(lambda: _chain(chain)) - t_fixed) / (chain - 1), 0.0)
+    chain = 30
+    c_level = max((_best_wall(lambda: _chain(chain), repeats=2) - t_fixed) / (chain - 1), 0.0)
     t_mstep = time_mstep(k, d, covariance_type, dtype)
     return Constants(
         k,
@@ -277,31 +279,52 @@ def measure_constants(
         w,
         t,
         split_every,
+        read_span,
     )
 
 
-def _read_rate(client, path: str, array: str | None, count: int = 16) -> float:
-    """Bytes per second per worker, every worker reading its own chunks at the same time."""
+def _on_every_thread(client, fn, *args) -> list:
+    """``fn(*args)`` on every thread of every worker at once (this process's threads without a client)."""
     if client is None:
-        nbytes, seconds = read_chunks(path, array, 0, count)
-        return nbytes / max(seconds, 1e-9)
-    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        from concurrent.futures import ThreadPoolExecutor
+
+        from daskgmm._placement import total_threads
+
+        n = total_threads(None)
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda i: fn(*args), range(n)))
+    workers = client.scheduler_info(n_workers=-1)["workers"]
     futs = [
-        client.submit(read_chunks, path, array, i * count, count, pure=False, workers=[wk])
-        for i, wk in enumerate(workers)
+        client.submit(fn, *args, pure=False, workers=[addr], allow_other_workers=False)
+        for addr, info in workers.items()
+        for _ in range(info.get("nthreads", 1))
     ]
-    rates = [b / max(s, 1e-9) for b, s in client.gather(futs)]
-    return float(np.mean(rates))
+    return client.gather(futs)
+
+
+def read_rate_per_thread(client, path: str, array: str | None, span: int = 1, count: int = 4) -> float:
+    """Bytes per second one thread reads, in spans of ``span`` chunks, every thread reading at once."""
+    if client is None:
+        results = [read_chunks(path, array, 0, count, span)]
+    else:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        slots = [addr for addr, info in workers.items() for _ in range(info.get("nthreads", 1))]
+        futs = [
+            client.submit(read_chunks, path, array, i * count, count, span, pure=False, workers=[addr])
+            for i, addr in enumerate(slots)
+        ]
+        results = client.gather(futs)
+    return float(np.mean([b / max(s, 1e-9) for b, s in results]))
 
 
 # --------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------
-def auto_chunks_per_task(c: Constants, n_chunks: int, chunk_rows: int, slots: int) -> int:
+def auto_chunks_per_task(k, d, covariance_type, dtype, n_chunks: int, chunk_rows: int, slots: int) -> int:
     """What a fit picks with ``daskgmm.chunks_per_task="auto"`` (see :mod:`daskgmm._graph`)."""
     from daskgmm._graph import chunks_per_task, row_seconds
 
-    p, _ = _estep(c.n_components, c.n_features, c.covariance_type, c.dtype)
+    p, _ = _estep(k, d, covariance_type, dtype)
     return chunks_per_task("auto", [chunk_rows] * n_chunks, row_seconds([p]), slots)
 
 
@@ -320,7 +343,9 @@ def predict(
     itemsize = np.dtype(c.dtype).itemsize
     n_chunks = -(-rows // chunk_rows)
     slots = max(1, min(workers * threads, cores or workers * threads))
-    per = chunks_per_task or auto_chunks_per_task(c, n_chunks, chunk_rows, workers * threads)
+    per = chunks_per_task or auto_chunks_per_task(
+        c.n_components, c.n_features, c.covariance_type, c.dtype, n_chunks, chunk_rows, workers * threads
+    )
     per = max(1, min(per, n_chunks))
     out = _terms(c, rows, chunk_rows, n_chunks, per, slots, itemsize)
     # the chunking that minimises the prediction (powers of two, and the automatic one)
@@ -371,10 +396,14 @@ def format_prediction(c: Constants, pred: dict) -> str:
     lines = [
         f"constants (measured on {c.workers} worker(s) x {c.threads} thread(s); K={c.n_components}, "
         f"D={c.n_features}, {c.covariance_type}, {c.dtype}):",
-        f"  c_row     {c.c_row * 1e9:12.1f} ns per row per core (kernel)",
+        f"  c_row     {c.c_row * 1e9:12.1f} ns per row per thread, all threads busy (kernel)",
         f"  c_chunk   {c.c_chunk * 1e6:12.1f} us per chunk (kernel's fixed cost)",
         "  read_rate "
-        + (f"{c.read_rate / 1e6:12.1f} MB/s per worker" if c.read_rate else "           - (data in memory)"),
+        + (
+            f"{c.read_rate / 1e6:12.1f} MB/s per thread, spans of {c.read_span} chunk(s)"
+            if c.read_rate
+            else "           - (data in memory)"
+        ),
         f"  c_sched   {c.c_sched * 1e6:12.1f} us per task (scheduler)",
         f"  c_level   {c.c_level * 1e3:12.2f} ms per reduction level",
         f"  t_fixed   {c.t_fixed * 1e3:12.2f} ms per iteration (submit and gather)",

@@ -7,7 +7,9 @@ reduction, gather and the driver's M-step) from the fit's callback: the median o
 intervals between consecutive iterations, after the first. Data "in chunks" is a Zarr
 store written with those row chunks and streamed (``persist=False``), as a store too big
 to hold would be. The scheduler's share of an iteration is
-``1 − Σ task compute time / (slots · iteration time)`` from ``client.get_task_stream``.
+``1 − Σ task compute time / (threads · iteration time)`` from ``client.get_task_stream``
+(the time the threads did not spend in the statistics tasks: scheduler, reduction, gather,
+M-step, idle threads at the end of a pass).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import warnings
 import numpy as np
 
 from daskgmm.benchmarks.scale import (
-    machine_cores,
+    auto_chunks_per_task,
     measure_constants,
     predict,
+    read_rate_per_thread,
     synthetic_params,
     synthetic_rows,
 )
@@ -54,7 +57,7 @@ def fit_seconds(X, k: int, covariance_type: str, iters: int = 4, client=None, ch
 
     d = X.shape[1]
     weights, means, cov, _ = synthetic_params(k, d, covariance_type)
-    precisions = {"full": cov, "tied": cov, "diag": 1.0 / cov, "spherical": 1.0 / cov}[covariance_type]
+    precisions = cov if covariance_type in ("full", "tied") else 1.0 / cov  # unit covariances
     stamps = []
     gm = GaussianMixture(
         n_components=k,
@@ -76,7 +79,6 @@ def fit_seconds(X, k: int, covariance_type: str, iters: int = 4, client=None, ch
     out = {"seconds": seconds, "iterations": len(stamps)}
     if client is not None and ts is not None:
         slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
-        slots = min(slots, machine_cores()) if _is_local(client) else slots
         busy = sum(
             s["stop"] - s["start"]
             for t in ts.data
@@ -110,10 +112,6 @@ class _Stream:
 
 def _task_stream(client):
     return _Stream(client)
-
-
-def _is_local(client) -> bool:
-    return all("127.0.0.1" in a or "localhost" in a for a in client.scheduler_info(n_workers=-1)["workers"])
 
 
 @contextlib.contextmanager
@@ -228,8 +226,12 @@ def validate(
                     c = measure_constants(client, k, d, covariance_type)
                     for n in chunk_counts:
                         path, cr = stores[n]
-                        c.read_rate = measure_constants_read(client, path)
-                        pred = predict(c, rows, cr, cores=machine_cores())
+                        per = auto_chunks_per_task(
+                            k, d, covariance_type, "float64", n, cr, c.workers * c.threads
+                        )
+                        c.read_rate = read_rate_per_thread(client, path, None, per)
+                        c.read_span = per
+                        pred = predict(c, rows, cr)
                         meas = fit_seconds(da.from_zarr(path), k, covariance_type, iters, client)
                         row = {
                             "workers": w,
@@ -248,12 +250,6 @@ def validate(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def measure_constants_read(client, path: str) -> float:
-    from daskgmm.benchmarks.scale import _read_rate
-
-    return _read_rate(client, path, None)
 
 
 @contextlib.contextmanager

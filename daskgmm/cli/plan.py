@@ -64,7 +64,8 @@ def add_parser(sub) -> None:
         "--cores",
         type=int_at_least(1),
         metavar="N",
-        help="cores the target's threads run on (default: W x T; a local cluster: this machine's cores)",
+        help="cores the target's threads run on, when fewer than W x T (default: W x T; the measured c_row "
+        "already includes the sharing of the measured cluster's cores)",
     )
     t.add_argument(
         "--chunk-rows", type=int_at_least(1), metavar="C", help="rows per chunk (default: --data's)"
@@ -131,6 +132,16 @@ def run_plan(args) -> int:
 
         chunk_rows = default_row_chunk(rows, d, 8 if dtype == "float64" else 4)
     with connect(args) as client:
+        w, t = scale.cluster_shape(client)
+        n_chunks = -(-rows // chunk_rows)
+        slots = (args.target_workers or w) * (args.target_threads or t)
+        per = (
+            args.chunks_per_task
+            if args.chunks_per_task != "auto"
+            else scale.auto_chunks_per_task(
+                args.components, d, args.covariance_type, dtype, n_chunks, chunk_rows, slots
+            )
+        )
         consts = scale.measure_constants(
             client,
             args.components,
@@ -140,17 +151,16 @@ def run_plan(args) -> int:
             data=args.data,
             array=args.array,
             split_every=args.split_every,
+            read_span=per,
         )
-        local = not (args.scheduler or args.scheduler_file)
-    cores = args.cores or (scale.machine_cores() if local and not args.target_workers else None)
     pred = scale.predict(
         consts,
         rows,
         chunk_rows,
         args.target_workers,
         args.target_threads,
-        None if args.chunks_per_task == "auto" else args.chunks_per_task,
-        cores,
+        per,
+        args.cores,
     )
     if args.json:
         print(json.dumps({"constants": consts.as_dict(), "prediction": pred}))
