@@ -48,7 +48,9 @@ def write_store(path: str, X: np.ndarray, chunk_rows: int) -> str:
     return path
 
 
-def fit_seconds(X, k: int, covariance_type: str, iters: int = 4, client=None, chunks_per_task=None) -> dict:
+def fit_seconds(
+    X, k: int, covariance_type: str, iters: int = 4, client=None, chunks_per_task=None, persist=False
+) -> dict:
     """Measured seconds per iteration (median after the first) and the non-compute share."""
     import dask
     from sklearn.exceptions import ConvergenceWarning
@@ -67,7 +69,7 @@ def fit_seconds(X, k: int, covariance_type: str, iters: int = 4, client=None, ch
         precisions_init=precisions,
         max_iter=iters,
         tol=0.0,
-        persist=False,
+        persist=persist,
     )
     config = {} if chunks_per_task is None else {"daskgmm.chunks_per_task": chunks_per_task}
     stream = contextlib.nullcontext() if client is None else _task_stream(client)
@@ -276,3 +278,149 @@ def markdown(rows: list[dict]) -> str:
 
 
 __all__ = ["fit_seconds", "local_cluster", "markdown", "process_cluster", "validate", "write_store"]
+
+
+# --------------------------------------------------------------------------
+# the scaling curves (README "How it scales")
+# --------------------------------------------------------------------------
+def _case(
+    client, X, chunk_rows: int, k: int, covariance_type: str, tmp: str, per=None, iters: int = 4
+) -> dict:
+    """One measured and predicted iteration on a Zarr copy of ``X`` in chunks of ``chunk_rows``."""
+    import dask.array as da
+
+    n, d = X.shape
+    path = write_store(os.path.join(tmp, f"x{n}-{d}-{chunk_rows}.zarr"), X, chunk_rows)
+    c = measure_constants(client, k, d, covariance_type)
+    n_chunks = -(-n // chunk_rows)
+    slots = c.workers * c.threads
+    span = per or auto_chunks_per_task(k, d, covariance_type, "float64", n_chunks, chunk_rows, slots)
+    c.read_rate, c.read_span = read_rate_per_thread(client, path, None, span), span
+    pred = predict(c, n, chunk_rows, chunks_per_task=per)
+    meas = fit_seconds(da.from_zarr(path), k, covariance_type, iters, client, chunks_per_task=per)
+    shutil.rmtree(path, ignore_errors=True)
+    return {
+        "N": n,
+        "D": d,
+        "K": k,
+        "cov": covariance_type,
+        "workers": c.workers,
+        "chunks": n_chunks,
+        "chunks_per_task": pred["chunks_per_task"],
+        "tasks": pred["tasks"],
+        "predicted": pred["seconds"],
+        "measured": meas["seconds"],
+        "ratio": pred["seconds"] / meas["seconds"],
+        "overhead_share": meas.get("overhead_share", math.nan),
+        "scheduler_share": pred["terms"]["scheduler"] / pred["seconds"],
+        "dominant": pred["dominant"],
+        "load": os.getloadavg()[0],
+    }
+
+
+def curves(log=print, quick: bool = False) -> dict:
+    """s/iter against chunks (grouped and one chunk per task), K and D on 2 workers, and the
+    threaded scheduler against a distributed cluster at 500,000×16, K=16."""
+    from daskgmm import GaussianMixture  # noqa: F401  (imported before the clusters start)
+
+    out: dict = {"chunks": [], "K": [], "D": [], "schedulers": []}
+    tmp = tempfile.mkdtemp(prefix="daskgmm-curves-")
+    n = 100_000 if quick else 500_000
+    try:
+        _, means, _, _ = synthetic_params(16, 16, "full")
+        X = synthetic_rows(n, means)
+        with local_cluster(2) as client:
+            for chunks in (1, 10, 100, 1000, 10_000):
+                for per in (None, 1):
+                    if per == 1 and chunks == 1:
+                        continue
+                    row = _case(client, X, -(-n // chunks), 16, "full", tmp, per=per, iters=3 if per else 4)
+                    row["grouping"] = "1 chunk per task" if per == 1 else "auto"
+                    log(row)
+                    out["chunks"].append(row)
+            for k in (4, 16, 64, 256):
+                _, mk, _, _ = synthetic_params(k, 16, "full")
+                row = _case(client, synthetic_rows(100_000, mk), 1000, k, "full", tmp)
+                log(row)
+                out["K"].append(row)
+            for d, ct in ((4, "full"), (16, "full"), (64, "full"), (64, "diag"), (256, "diag")):
+                _, md, _, _ = synthetic_params(16, d, ct)
+                row = _case(client, synthetic_rows(100_000, md), 1000, 16, ct, tmp)
+                log(row)
+                out["D"].append(row)
+        out["schedulers"] = scheduler_comparison(X, log=log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def scheduler_comparison(X, k: int = 16, log=print) -> list[dict]:
+    """The same in-memory fit on the threaded scheduler, a LocalCluster and scheduler/worker processes."""
+    rows = []
+    base = fit_seconds(X, k, "full", 5)["seconds"]
+    rows.append(
+        {"scheduler": "threaded (2 threads)", "measured": base, "ratio": 1.0, "load": os.getloadavg()[0]}
+    )
+    for name, cm in (
+        ("LocalCluster, 2 workers x 1 thread", local_cluster(2)),
+        ("dask scheduler + 2 dask workers", process_cluster(2)),
+    ):
+        with cm as client:
+            m = fit_seconds(X, k, "full", 5, client, persist="auto")  # held on the workers
+        rows.append(
+            {
+                "scheduler": name,
+                "measured": m["seconds"],
+                "ratio": m["seconds"] / base,
+                "overhead_share": m.get("overhead_share"),
+                "load": os.getloadavg()[0],
+            }
+        )
+        log(rows[-1])
+    return rows
+
+
+def curves_markdown(out: dict) -> str:
+    parts = []
+    cols = (
+        "grouping",
+        "chunks",
+        "chunks_per_task",
+        "tasks",
+        "predicted",
+        "measured",
+        "overhead_share",
+        "scheduler_share",
+        "load",
+    )
+    for name, keys in (("chunks", cols), ("K", ("K",) + cols[2:]), ("D", ("D", "cov") + cols[2:])):
+        rows = out.get(name) or []
+        if not rows:
+            continue
+        parts.append(f"s/iter against {name} (2 workers x 1 thread, N={rows[0]['N']:,}):\n")
+        parts.append("| " + " | ".join(keys) + " |")
+        parts.append("|" + "--:|" * len(keys))
+        for r in rows:
+            cells = []
+            for key in keys:
+                v = r.get(key, "")
+                if key in ("predicted", "measured"):
+                    cells.append(f"{v:.3f}")
+                elif key.endswith("share"):
+                    cells.append(f"{100 * v:.0f}%")
+                elif key == "load":
+                    cells.append(f"{v:.1f}")
+                else:
+                    cells.append(f"{v:,}" if isinstance(v, int) else str(v))
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+    if out.get("schedulers"):
+        parts.append("| scheduler | s/iter | vs threaded | non-compute share | load |")
+        parts.append("|---|--:|--:|--:|--:|")
+        for r in out["schedulers"]:
+            share = r.get("overhead_share")
+            parts.append(
+                f"| {r['scheduler']} | {r['measured']:.3f} | {r['ratio']:.2f}x | "
+                f"{'' if share is None else f'{100 * share:.0f}%'} | {r['load']:.1f} |"
+            )
+    return "\n".join(parts)

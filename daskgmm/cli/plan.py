@@ -95,6 +95,12 @@ def add_parser(sub) -> None:
         "--validate-rows", type=int_at_least(100), default=500_000, metavar="N", help="(default: 500000)"
     )
     v.add_argument(
+        "--curves",
+        action="store_true",
+        help="measure s/iter against chunks (grouped and not), K, D, and the threaded scheduler against "
+        "distributed ones (several minutes)",
+    )
+    v.add_argument(
         "--processes",
         action="store_true",
         help="validate on 'dask scheduler'/'dask worker' processes on 127.0.0.1 instead of LocalCluster",
@@ -117,6 +123,8 @@ def run_plan(args) -> int:
 
     if args.validate:
         return _run_validate(args)
+    if args.curves:
+        return _run_curves(args)
     shape = _data_shape(args)
     rows = args.rows or (shape[0][0] if shape else None)
     if rows is None:
@@ -192,5 +200,23 @@ def _run_validate(args) -> int:
         print(json.dumps({"rows": rows, "load_start": load0, "load_end": load1}))
     else:
         print(scale_validate.markdown(rows))
+        print(f"\nload average (1, 5, 15 min) at the start: {load0}, at the end: {load1}")
+    return 0
+
+
+def _run_curves(args) -> int:
+    import logging
+    import os
+
+    from daskgmm.benchmarks import scale_validate
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    load0 = os.getloadavg()
+    out = scale_validate.curves(log=lambda r: print(r, file=sys.stderr))
+    load1 = os.getloadavg()
+    if args.json:
+        print(json.dumps({**out, "load_start": load0, "load_end": load1}))
+    else:
+        print(scale_validate.curves_markdown(out))
         print(f"\nload average (1, 5, 15 min) at the start: {load0}, at the end: {load1}")
     return 0
