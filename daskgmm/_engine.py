@@ -43,14 +43,13 @@ from daskgmm._gaussian import (
 from daskgmm._graph import (
     TaskSources,
     chunks_per_task,
-    row_seconds,
     statistics_pass,
     task_groups,
     task_sources,
 )
 from daskgmm._kernels import multi_chunk_stats
 from daskgmm._missing import marginal_multi_stats, marginal_params, omit_multi_stats
-from daskgmm._placement import active_client, chunks_per_task_setting, total_threads
+from daskgmm._placement import active_client, chunks_per_task_setting
 from daskgmm._progress import FitProgress, VerboseLines
 from daskgmm._streaming import add, recenter
 
@@ -128,33 +127,26 @@ class DataPlan:
         self.token = self.X.name + ("" if self.weights is None else self.weights.name) + self.nan_policy
         self.kernel, self.prepare = statistics_kernel(self.nan_policy)
 
-    def sources(self, ps: Sequence) -> TaskSources:
+    def sources(self) -> TaskSources:
         """One task per group of consecutive chunks (dask config ``daskgmm.chunks_per_task``).
 
-        Fixed at the first call (the first pass), so every pass of a fit sums in the same
-        order. Data held on a cluster was merged into coarse chunks when it was persisted
+        Fixed at the first call, so every pass of a fit sums in the same order. Data held on a
+        cluster was merged into the same groups when it was persisted
         (:func:`daskgmm._placement.merge_for_cluster`): one task per held chunk, so no task
         fetches chunks from other workers.
         """
         if self._sources is None:
-            client = active_client()
-            held = client is not None and not self._reads()
-            per = (
-                1
-                if held
-                else chunks_per_task(
-                    chunks_per_task_setting(), self.X.chunks[0], row_seconds(ps), total_threads(client)
-                )
-            )
+            held = active_client() is not None and self._held()
+            row_bytes = self.X.shape[1] * self.X.dtype.itemsize
+            per = 1 if held else chunks_per_task(chunks_per_task_setting(), self.X.chunks[0], row_bytes)
             self._sources = task_sources(self.blocks, self.weight_blocks, task_groups(len(self.blocks), per))
         return self._sources
 
-    def _reads(self) -> bool:
-        """Whether the chunks are tasks (read or computed every pass) rather than data held."""
-        from dask._task_spec import Task
-
+    def _held(self) -> bool:
+        """Whether the chunks are held on a cluster (persisted: futures in the graph)."""
         b = self.blocks[0]
-        return isinstance(dict(b.dask).get(b.key), Task)
+        node = type(dict(b.dask).get(b.key))
+        return node.__name__ == "Future" and node.__module__.startswith("distributed")
 
 
 def estep_params(params: Params, covariance_type: str, dtype) -> EStepParams:
@@ -441,7 +433,7 @@ class Engine:
                         ps,
                         token,
                         self.data.split_every,
-                        sources=self.data.sources(ps),
+                        sources=self.data.sources(),
                     )
                     n_read = len(self.data.blocks)
                 else:
@@ -564,7 +556,7 @@ def log_likelihoods(data: DataPlan, params: Sequence[Params], covariance_types: 
         list(covariance_types),
     )
     stats = statistics_pass(
-        data.kernel, data.blocks, data.weight_blocks, ps, token, data.split_every, sources=data.sources(ps)
+        data.kernel, data.blocks, data.weight_blocks, ps, token, data.split_every, sources=data.sources()
     )
     return [float(s["loglik"]) for s in stats]
 

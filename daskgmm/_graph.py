@@ -11,8 +11,9 @@ Zarr, a slice of a file) is inlined into its group's task, so the read runs insi
 it and costs the scheduler nothing; a chunk already in memory is referenced by key.
 Consecutive reads of one array (``from_zarr``, ``from_array``) become one read of
 their span, which Zarr serves with its chunks fetched concurrently. A group's task
-sums its chunks' statistics in chunk order, so the result is deterministic for a
-given grouping (another grouping changes only the rounding).
+runs the kernel once on its rows (concatenated), so a grouping gives the result of the
+data chunked by groups; the automatic grouping depends on the data's chunks only, so the
+result does not depend on the cluster (another grouping changes only the rounding).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dask.base import is_dask_collection, tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from daskgmm._kernels import combine, combine_lists, in_task
+from daskgmm._kernels import combine, combine_lists
 
 
 def shared(obj, name: str | None = None):
@@ -97,42 +98,25 @@ def _chunk_task(kernel: Callable, block, ps, w=None) -> list:
     return kernel(block, ps, w)
 
 
-#: a task should run at least this long (seconds) before grouping stops adding chunks to it
-MIN_TASK_SECONDS = 0.08
-#: ... and there should be at least this many tasks per thread (so every thread works)
-TASKS_PER_THREAD = 4
-#: effective floating-point rate of the kernel per core assumed by the automatic grouping
-#: (the kernel measured 20-25 GFLOP/s per core at K=D=16 on the development machine)
-ASSUMED_FLOPS = 2e10
+#: automatic grouping: a task reads at least this many bytes of data ...
+TASK_BYTES = 16 * 2**20
+#: ... unless that leaves fewer than this many tasks (so that every thread of a small cluster works)
+MIN_TASKS = 16
 
 
-def row_seconds(ps: Sequence) -> float:
-    """Estimated kernel seconds per row for the parameter sets ``ps`` on one core.
-
-    About ``4·K·m`` flops (two matrix products over the ``m`` design rows: D(D+1)/2+D+1
-    for full and tied covariances, fewer for diag and spherical) plus ``K`` exponentials
-    per parameter set, at :data:`ASSUMED_FLOPS`.
-    """
-    total = 1e-8
-    for p in ps:
-        k = int(getattr(p, "n_components", 0) or len(getattr(p, "weights", ())) or 1)
-        d = int(getattr(p, "n_features", 0) or 1)
-        m = int(getattr(p, "n_design", 0) or (d * (d + 1) // 2 + d + 1))
-        total += 4.0 * k * m / ASSUMED_FLOPS + 4e-9 * k
-    return total
-
-
-def chunks_per_task(setting, chunk_rows: Sequence[int], seconds_per_row: float, threads: int) -> int:
+def chunks_per_task(setting, chunk_rows: Sequence[int], row_bytes: int) -> int:
     """Storage chunks per task: ``setting`` when an int, else automatic (``"auto"``/None).
 
-    Automatic: enough chunks that a task runs about :data:`MIN_TASK_SECONDS` (from the
-    estimated ``seconds_per_row``), but never so many that fewer than
-    :data:`TASKS_PER_THREAD` tasks per thread remain.
+    Automatic: consecutive chunks up to about :data:`TASK_BYTES` of data per task (16 MiB:
+    ~130,000 rows at D=16 float64, tens of milliseconds of kernel at K=16), keeping at least
+    :data:`MIN_TASKS` tasks. It depends on the data's chunks only, never on the cluster or the
+    parameters, so a fit's summation order, hence its exact result, is the same on 1 or 100
+    workers, for one start or many, and after a resume.
     """
     n = len(chunk_rows)
     if setting not in (None, "auto"):
-        value = int(setting)
-        if value < 1 or value != setting:
+        value = int(setting) if not isinstance(setting, bool) and str(setting).isdigit() else 0
+        if value < 1:
             raise ValueError(
                 f"daskgmm.chunks_per_task must be 'auto' or an int >= 1, got {setting!r}: "
                 'set it with dask.config.set({"daskgmm.chunks_per_task": 8}) or --chunks-per-task 8.'
@@ -140,10 +124,9 @@ def chunks_per_task(setting, chunk_rows: Sequence[int], seconds_per_row: float, 
         return min(value, max(n, 1))
     if n <= 1:
         return 1
-    mean_rows = max(sum(chunk_rows) / n, 1.0)
-    want = math.ceil(MIN_TASK_SECONDS / max(seconds_per_row, 1e-12) / mean_rows)
-    most = max(1, n // (TASKS_PER_THREAD * max(int(threads), 1)))
-    return int(max(1, min(want, most)))
+    mean_bytes = max(sum(chunk_rows) / n * max(int(row_bytes), 1), 1.0)
+    want = math.ceil(TASK_BYTES / mean_bytes)
+    return int(max(1, min(want, n // MIN_TASKS)))
 
 
 def task_groups(n_chunks: int, per_task: int) -> list[range]:
@@ -215,16 +198,18 @@ def task_sources(blocks: Sequence, weight_blocks: Sequence | None, groups: Seque
     return TaskSources(x, w, collections, list(groups))
 
 
-@in_task  # BLAS set to one thread once per task, not once per chunk
 def group_stats(kernel: Callable, ps, xs: list, ws: list | None = None) -> list:
-    """The statistics of one coarse task: the kernel per chunk, summed in chunk order."""
-    if ws is not None and len(ws) != len(xs):  # the chunks were read as one block
-        ws = [np.concatenate([np.asarray(w) for w in ws])]
-    total = None
-    for j, X in enumerate(xs):
-        part = kernel(X, ps, None if ws is None else ws[j])
-        total = part if total is None else combine_lists([total, part])
-    return total
+    """The statistics of one coarse task: the kernel on its chunks as one block of rows.
+
+    The chunks are concatenated (or were read as one span), so a group's arithmetic is that of
+    one chunk of its rows: the same whether the rows were grouped here, read as one span, or
+    merged into one chunk held on a cluster (:func:`daskgmm._placement.merge_for_cluster`).
+    """
+    X = xs[0] if len(xs) == 1 else np.concatenate([np.asarray(x) for x in xs])
+    w = None
+    if ws is not None:
+        w = ws[0] if len(ws) == 1 else np.concatenate([np.asarray(v) for v in ws])
+    return kernel(X, ps, w)
 
 
 def _grouped_graph(kernel, sources: TaskSources, ps, name: str, split_every: int) -> Delayed:

@@ -15,8 +15,6 @@ logger = logging.getLogger("daskgmm")
 
 #: ``persist="auto"`` holds the data in memory when it takes at most this share of it
 PERSIST_FRACTION = 0.5
-#: data held on a cluster is merged into chunks of about this size (consecutive chunks)
-HELD_CHUNK_BYTES = 32 * 2**20
 
 
 def active_client():
@@ -55,29 +53,22 @@ def chunks_per_task_setting():
     return dask.config.get("daskgmm.chunks_per_task", "auto")
 
 
-def merge_for_cluster(X, threads: int):
-    """``X`` with consecutive chunks merged before it is held on a cluster.
+def merge_for_cluster(X):
+    """``X`` with consecutive chunks merged, as the statistics pass groups them, before it is
+    held on a cluster.
 
     Held chunks stay where they were computed, so a task that read several of them would move
-    data between workers every iteration; instead the held chunks themselves are coarse: about
-    :data:`HELD_CHUNK_BYTES` each (keeping at least four per thread), or ``daskgmm.chunks_per_task``
-    storage chunks each when that is an int.
+    data between workers every iteration; instead each held chunk is one task's group of storage
+    chunks (:func:`daskgmm._graph.chunks_per_task`, the dask config ``daskgmm.chunks_per_task``).
+    The spans are those of the ungrouped pass's groups, so the result is the same.
     """
-    import math
+    from daskgmm._graph import chunks_per_task
 
-    setting = chunks_per_task_setting()
-    n = len(X.chunks[0])
-    if n <= 1:
-        return X
-    if setting not in (None, "auto"):
-        per = int(setting)
-    else:
-        mean = max(int(X.nbytes) / n, 1.0)
-        per = max(1, min(math.floor(HELD_CHUNK_BYTES / mean), n // (4 * max(threads, 1))))
+    rows = X.chunks[0]
+    per = chunks_per_task(chunks_per_task_setting(), rows, X.shape[1] * X.dtype.itemsize)
     if per <= 1:
         return X
-    rows = X.chunks[0]
-    merged = tuple(sum(rows[i : i + per]) for i in range(0, n, per))
+    merged = tuple(sum(rows[i : i + per]) for i in range(0, len(rows), per))
     logger.info("holding the data in %d chunks of %d storage chunks each", len(merged), per)
     return X.rechunk({0: merged})
 
@@ -144,7 +135,7 @@ def plan_data(X, persist, in_memory: bool):
         logger.info(
             "in-memory input (%s): sent to the workers once and held there across iterations", _gb(nbytes)
         )
-        return merge_for_cluster(X, total_threads(client)).persist(), 0
+        return merge_for_cluster(X).persist(), 0
     budget, where = memory_budget(client)
     if persist == "auto" and client is None:
         # the local scheduler: persisting would cost a pass of its own, and the
@@ -185,5 +176,5 @@ def plan_data(X, persist, in_memory: bool):
             _gb(budget),
         )
     if do:
-        return (merge_for_cluster(X, total_threads(client)) if client is not None else X).persist(), 0
+        return (merge_for_cluster(X) if client is not None else X).persist(), 0
     return X, nbytes

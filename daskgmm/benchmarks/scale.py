@@ -245,11 +245,9 @@ def measure_constants(
     """Measure the model's constants on ``client``'s cluster (None: the local threaded scheduler)."""
     k, d = n_components, n_features
     w, t = cluster_shape(client)
-    if kernel_rows is None:
-        from daskgmm._graph import row_seconds
-
-        p, _ = _estep(k, d, covariance_type, dtype)
-        kernel_rows = int(min(200_000, max(2_000, 0.15 / row_seconds([p]))))
+    if kernel_rows is None:  # about 0.1 s of kernel at ~20 GFLOP/s
+        m = d * (d + 1) // 2 + d + 1 if covariance_type in ("full", "tied") else 2 * d + 1
+        kernel_rows = int(min(200_000, max(2_000, 0.1 * 2e10 / (4 * k * m + 1))))
     timings = _on_every_thread(client, time_kernel, k, d, covariance_type, dtype, kernel_rows)
     c_row, c_chunk = (float(v) for v in np.mean(timings, axis=0))
     read_rate = None
@@ -320,12 +318,11 @@ def read_rate_per_thread(client, path: str, array: str | None, span: int = 1, co
 # --------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------
-def auto_chunks_per_task(k, d, covariance_type, dtype, n_chunks: int, chunk_rows: int, slots: int) -> int:
+def auto_chunks_per_task(d: int, dtype, n_chunks: int, chunk_rows: int) -> int:
     """What a fit picks with ``daskgmm.chunks_per_task="auto"`` (see :mod:`daskgmm._graph`)."""
-    from daskgmm._graph import chunks_per_task, row_seconds
+    from daskgmm._graph import chunks_per_task
 
-    p, _ = _estep(k, d, covariance_type, dtype)
-    return chunks_per_task("auto", [chunk_rows] * n_chunks, row_seconds([p]), slots)
+    return chunks_per_task("auto", [chunk_rows] * n_chunks, d * np.dtype(dtype).itemsize)
 
 
 def predict(
@@ -343,9 +340,7 @@ def predict(
     itemsize = np.dtype(c.dtype).itemsize
     n_chunks = -(-rows // chunk_rows)
     slots = max(1, min(workers * threads, cores or workers * threads))
-    per = chunks_per_task or auto_chunks_per_task(
-        c.n_components, c.n_features, c.covariance_type, c.dtype, n_chunks, chunk_rows, workers * threads
-    )
+    per = chunks_per_task or auto_chunks_per_task(c.n_features, c.dtype, n_chunks, chunk_rows)
     per = max(1, min(per, n_chunks))
     out = _terms(c, rows, chunk_rows, n_chunks, per, slots, itemsize)
     # the chunking that minimises the prediction (powers of two, and the automatic one)

@@ -228,9 +228,7 @@ def validate(
                     c = measure_constants(client, k, d, covariance_type)
                     for n in chunk_counts:
                         path, cr = stores[n]
-                        per = auto_chunks_per_task(
-                            k, d, covariance_type, "float64", n, cr, c.workers * c.threads
-                        )
+                        per = auto_chunks_per_task(d, "float64", n, cr)
                         c.read_rate = read_rate_per_thread(client, path, None, per)
                         c.read_span = per
                         pred = predict(c, rows, cr)
@@ -293,8 +291,7 @@ def _case(
     path = write_store(os.path.join(tmp, f"x{n}-{d}-{chunk_rows}.zarr"), X, chunk_rows)
     c = measure_constants(client, k, d, covariance_type)
     n_chunks = -(-n // chunk_rows)
-    slots = c.workers * c.threads
-    span = per or auto_chunks_per_task(k, d, covariance_type, "float64", n_chunks, chunk_rows, slots)
+    span = per or auto_chunks_per_task(d, "float64", n_chunks, chunk_rows)
     c.read_rate, c.read_span = read_rate_per_thread(client, path, None, span), span
     pred = predict(c, n, chunk_rows, chunks_per_task=per)
     meas = fit_seconds(da.from_zarr(path), k, covariance_type, iters, client, chunks_per_task=per)

@@ -77,6 +77,13 @@ def add_parser(sub) -> None:
         metavar="N",
         help="storage chunks per task (default: auto, as a fit chooses)",
     )
+    a = p.add_argument_group(
+        "assumptions (replace a measured constant, to predict for a cluster other than the one measured)"
+    )
+    a.add_argument("--read-rate", type=float, metavar="MB/S", help="read throughput per worker, MB/s")
+    a.add_argument("--task-overhead", type=float, metavar="MS", help="scheduler cost per task, ms")
+    a.add_argument("--level-latency", type=float, metavar="MS", help="latency of one reduction level, ms")
+    a.add_argument("--fixed-latency", type=float, metavar="MS", help="submit and gather per iteration, ms")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print one line of JSON instead of text")
     v = p.add_argument_group("validation (starts its own local clusters; the cluster options are ignored)")
@@ -142,13 +149,10 @@ def run_plan(args) -> int:
     with connect(args) as client:
         w, t = scale.cluster_shape(client)
         n_chunks = -(-rows // chunk_rows)
-        slots = (args.target_workers or w) * (args.target_threads or t)
         per = (
             args.chunks_per_task
             if args.chunks_per_task != "auto"
-            else scale.auto_chunks_per_task(
-                args.components, d, args.covariance_type, dtype, n_chunks, chunk_rows, slots
-            )
+            else scale.auto_chunks_per_task(d, dtype, n_chunks, chunk_rows)
         )
         consts = scale.measure_constants(
             client,
@@ -161,6 +165,16 @@ def run_plan(args) -> int:
             split_every=args.split_every,
             read_span=per,
         )
+    if args.read_rate:
+        consts.read_rate = args.read_rate * 1e6 / (args.target_threads or t)  # per thread
+        consts.read_span = per
+    for name, field in (
+        ("task_overhead", "c_sched"),
+        ("level_latency", "c_level"),
+        ("fixed_latency", "t_fixed"),
+    ):
+        if getattr(args, name) is not None:
+            setattr(consts, field, getattr(args, name) / 1e3)
     pred = scale.predict(
         consts,
         rows,
