@@ -108,6 +108,13 @@ def add_parser(sub) -> None:
         "distributed ones (several minutes)",
     )
     v.add_argument(
+        "--ungrouped-max",
+        type=int_at_least(1),
+        default=10_000,
+        metavar="N",
+        help="--curves: time one chunk per task only up to N chunks (default: %(default)s)",
+    )
+    v.add_argument(
         "--processes",
         action="store_true",
         help="validate on 'dask scheduler'/'dask worker' processes on 127.0.0.1 instead of LocalCluster",
@@ -226,7 +233,10 @@ def _run_curves(args) -> int:
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     load0 = os.getloadavg()
-    out = scale_validate.curves(log=lambda r: print(r, file=sys.stderr))
+    out = scale_validate.curves(
+        log=lambda r: print(r, file=sys.stderr),
+        ungrouped_max=int(os.environ.get("DASKGMM_UNGROUPED_MAX", 10_000)),
+    )
     load1 = os.getloadavg()
     if args.json:
         print(json.dumps({**out, "load_start": load0, "load_end": load1}))
