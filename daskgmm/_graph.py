@@ -141,7 +141,7 @@ class TaskSources:
 
     x: list  # per task: a list of graph nodes
     w: list | None
-    collections: list  # the graphs those nodes depend on
+    graph: dict  # what those nodes depend on (culled once: an iteration's graph has only its tasks)
     groups: list
 
     def __len__(self) -> int:
@@ -189,13 +189,29 @@ def _merge_reads(nodes: list) -> list:
     return [Task(first.key, first.func, first.args[0], DataNode(None, merged), **first.kwargs)]
 
 
+def _deps(node) -> frozenset:
+    if isinstance(node, TaskRef):
+        return frozenset([node.key])
+    return node.dependencies if isinstance(node, GraphNode) else frozenset()
+
+
 def task_sources(blocks: Sequence, weight_blocks: Sequence | None, groups: Sequence[range]) -> TaskSources:
     """Per group, the nodes of its chunks (computed once per fit, not once per iteration)."""
     cache: dict = {}
     x = [_merge_reads([_node(blocks[i], cache) for i in g]) for g in groups]
     w = None if weight_blocks is None else [[_node(weight_blocks[i], cache) for i in g] for g in groups]
-    collections = [blocks[0]] + ([] if weight_blocks is None else [weight_blocks[0]])
-    return TaskSources(x, w, collections, list(groups))
+    full: dict = {}
+    for _, materialized in cache.values():
+        full.update(materialized)
+    needed: dict = {}
+    stack = [k for nodes in x + (w or []) for n in nodes for k in _deps(n)]
+    while stack:
+        k = stack.pop()
+        if k in needed or k not in full:
+            continue
+        needed[k] = full[k]
+        stack.extend(_deps(full[k]))
+    return TaskSources(x, w, needed, list(groups))
 
 
 def group_stats(kernel: Callable, ps, xs: list, ws: list | None = None) -> list:
@@ -215,7 +231,7 @@ def group_stats(kernel: Callable, ps, xs: list, ws: list | None = None) -> list:
 def _grouped_graph(kernel, sources: TaskSources, ps, name: str, split_every: int) -> Delayed:
     deps: dict = {}
     pkey = _task_arg(ps, deps)
-    dsk: dict = {}
+    dsk: dict = dict(sources.graph)
     keys = []
     for i, xs in enumerate(sources.x):
         key = (name, i)
@@ -235,9 +251,7 @@ def _grouped_graph(kernel, sources: TaskSources, ps, name: str, split_every: int
             parent.append(key)
         keys = parent
         level += 1
-    graph = HighLevelGraph.from_collections(
-        name, dsk, dependencies=[a for _, a in deps.values()] + list(sources.collections)
-    )
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a for _, a in deps.values()])
     return Delayed(keys[0], graph, layer=name)
 
 

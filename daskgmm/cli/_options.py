@@ -88,8 +88,8 @@ def model_kwargs(args, names) -> dict:
 
 
 def add_data_options(p: argparse.ArgumentParser, out) -> None:
-    """``--no-progress`` (in the group ``out``) and ``--allow-missing-chunks``: the options of the
-    commands that read a Zarr input and fit on it (``fit``, ``segment``)."""
+    """``--no-progress`` (in the group ``out``), ``--allow-missing-chunks`` and ``--chunks-per-task``:
+    the options of the commands that read a Zarr input and fit on it (``fit``, ``segment``)."""
     out.add_argument(
         "--no-progress",
         action="store_true",
@@ -125,7 +125,8 @@ def chunks_per_task(text: str):
 
 
 def missing_chunks_config(run):
-    """Run a command with its ``--allow-missing-chunks`` as dask's ``daskgmm.allow_missing_chunks``."""
+    """Run a command with its ``--allow-missing-chunks`` and ``--chunks-per-task`` as dask's
+    ``daskgmm.allow_missing_chunks`` and ``daskgmm.chunks_per_task``."""
 
     def wrapped(args) -> int:
         import dask
