@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import dask
 import numpy as np
-from dask._task_spec import DataNode, GraphNode, List, Task, TaskRef
+from dask._task_spec import DataNode, GraphNode, List, Task, TaskRef, convert_legacy_graph
 from dask.base import is_dask_collection, tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
@@ -152,8 +152,8 @@ def _node(block, cache: dict) -> GraphNode:
     """The graph node of one chunk: its task inlined, or a reference to data already there."""
     graph = block.dask
     key = id(graph)
-    if key not in cache:
-        cache[key] = (graph, dict(graph))
+    if key not in cache:  # legacy tuples and aliases become task-spec nodes, so their dependencies show
+        cache[key] = (graph, convert_legacy_graph(dict(graph)))
     node = cache[key][1].get(block.key)
     if isinstance(node, Task):
         return node
