@@ -60,7 +60,7 @@ def merge_for_cluster(X):
     Held chunks stay where they were computed, so a task that read several of them would move
     data between workers every iteration; instead each held chunk is one task's group of storage
     chunks (:func:`daskgmm._graph.chunks_per_task`, the dask config ``daskgmm.chunks_per_task``).
-    The spans are those of the ungrouped pass's groups, so the result is the same.
+    The spans are those the pass groups on a local scheduler, so the result is the same.
     """
     from daskgmm._graph import chunks_per_task
 
@@ -97,7 +97,7 @@ def _gb(n: float) -> str:
     return f"{n:.3g} TiB"  # pragma: no cover
 
 
-def plan_data(X, persist, in_memory: bool):
+def plan_data(X, persist, in_memory: bool, merge: bool = True):
     """Decide whether the data is held in (cluster) memory across iterations.
 
     Parameters
@@ -112,6 +112,9 @@ def plan_data(X, persist, in_memory: bool):
         to the workers once (persisted), never with every iteration's graph.
     in_memory : bool
         Whether ``X`` wraps an in-memory (numpy) array.
+    merge : bool
+        Merge consecutive chunks into the statistics pass's groups before holding the data on a
+        cluster (:func:`merge_for_cluster`); False keeps the storage chunks (incremental EM).
 
     Returns
     -------
@@ -135,7 +138,7 @@ def plan_data(X, persist, in_memory: bool):
         logger.info(
             "in-memory input (%s): sent to the workers once and held there across iterations", _gb(nbytes)
         )
-        return merge_for_cluster(X).persist(), 0
+        return (merge_for_cluster(X) if merge else X).persist(), 0
     budget, where = memory_budget(client)
     if persist == "auto" and client is None:
         # the local scheduler: persisting would cost a pass of its own, and the
@@ -176,5 +179,5 @@ def plan_data(X, persist, in_memory: bool):
             _gb(budget),
         )
     if do:
-        return (merge_for_cluster(X) if client is not None else X).persist(), 0
+        return (merge_for_cluster(X) if merge and client is not None else X).persist(), 0
     return X, nbytes
