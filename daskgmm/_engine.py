@@ -46,9 +46,16 @@ from daskgmm._gaussian import (
     m_step,
     precisions_from_cholesky,
 )
-from daskgmm._graph import statistics_pass
+from daskgmm._graph import (
+    TaskSources,
+    chunks_per_task,
+    statistics_pass,
+    task_groups,
+    task_sources,
+)
 from daskgmm._kernels import multi_chunk_stats
 from daskgmm._missing import marginal_multi_stats, marginal_params, omit_multi_stats
+from daskgmm._placement import active_client, chunks_per_task_setting
 from daskgmm._progress import FitProgress, VerboseLines
 from daskgmm._streaming import add, recenter
 
@@ -118,14 +125,39 @@ class DataPlan:
     #: rows of the data (a component holding less than one row's worth of weight is dead)
     n_rows: int = 0
     split_every: int = 16
+    #: the coarse tasks of a full pass, fixed at the fit's first pass (:meth:`sources`)
+    _sources: TaskSources | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
+        if self.weights is not None and self.weights.chunks[0] != self.X.chunks[0]:
+            self.weights = self.weights.rechunk((self.X.chunks[0],))
         self.blocks = self.X.to_delayed(optimize_graph=False).ravel()
         self.weight_blocks = (
             None if self.weights is None else self.weights.to_delayed(optimize_graph=False).ravel()
         )
         self.token = self.X.name + ("" if self.weights is None else self.weights.name) + self.nan_policy
         self.kernel, self.prepare = statistics_kernel(self.nan_policy)
+
+    def sources(self) -> TaskSources:
+        """One task per group of consecutive chunks (dask config ``daskgmm.chunks_per_task``).
+
+        Fixed at the first call, so every pass of a fit sums in the same order. Data held on a
+        cluster was merged into the same groups when it was persisted
+        (:func:`daskgmm._placement.merge_for_cluster`): one task per held chunk, so no task
+        fetches chunks from other workers.
+        """
+        if self._sources is None:
+            held = active_client() is not None and self._held()
+            row_bytes = self.X.shape[1] * self.X.dtype.itemsize
+            per = 1 if held else chunks_per_task(chunks_per_task_setting(), self.X.chunks[0], row_bytes)
+            self._sources = task_sources(self.blocks, self.weight_blocks, task_groups(len(self.blocks), per))
+        return self._sources
+
+    def _held(self) -> bool:
+        """Whether the chunks are held on a cluster (persisted: futures in the graph)."""
+        b = self.blocks[0]
+        node = type(dict(b.dask).get(b.key))
+        return node.__name__ == "Future" and node.__module__.startswith("distributed")
 
 
 def estep_params(params: Params, covariance_type: str, dtype) -> EStepParams:
@@ -413,6 +445,7 @@ class Engine:
                         ps,
                         token,
                         self.data.split_every,
+                        sources=self.data.sources(),
                     )
                     n_read = len(self.data.blocks)
                 else:
@@ -541,7 +574,9 @@ def log_likelihoods(data: DataPlan, params: Sequence[Params], covariance_types: 
         [(q.weights, q.means, q.precisions_cholesky) for q in params],
         list(covariance_types),
     )
-    stats = statistics_pass(data.kernel, data.blocks, data.weight_blocks, ps, token, data.split_every)
+    stats = statistics_pass(
+        data.kernel, data.blocks, data.weight_blocks, ps, token, data.split_every, sources=data.sources()
+    )
     return [float(s["loglik"]) for s in stats]
 
 

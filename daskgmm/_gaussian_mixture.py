@@ -265,10 +265,13 @@ class GaussianMixture(BaseMixture):
         if self.incremental is not None and do_init and self.n_init > 1:
             raise ValueError("incremental EM runs one start: use n_init=1 with incremental.")
         ckpt = open_checkpoint(self.checkpoint, fit_settings(self, w), inp, resume)
-        # hold the data in (cluster) memory or stream it every iteration
-        X, bytes_per_pass = plan_data(inp.data, self.persist, inp.kind == "numpy")
+        # hold the data in (cluster) memory or stream it every iteration; incremental EM counts
+        # storage chunks, so its held chunks are not merged into coarse tasks
+        X, bytes_per_pass = plan_data(
+            inp.data, self.persist, inp.kind == "numpy", merge=self.incremental is None
+        )
         if w is not None and active_client() is not None:
-            w = w.persist()
+            w = w.rechunk((X.chunks[0],)).persist()  # chunked like the held data
         data = DataPlan(X, w, self.nan_policy, bytes_per_pass, inp.n_samples, self.split_every)
         random_state = check_random_state(self.random_state)
         if do_init:

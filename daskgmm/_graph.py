@@ -1,15 +1,30 @@
-"""The per-iteration graph: one task per chunk and a fixed-order tree reduction.
+"""The per-iteration graph: one task per group of chunks and a fixed-order tree reduction.
 
 :func:`shared` makes one graph key of a small driver-side object (the parameters)
 that every chunk task depends on; :func:`map_reduce` writes the graph of one pass
 directly (one dict, one layer), with the keys named by phase for the dashboard.
+
+Coarse tasks: a statistics pass runs one task per *group* of consecutive storage
+chunks (:func:`task_groups`, :func:`task_sources`), so a store of 40,000 chunks
+is not 40,000 tasks per iteration. A chunk whose graph node is a task (a read from
+Zarr, a slice of a file) is inlined into its group's task, so the read runs inside
+it and costs the scheduler nothing; a chunk already in memory is referenced by key.
+Consecutive reads of one array (``from_zarr``, ``from_array``) become one read of
+their span, which Zarr serves with its chunks fetched concurrently. A group's task
+runs the kernel once on its rows (concatenated), so a grouping gives the result of the
+data chunked by groups; the automatic grouping depends on the data's chunks only, so the
+result does not depend on the cluster (another grouping changes only the rounding).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import dask
+import numpy as np
+from dask._task_spec import DataNode, GraphNode, List, Task, TaskRef, convert_legacy_graph
 from dask.base import is_dask_collection, tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
@@ -83,6 +98,163 @@ def _chunk_task(kernel: Callable, block, ps, w=None) -> list:
     return kernel(block, ps, w)
 
 
+#: automatic grouping: a task reads at least this many bytes of data ...
+TASK_BYTES = 16 * 2**20
+#: ... unless that leaves fewer than this many tasks (so that every thread of a small cluster works)
+MIN_TASKS = 16
+
+
+def chunks_per_task(setting, chunk_rows: Sequence[int], row_bytes: int) -> int:
+    """Storage chunks per task: ``setting`` when an int, else automatic (``"auto"``/None).
+
+    Automatic: consecutive chunks up to about :data:`TASK_BYTES` of data per task (16 MiB:
+    ~130,000 rows at D=16 float64, tens of milliseconds of kernel at K=16), keeping at least
+    :data:`MIN_TASKS` tasks. It depends on the data's chunks only, never on the cluster or the
+    parameters, so a fit's summation order, hence its exact result, is the same on 1 or 100
+    workers, for one start or many, and after a resume.
+    """
+    n = len(chunk_rows)
+    if setting not in (None, "auto"):
+        value = int(setting) if not isinstance(setting, bool) and str(setting).isdigit() else 0
+        if value < 1:
+            raise ValueError(
+                f"daskgmm.chunks_per_task must be 'auto' or an int >= 1, got {setting!r}: "
+                'set it with dask.config.set({"daskgmm.chunks_per_task": 8}) or --chunks-per-task 8.'
+            )
+        return min(value, max(n, 1))
+    if n <= 1:
+        return 1
+    mean_bytes = max(sum(chunk_rows) / n * max(int(row_bytes), 1), 1.0)
+    want = math.ceil(TASK_BYTES / mean_bytes)
+    return int(max(1, min(want, n // MIN_TASKS)))
+
+
+def task_groups(n_chunks: int, per_task: int) -> list[range]:
+    """Consecutive chunk indices, ``per_task`` to a task (the last group may be shorter)."""
+    per_task = max(int(per_task), 1)
+    return [range(i, min(i + per_task, n_chunks)) for i in range(0, n_chunks, per_task)]
+
+
+@dataclass
+class TaskSources:
+    """What each coarse task reads: graph nodes of its chunks (and of their weights)."""
+
+    x: list  # per task: a list of graph nodes
+    w: list | None
+    graph: dict  # what those nodes depend on (culled once: an iteration's graph has only its tasks)
+    groups: list
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def _node(block, cache: dict) -> GraphNode:
+    """The graph node of one chunk: its task inlined, or a reference to data already there."""
+    graph = block.dask
+    key = id(graph)
+    if key not in cache:  # legacy tuples and aliases become task-spec nodes, so their dependencies show
+        cache[key] = (graph, convert_legacy_graph(dict(graph)))
+    node = cache[key][1].get(block.key)
+    if isinstance(node, Task):
+        return node
+    return TaskRef(block.key)
+
+
+def _merge_reads(nodes: list) -> list:
+    """Consecutive reads of one array (dask's ``getter`` tasks, as ``from_zarr``/``from_array``
+    make) become one read of their span: a store then serves the group in one call (Zarr fetches
+    its chunks concurrently) instead of one call per chunk. Anything else is left as it is."""
+    from dask.array.core import getter, getter_inline, getter_nofancy
+
+    if len(nodes) < 2 or not all(
+        isinstance(n, Task) and n.func in (getter, getter_nofancy, getter_inline) for n in nodes
+    ):
+        return nodes
+    first = nodes[0]
+    spans = []
+    for n in nodes:
+        if len(n.args) != 2 or not isinstance(n.args[0], TaskRef) or n.args[0].key != first.args[0].key:
+            return nodes
+        if n.func is not first.func or n.kwargs != first.kwargs:
+            return nodes
+        index = getattr(n.args[1], "value", None)
+        if not isinstance(index, tuple) or not index or not all(isinstance(i, slice) for i in index):
+            return nodes
+        spans.append(index)
+    rest = spans[0][1:]
+    for a, b in zip(spans, spans[1:]):
+        if a[0].step not in (None, 1) or b[0].start != a[0].stop or b[1:] != rest:
+            return nodes
+    merged = (slice(spans[0][0].start, spans[-1][0].stop), *rest)
+    return [Task(first.key, first.func, first.args[0], DataNode(None, merged), **first.kwargs)]
+
+
+def _deps(node) -> frozenset:
+    if isinstance(node, TaskRef):
+        return frozenset([node.key])
+    return node.dependencies if isinstance(node, GraphNode) else frozenset()
+
+
+def task_sources(blocks: Sequence, weight_blocks: Sequence | None, groups: Sequence[range]) -> TaskSources:
+    """Per group, the nodes of its chunks (computed once per fit, not once per iteration)."""
+    cache: dict = {}
+    x = [_merge_reads([_node(blocks[i], cache) for i in g]) for g in groups]
+    w = None if weight_blocks is None else [[_node(weight_blocks[i], cache) for i in g] for g in groups]
+    full: dict = {}
+    for _, materialized in cache.values():
+        full.update(materialized)
+    needed: dict = {}
+    stack = [k for nodes in x + (w or []) for n in nodes for k in _deps(n)]
+    while stack:
+        k = stack.pop()
+        if k in needed or k not in full:
+            continue
+        needed[k] = full[k]
+        stack.extend(_deps(full[k]))
+    return TaskSources(x, w, needed, list(groups))
+
+
+def group_stats(kernel: Callable, ps, xs: list, ws: list | None = None) -> list:
+    """The statistics of one coarse task: the kernel on its chunks as one block of rows.
+
+    The chunks are concatenated (or were read as one span), so a group's arithmetic is that of
+    one chunk of its rows: the same whether the rows were grouped here, read as one span, or
+    merged into one chunk held on a cluster (:func:`daskgmm._placement.merge_for_cluster`).
+    """
+    X = xs[0] if len(xs) == 1 else np.concatenate([np.asarray(x) for x in xs])
+    w = None
+    if ws is not None:
+        w = ws[0] if len(ws) == 1 else np.concatenate([np.asarray(v) for v in ws])
+    return kernel(X, ps, w)
+
+
+def _grouped_graph(kernel, sources: TaskSources, ps, name: str, split_every: int) -> Delayed:
+    deps: dict = {}
+    pkey = _task_arg(ps, deps)
+    dsk: dict = dict(sources.graph)
+    keys = []
+    for i, xs in enumerate(sources.x):
+        key = (name, i)
+        args = [kernel, TaskRef(pkey), List(*xs)]
+        if sources.w is not None:
+            args.append(List(*sources.w[i]))
+        dsk[key] = Task(key, group_stats, *args)
+        keys.append(key)
+    if not keys:
+        raise ValueError("The data has no chunks: nothing to fit.")
+    level = 0
+    while len(keys) > 1:
+        parent = []
+        for j, i in enumerate(range(0, len(keys), split_every)):
+            key = (f"{name}-combine{level}", j)
+            dsk[key] = Task(key, combine_lists, List(*(TaskRef(k) for k in keys[i : i + split_every])))
+            parent.append(key)
+        keys = parent
+        level += 1
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a for _, a in deps.values()])
+    return Delayed(keys[0], graph, layer=name)
+
+
 def statistics_pass(
     kernel: Callable,
     blocks: Sequence,
@@ -91,6 +263,7 @@ def statistics_pass(
     token: str,
     split_every: int = 16,
     chunks: Sequence[int] | None = None,
+    sources: TaskSources | None = None,
 ) -> list:
     """One pass over the data for every parameter set in ``ps`` (one ``compute``).
 
@@ -98,9 +271,13 @@ def statistics_pass(
     With ``chunks=None`` every chunk is read and the per-chunk lists are summed by a
     fixed-order tree (keys ``gmm-em-stats-<token>``): the result is one dict per
     parameter set. With ``chunks`` given (incremental EM), only those chunks are read
-    and the per-chunk lists come back unreduced, in the order of ``chunks``.
+    and the per-chunk lists come back unreduced, in the order of ``chunks``. With
+    ``sources`` (:func:`task_sources`) and no ``chunks``, one task per group of chunks.
     """
     ps = shared(list(ps), name=f"gmm-params-{token}")
+    if chunks is None and sources is not None:
+        (stats,) = dask.compute(_grouped_graph(kernel, sources, ps, f"gmm-em-stats-{token}", split_every))
+        return stats
 
     def args(i):
         return (blocks[i], ps) if weight_blocks is None else (blocks[i], ps, weight_blocks[i])

@@ -34,6 +34,45 @@ def active_client():
     return client if uses_client else None
 
 
+def total_threads(client=None) -> int:
+    """Threads that run tasks: the cluster's total, or the local scheduler's."""
+    if client is not None:
+        try:
+            return max(
+                1, sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+            )
+        except Exception:  # pragma: no cover - defensive
+            return 1
+    from dask.system import CPU_COUNT
+
+    return int(dask.config.get("num_workers", None) or CPU_COUNT)
+
+
+def chunks_per_task_setting():
+    """The dask config ``daskgmm.chunks_per_task``: ``"auto"`` (default) or an int >= 1."""
+    return dask.config.get("daskgmm.chunks_per_task", "auto")
+
+
+def merge_for_cluster(X):
+    """``X`` with consecutive chunks merged, as the statistics pass groups them, before it is
+    held on a cluster.
+
+    Held chunks stay where they were computed, so a task that read several of them would move
+    data between workers every iteration; instead each held chunk is one task's group of storage
+    chunks (:func:`daskgmm._graph.chunks_per_task`, the dask config ``daskgmm.chunks_per_task``).
+    The spans are those the pass groups on a local scheduler, so the result is the same.
+    """
+    from daskgmm._graph import chunks_per_task
+
+    rows = X.chunks[0]
+    per = chunks_per_task(chunks_per_task_setting(), rows, X.shape[1] * X.dtype.itemsize)
+    if per <= 1:
+        return X
+    merged = tuple(sum(rows[i : i + per]) for i in range(0, len(rows), per))
+    logger.info("holding the data in %d chunks of %d storage chunks each", len(merged), per)
+    return X.rechunk({0: merged})
+
+
 def memory_budget(client) -> tuple[int, str]:
     """Bytes of memory the data could be held in, and where (for the log)."""
     import psutil
@@ -58,7 +97,7 @@ def _gb(n: float) -> str:
     return f"{n:.3g} TiB"  # pragma: no cover
 
 
-def plan_data(X, persist, in_memory: bool):
+def plan_data(X, persist, in_memory: bool, merge: bool = True):
     """Decide whether the data is held in (cluster) memory across iterations.
 
     Parameters
@@ -73,6 +112,9 @@ def plan_data(X, persist, in_memory: bool):
         to the workers once (persisted), never with every iteration's graph.
     in_memory : bool
         Whether ``X`` wraps an in-memory (numpy) array.
+    merge : bool
+        Merge consecutive chunks into the statistics pass's groups before holding the data on a
+        cluster (:func:`merge_for_cluster`); False keeps the storage chunks (incremental EM).
 
     Returns
     -------
@@ -96,7 +138,7 @@ def plan_data(X, persist, in_memory: bool):
         logger.info(
             "in-memory input (%s): sent to the workers once and held there across iterations", _gb(nbytes)
         )
-        return X.persist(), 0
+        return (merge_for_cluster(X) if merge else X).persist(), 0
     budget, where = memory_budget(client)
     if persist == "auto" and client is None:
         # the local scheduler: persisting would cost a pass of its own, and the
@@ -137,5 +179,5 @@ def plan_data(X, persist, in_memory: bool):
             _gb(budget),
         )
     if do:
-        return X.persist(), 0
+        return (merge_for_cluster(X) if merge and client is not None else X).persist(), 0
     return X, nbytes

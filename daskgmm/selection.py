@@ -167,7 +167,7 @@ def select_model(
     # hold the data in (cluster) memory or stream it every pass, as GaussianMixture.fit does
     X_, bytes_per_pass = plan_data(inp.data, template.persist, inp.kind == "numpy")
     if w is not None and active_client() is not None:
-        w = w.persist()
+        w = w.rechunk((X_.chunks[0],)).persist()  # chunked like the held data
     data = DataPlan(X_, w, template.nan_policy, bytes_per_pass, inp.n_samples, template.split_every)
     seed = params.get("random_state")
     shared_rs = None if isinstance(seed, (int, np.integer)) or seed is None else check_random_state(seed)

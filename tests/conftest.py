@@ -78,6 +78,8 @@ SYSTEM = {
     "test_progress::test_compute_on_a_cluster_draws_distributed_bar_on_stderr",
     "test_plot::test_importing_daskgmm_plot_does_not_import_matplotlib",
     "test_selection::test_on_a_real_cluster",
+    "test_scale::test_parameters_reach_each_worker_once_and_held_data_is_merged",
+    "test_scale::test_plan_command_on_a_local_cluster",
 }
 
 

@@ -1,5 +1,5 @@
 """The ``daskgmm`` command: one module per subcommand (``fit``, ``demo``, ``segment``,
-``segment-bench``, ``bench``), the cluster options they share (:mod:`daskgmm.cli._cluster`),
+``segment-bench``, ``bench``, ``plan``), the cluster options they share (:mod:`daskgmm.cli._cluster`),
 the model options from the parameter table (:mod:`daskgmm.cli._options`) and the logging
 set-up (:mod:`daskgmm.cli._logging`).
 
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 
-from daskgmm.cli import bench, demo, fit, segment, segment_bench
+from daskgmm.cli import bench, demo, fit, plan, segment, segment_bench
 from daskgmm.cli._logging import configure, log_level
 from daskgmm.cli._options import UsageError
 
 #: the subcommands, in the order ``daskgmm --help`` lists them
-SUBCOMMANDS = (fit, demo, segment, segment_bench, bench)
+SUBCOMMANDS = (fit, demo, segment, segment_bench, bench, plan)
 
 
 class _Parser(argparse.ArgumentParser):

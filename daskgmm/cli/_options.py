@@ -141,8 +141,8 @@ def model_kwargs(args, names) -> dict:
 
 
 def add_data_options(p: argparse.ArgumentParser, out) -> None:
-    """``--no-progress`` (in the group ``out``) and ``--allow-missing-chunks``: the options of the
-    commands that read a Zarr input and fit on it (``fit``, ``segment``)."""
+    """``--no-progress`` (in the group ``out``), ``--allow-missing-chunks`` and ``--chunks-per-task``:
+    the options of the commands that read a Zarr input and fit on it (``fit``, ``segment``)."""
     out.add_argument(
         "--no-progress",
         action="store_true",
@@ -165,6 +165,27 @@ def add_data_options(p: argparse.ArgumentParser, out) -> None:
         'is JSON (e.g. anon=true, client_kwargs=\'{"endpoint_url": "http://host:9000"}\'), else as '
         "text. Credentials come from the environment (AWS_*, fsspec config) as fsspec finds them (default: none)",
     )
+    p.add_argument(
+        "--chunks-per-task",
+        type=chunks_per_task,
+        default="auto",
+        metavar="N",
+        help="storage chunks each task of an EM iteration reads (dask config daskgmm.chunks_per_task; "
+        "default: %(default)s, about 16 MiB of rows per task and at least 16 tasks)",
+    )
+
+
+def chunks_per_task(text: str):
+    """``--chunks-per-task``: ``auto`` or an int >= 1."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or an int >= 1, got {text!r}")
+    return value
 
 
 def _storage_option(text: str) -> tuple:
@@ -180,8 +201,9 @@ def _storage_option(text: str) -> tuple:
 
 
 def missing_chunks_config(run):
-    """Run a command with its ``--allow-missing-chunks`` as dask's ``daskgmm.allow_missing_chunks``
-    and its ``--storage-option``s in use for every URL it reads or writes."""
+    """Run a command with its ``--allow-missing-chunks`` and ``--chunks-per-task`` as dask's
+    ``daskgmm.allow_missing_chunks`` and ``daskgmm.chunks_per_task``, and its ``--storage-option``s
+    in use for every URL it reads or writes."""
 
     def wrapped(args) -> int:
         import dask
@@ -190,7 +212,12 @@ def missing_chunks_config(run):
 
         options = dict(getattr(args, "storage_options", None) or [])
         with (
-            dask.config.set({"daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks)}),
+            dask.config.set(
+                {
+                    "daskgmm.allow_missing_chunks": bool(args.allow_missing_chunks),
+                    "daskgmm.chunks_per_task": getattr(args, "chunks_per_task", "auto"),
+                }
+            ),
             using(options),
         ):
             return run(args)

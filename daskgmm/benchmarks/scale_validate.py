@@ -1,0 +1,423 @@
+"""Validation of the cost model (``daskgmm plan --validate``) and the scaling curves.
+
+Every measurement fits :class:`~daskgmm.GaussianMixture` from given parameters
+(``weights_init``/``means_init``/``precisions_init``, so no initialisation pass) with
+``tol=0`` on generated data, and times whole iterations (graph, scheduler, tasks,
+reduction, gather and the driver's M-step) from the fit's callback: the median of the
+intervals between consecutive iterations, after the first. Data "in chunks" is a Zarr
+store written with those row chunks and streamed (``persist=False``), as a store too big
+to hold would be. The scheduler's share of an iteration is
+``1 − Σ task compute time / (threads · iteration time)`` from ``client.get_task_stream``
+(the time the threads did not spend in the statistics tasks: scheduler, reduction, gather,
+M-step, idle threads at the end of a pass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from daskgmm.benchmarks.scale import (
+    auto_chunks_per_task,
+    measure_constants,
+    predict,
+    read_rate_per_thread,
+    synthetic_params,
+    synthetic_rows,
+)
+
+
+def write_store(path: str, X: np.ndarray, chunk_rows: int) -> str:
+    """A Zarr array of ``X`` with row chunks of ``chunk_rows`` (uncompressed, as a fair read)."""
+    import zarr
+
+    z = zarr.create_array(
+        path, shape=X.shape, chunks=(chunk_rows, X.shape[1]), dtype=X.dtype, compressors=None
+    )
+    z[:] = X
+    return path
+
+
+def fit_seconds(
+    X, k: int, covariance_type: str, iters: int = 4, client=None, chunks_per_task=None, persist=False
+) -> dict:
+    """Measured seconds per iteration (median after the first) and the non-compute share."""
+    import dask
+    from sklearn.exceptions import ConvergenceWarning
+
+    from daskgmm import GaussianMixture
+
+    d = X.shape[1]
+    weights, means, cov, _ = synthetic_params(k, d, covariance_type)
+    precisions = cov if covariance_type in ("full", "tied") else 1.0 / cov  # unit covariances
+    stamps = []
+    gm = GaussianMixture(
+        n_components=k,
+        covariance_type=covariance_type,
+        weights_init=weights,
+        means_init=means,
+        precisions_init=precisions,
+        max_iter=iters,
+        tol=0.0,
+        persist=persist,
+    )
+    config = {} if chunks_per_task is None else {"daskgmm.chunks_per_task": chunks_per_task}
+    stream = contextlib.nullcontext() if client is None else _task_stream(client)
+    with warnings.catch_warnings(), dask.config.set(config), stream as ts:
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(X, callback=lambda state, record: stamps.append(time.perf_counter()))
+    laps = np.diff(stamps)
+    seconds = float(np.median(laps)) if len(laps) else math.nan
+    out = {"seconds": seconds, "iterations": len(stamps)}
+    if client is not None and ts is not None:
+        slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        busy = sum(
+            s["stop"] - s["start"]
+            for t in ts.data
+            for s in t.get("startstops", ())
+            if s.get("action") == "compute" and str(t.get("key", "")).find("gmm-em-stats") >= 0
+        )
+        wall = float(np.sum(laps)) + (stamps[0] - ts.t0 if stamps else 0.0)
+        out["compute_share"] = busy / max(slots * wall, 1e-9)
+        out["overhead_share"] = max(0.0, 1.0 - out["compute_share"])
+    return out
+
+
+class _Stream:
+    def __init__(self, client):
+        from distributed import get_task_stream
+
+        self.cm = get_task_stream(client)
+        self.data = []
+        self.t0 = 0.0
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.ts = self.cm.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.cm.__exit__(*exc)
+        self.data = self.ts.data
+        return False
+
+
+def _task_stream(client):
+    return _Stream(client)
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int, threads: int = 1):
+    """A ``LocalCluster(processes=True)`` and its client."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=":0",
+            memory_limit=0,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def process_cluster(n_workers: int, threads: int = 1):
+    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (what a real deployment runs)."""
+    from distributed import Client
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                ":0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        for _ in range(n_workers):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                        address,
+                        "--nthreads",
+                        str(threads),
+                        "--memory-limit",
+                        "0",
+                        "--dashboard-address",
+                        ":0",
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(n_workers, timeout=120)
+            yield client
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(10)
+
+
+def validate(
+    workers=(1, 2, 3, 4),
+    chunk_counts=(10, 100, 1000, 10_000),
+    rows: int = 500_000,
+    d: int = 16,
+    k: int = 16,
+    covariance_type: str = "full",
+    iters: int = 4,
+    processes: bool = False,
+    log=print,
+) -> list[dict]:
+    """Predicted against measured seconds per iteration on every (workers, chunks) pair."""
+    import dask.array as da
+
+    _, means, _, _ = synthetic_params(k, d, covariance_type)
+    X = synthetic_rows(rows, means)
+    tmp = tempfile.mkdtemp(prefix="daskgmm-plan-")
+    out = []
+    try:
+        stores = {}
+        for n in chunk_counts:
+            cr = -(-rows // n)
+            stores[n] = (write_store(os.path.join(tmp, f"c{n}.zarr"), X, cr), cr)
+        for w in workers:
+            cm = process_cluster(w) if processes else local_cluster(w)
+            with cm as client:
+                with dask_client(client):
+                    c = measure_constants(client, k, d, covariance_type)
+                    for n in chunk_counts:
+                        path, cr = stores[n]
+                        per = auto_chunks_per_task(d, "float64", n, cr)
+                        c.read_rate = read_rate_per_thread(client, path, None, per)
+                        c.read_span = per
+                        pred = predict(c, rows, cr)
+                        meas = fit_seconds(da.from_zarr(path), k, covariance_type, iters, client)
+                        row = {
+                            "workers": w,
+                            "chunks": n,
+                            "chunks_per_task": pred["chunks_per_task"],
+                            "tasks": pred["tasks"],
+                            "predicted": pred["seconds"],
+                            "measured": meas["seconds"],
+                            "ratio": pred["seconds"] / meas["seconds"],
+                            "overhead_share": meas.get("overhead_share", math.nan),
+                            "dominant": pred["dominant"],
+                            "load": os.getloadavg()[0],
+                        }
+                        log(row)
+                        out.append(row)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@contextlib.contextmanager
+def dask_client(client):
+    """Make ``client`` dask's scheduler for the block (``as_current`` plus the global default)."""
+    with client.as_current():
+        import dask
+
+        with dask.config.set(scheduler=client):
+            yield client
+
+
+def markdown(rows: list[dict]) -> str:
+    """The validation table."""
+    head = "| workers | chunks | chunks/task | tasks | predicted s/iter | measured s/iter | predicted/measured | non-compute share | dominant | load (1 min) |"
+    lines = [head, "|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['workers']} | {r['chunks']:,} | {r['chunks_per_task']} | {r['tasks']} | {r['predicted']:.3f} | "
+            f"{r['measured']:.3f} | {r['ratio']:.2f} | {100 * r['overhead_share']:.0f}% | {r['dominant']} | "
+            f"{r['load']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["fit_seconds", "local_cluster", "markdown", "process_cluster", "validate", "write_store"]
+
+
+# --------------------------------------------------------------------------
+# the scaling curves (README "How it scales")
+# --------------------------------------------------------------------------
+def _case(
+    client, X, chunk_rows: int, k: int, covariance_type: str, tmp: str, per=None, iters: int = 4
+) -> dict:
+    """One measured and predicted iteration on a Zarr copy of ``X`` in chunks of ``chunk_rows``."""
+    import dask.array as da
+
+    n, d = X.shape
+    path = write_store(os.path.join(tmp, f"x{n}-{d}-{chunk_rows}.zarr"), X, chunk_rows)
+    c = measure_constants(client, k, d, covariance_type)
+    n_chunks = -(-n // chunk_rows)
+    span = per or auto_chunks_per_task(d, "float64", n_chunks, chunk_rows)
+    c.read_rate, c.read_span = read_rate_per_thread(client, path, None, span), span
+    pred = predict(c, n, chunk_rows, chunks_per_task=per)
+    meas = fit_seconds(da.from_zarr(path), k, covariance_type, iters, client, chunks_per_task=per)
+    shutil.rmtree(path, ignore_errors=True)
+    return {
+        "N": n,
+        "D": d,
+        "K": k,
+        "cov": covariance_type,
+        "workers": c.workers,
+        "chunks": n_chunks,
+        "chunks_per_task": pred["chunks_per_task"],
+        "tasks": pred["tasks"],
+        "predicted": pred["seconds"],
+        "measured": meas["seconds"],
+        "ratio": pred["seconds"] / meas["seconds"],
+        "overhead_share": meas.get("overhead_share", math.nan),
+        "scheduler_share": pred["terms"]["scheduler"] / pred["seconds"],
+        "dominant": pred["dominant"],
+        "load": os.getloadavg()[0],
+    }
+
+
+def curves(log=print, quick: bool = False, ungrouped_max: int = 10_000) -> dict:
+    """s/iter against chunks (grouped and one chunk per task), K and D on 2 workers, and the
+    threaded scheduler against a distributed cluster at 500,000×16, K=16."""
+    from daskgmm import GaussianMixture  # noqa: F401  (imported before the clusters start)
+
+    out: dict = {"chunks": [], "K": [], "D": [], "schedulers": []}
+    tmp = tempfile.mkdtemp(prefix="daskgmm-curves-")
+    n = 100_000 if quick else 500_000
+    try:
+        _, means, _, _ = synthetic_params(16, 16, "full")
+        X = synthetic_rows(n, means)
+        with local_cluster(2) as client:
+            for chunks in (1, 10, 100, 1000, 10_000):
+                for per in (None, 1):
+                    if per == 1 and (chunks == 1 or chunks > ungrouped_max):
+                        continue
+                    row = _case(client, X, -(-n // chunks), 16, "full", tmp, per=per, iters=3 if per else 4)
+                    row["grouping"] = "1 chunk per task" if per == 1 else "auto"
+                    log(row)
+                    out["chunks"].append(row)
+            for k in (4, 16, 64, 256):
+                _, mk, _, _ = synthetic_params(k, 16, "full")
+                row = _case(client, synthetic_rows(100_000, mk), 1000, k, "full", tmp)
+                log(row)
+                out["K"].append(row)
+            for d, ct in ((4, "full"), (16, "full"), (64, "full"), (64, "diag"), (256, "diag")):
+                _, md, _, _ = synthetic_params(16, d, ct)
+                row = _case(client, synthetic_rows(100_000, md), 1000, 16, ct, tmp)
+                log(row)
+                out["D"].append(row)
+        out["schedulers"] = scheduler_comparison(X, log=log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def scheduler_comparison(X, k: int = 16, log=print) -> list[dict]:
+    """The same in-memory fit on the threaded scheduler, a LocalCluster and scheduler/worker processes."""
+    rows = []
+    base = fit_seconds(X, k, "full", 5)["seconds"]
+    rows.append(
+        {"scheduler": "threaded (2 threads)", "measured": base, "ratio": 1.0, "load": os.getloadavg()[0]}
+    )
+    for name, cm in (
+        ("LocalCluster, 2 workers x 1 thread", local_cluster(2)),
+        ("dask scheduler + 2 dask workers", process_cluster(2)),
+    ):
+        with cm as client:
+            m = fit_seconds(X, k, "full", 5, client, persist="auto")  # held on the workers
+        rows.append(
+            {
+                "scheduler": name,
+                "measured": m["seconds"],
+                "ratio": m["seconds"] / base,
+                "overhead_share": m.get("overhead_share"),
+                "load": os.getloadavg()[0],
+            }
+        )
+        log(rows[-1])
+    return rows
+
+
+def curves_markdown(out: dict) -> str:
+    parts = []
+    cols = (
+        "grouping",
+        "chunks",
+        "chunks_per_task",
+        "tasks",
+        "predicted",
+        "measured",
+        "overhead_share",
+        "scheduler_share",
+        "load",
+    )
+    for name, keys in (("chunks", cols), ("K", ("K",) + cols[2:]), ("D", ("D", "cov") + cols[2:])):
+        rows = out.get(name) or []
+        if not rows:
+            continue
+        parts.append(f"s/iter against {name} (2 workers x 1 thread, N={rows[0]['N']:,}):\n")
+        parts.append("| " + " | ".join(keys) + " |")
+        parts.append("|" + "--:|" * len(keys))
+        for r in rows:
+            cells = []
+            for key in keys:
+                v = r.get(key, "")
+                if key in ("predicted", "measured"):
+                    cells.append(f"{v:.3f}")
+                elif key.endswith("share"):
+                    cells.append(f"{100 * v:.0f}%")
+                elif key == "load":
+                    cells.append(f"{v:.1f}")
+                else:
+                    cells.append(f"{v:,}" if isinstance(v, int) else str(v))
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+    if out.get("schedulers"):
+        parts.append("| scheduler | s/iter | vs threaded | non-compute share | load |")
+        parts.append("|---|--:|--:|--:|--:|")
+        for r in out["schedulers"]:
+            share = r.get("overhead_share")
+            parts.append(
+                f"| {r['scheduler']} | {r['measured']:.3f} | {r['ratio']:.2f}x | "
+                f"{'' if share is None else f'{100 * share:.0f}%'} | {r['load']:.1f} |"
+            )
+    return "\n".join(parts)
