@@ -181,3 +181,11 @@ def test_sklearn_keeps_its_faster_blas_setting(result):
     for row in timed:
         assert set(row["sklearn_s_by_blas"]) == {"1", "default"}
         assert row["sklearn_s"] == min(row["sklearn_s_by_blas"].values())
+
+
+def test_cli_bench_profile_prints_every_phase(capsys):
+    assert main(["bench", "--profile", "--shape", "3000,3,2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| phase | 3,000×3 K=2 float64 | 3,000×3 K=2 float32 |"
+    assert [line.split(" | ")[0].lstrip("| ") for line in table[2:-1]] == [t for _, t in limit.PHASES]
+    assert "chunk_stats, one thread" in table[-1]

@@ -101,6 +101,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="also run the select_model sweep vs separate fits and incremental vs full EM rows "
         "(daskgmm.benchmarks.beyond; a few minutes)",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the benchmark, time the phases of the fused kernel (design matrix, the two "
+        "products, the log-sum-exp, ...) on one thread for each shape, float64 and float32, and print "
+        "where the time goes (daskgmm.benchmarks.limit.phase_profile)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -116,6 +123,13 @@ def run(args) -> int:
     json_only = args.json == "-"
     preset = FULL_SHAPES if args.full else QUICK_SHAPES
     shapes = tuple(args.shape) if args.shape else preset
+    if args.profile:
+        from daskgmm.benchmarks.limit import format_profile, phase_profile
+
+        dtypes = ("float64",) if args.no_float32 else ("float64", "float32")
+        profiles = [phase_profile(n, d, k, dt, seed=args.seed) for n, d, k in shapes for dt in dtypes]
+        print(format_profile(profiles))
+        return 0
     if args.sklearn == "none":
         sk = []
     elif args.sklearn == "all" or args.shape:
