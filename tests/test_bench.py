@@ -11,7 +11,7 @@ import pytest
 
 from daskgmm._gaussian import EStepParams
 from daskgmm.benchmarks import kernel as bench
-from daskgmm.benchmarks import limit
+from daskgmm.benchmarks import limit, phases
 from daskgmm.cli import main
 
 TINY = dict(
@@ -187,5 +187,5 @@ def test_cli_bench_profile_prints_every_phase(capsys):
     assert main(["bench", "--profile", "--shape", "3000,3,2"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| phase | 3,000×3 K=2 float64 | 3,000×3 K=2 float32 |"
-    assert [line.split(" | ")[0].lstrip("| ") for line in table[2:-1]] == [t for _, t in limit.PHASES]
+    assert [line.split(" | ")[0].lstrip("| ") for line in table[2:-1]] == [t for _, t in phases.PHASES]
     assert "chunk_stats, one thread" in table[-1]

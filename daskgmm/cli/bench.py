@@ -106,7 +106,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="instead of the benchmark, time the phases of the fused kernel (design matrix, the two "
         "products, the log-sum-exp, ...) on one thread for each shape, float64 and float32, and print "
-        "where the time goes (daskgmm.benchmarks.limit.phase_profile)",
+        "where the time goes (daskgmm.benchmarks.phases)",
     )
     p.set_defaults(func=run)
     return p
@@ -124,7 +124,7 @@ def run(args) -> int:
     preset = FULL_SHAPES if args.full else QUICK_SHAPES
     shapes = tuple(args.shape) if args.shape else preset
     if args.profile:
-        from daskgmm.benchmarks.limit import format_profile, phase_profile
+        from daskgmm.benchmarks.phases import format_profile, phase_profile
 
         dtypes = ("float64",) if args.no_float32 else ("float64", "float32")
         profiles = [phase_profile(n, d, k, dt, seed=args.seed) for n, d, k in shapes for dt in dtypes]
