@@ -189,3 +189,20 @@ def test_cli_bench_profile_prints_every_phase(capsys):
     assert table[0] == "| phase | 3,000×3 K=2 float64 | 3,000×3 K=2 float32 |"
     assert [line.split(" | ")[0].lstrip("| ") for line in table[2:-1]] == [t for _, t in phases.PHASES]
     assert "chunk_stats, one thread" in table[-1]
+
+
+def test_report_names_the_command_that_reproduces_the_run():
+    from daskgmm.cli import bench as cli_bench
+
+    args = SimpleNamespace(
+        full=False,
+        shape=[(500_000, 16, 16)],
+        iters=3,
+        chunks=(),
+        sklearn="auto",
+        no_other_types=True,
+        no_float32=False,
+    )
+    assert cli_bench._command(args) == (
+        "daskgmm bench --shape 500000,16,16 --chunks none --no-other-types --markdown"
+    )

@@ -112,6 +112,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _command(args) -> str:
+    """The command line that reproduces this run (for the report)."""
+    parts = ["daskgmm bench"] + (["--full"] if args.full else [])
+    parts += [f"--shape {n},{d},{k}" for n, d, k in args.shape or ()]
+    if args.iters != 3:
+        parts.append(f"--iters {args.iters}")
+    if tuple(args.chunks) != tuple(CHUNK_COUNTS):
+        parts.append("--chunks " + (",".join(map(str, args.chunks)) or "none"))
+    if args.sklearn != "auto":
+        parts.append(f"--sklearn {args.sklearn}")
+    parts += [
+        flag
+        for flag, on in (("--no-other-types", args.no_other_types), ("--no-float32", args.no_float32))
+        if on
+    ]
+    return " ".join(parts + ["--markdown"])
+
+
 def run(args) -> int:
     """Entry point of ``daskgmm bench``."""
     from daskgmm.benchmarks.kernel import format_report, format_table, rates_line, run_benchmark
@@ -147,7 +165,7 @@ def run(args) -> int:
         gemm_n=args.gemm_size,
         progress=lambda msg: print(f"# {msg}", flush=True, file=sys.stderr if json_only else sys.stdout),
     )
-    command = "daskgmm bench" + (" --full" if args.full else "") + " --markdown"
+    command = _command(args)
     if json_only:
         pass  # printed at the end
     elif args.markdown:
