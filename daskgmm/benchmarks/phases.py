@@ -33,7 +33,8 @@ def phase_profile(n: int, d: int, k: int, dtype="float64", seed: int = 0, repeat
     """Time the phases of the fused kernel on one chunk of ``n`` rows, on one thread.
 
     Runs the steps of :func:`daskgmm._kernels.chunk_stats` (same functions, same blocks, one
-    BLAS thread) with a clock between them; returns ``{"total_s", "chunk_stats_s", "block_rows",
+    BLAS thread) with a clock between them (this thread's CPU time, so that a loaded machine
+    disturbs the shares less than a wall clock would); returns ``{"total_s", "chunk_stats_s", "block_rows",
     "phases": {name: seconds}}``, the best of ``repeats`` passes. ``chunk_stats_s`` is the
     kernel itself, timed without the clocks.
     """
@@ -43,7 +44,7 @@ def phase_profile(n: int, d: int, k: int, dtype="float64", seed: int = 0, repeat
     X = X.astype(dtype)
     prec_chol = compute_precision_cholesky(start["covariances"], "full")
     p = EStepParams(start["weights"], start["means"], prec_chol, "full", dtype)
-    clock = time.perf_counter
+    clock = time.thread_time  # CPU time of this thread: another process's load counts less
     best: dict | None = None
     with threadpool_limits(1, user_api="blas"):
         kernel_s = float("inf")
