@@ -320,7 +320,7 @@ class Engine:
     # One BLAS thread in this process for the whole fit, not only while a chunk task runs:
     # restoring the threads between passes (for the M-step) and taking them again made
     # the threaded scheduler's iteration 1.4x slower (500,000x16, K=16, 2 cores: 0.175 s
-    # against 0.127 s; worse under load), the idle BLAS threads spinning on the cores the
+    # against 0.127 s; worse under load), most likely the BLAS threads spinning on the cores the
     # next pass needs. The M-step's matrices are K x D x D: one thread is plenty.
     @in_task
     def run(self) -> list[tuple[EMState, list[EMState]]]:
