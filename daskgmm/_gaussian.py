@@ -326,10 +326,17 @@ def design_t(X: np.ndarray, p: EStepParams, out: np.ndarray, center: np.ndarray 
     return xt
 
 
-def weighted_log_prob_t(F: np.ndarray, xt: np.ndarray, p: EStepParams) -> np.ndarray:
-    """``log w_k + log N(x | mu_k, Sigma_k)`` as a (K, n) array from the design matrix."""
+def weighted_log_prob_t(
+    F: np.ndarray, xt: np.ndarray, p: EStepParams, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``log w_k + log N(x | mu_k, Sigma_k)`` as a (K, n) array from the design matrix.
+
+    ``out`` (K, n) of the compute dtype, optional: a buffer reused from block to block (a
+    fresh output of a few hundred KiB per block costs page faults: measured, the product
+    ran at 24 instead of 37 GFLOP/s on one core).
+    """
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows are reported by the callers
-        wlp = p.coef @ F
+        wlp = np.matmul(p.coef, F, out=out)
         if p.covariance_type == "tied":
             y = p.tied_pt @ xt
             y *= y
@@ -349,7 +356,7 @@ def log_resp_and_norm_t(wlp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = wlp.sum(axis=0)
         log_norm = np.log(s)
         log_norm += mx
-        wlp *= np.reciprocal(s)
+        wlp *= np.reciprocal(s, out=s)
     return wlp, log_norm
 
 

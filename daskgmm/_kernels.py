@@ -229,12 +229,15 @@ def accumulate(out: dict, Xc: np.ndarray, resp: np.ndarray, p: EStepParams, w: n
 
 
 def _blocks(n: int, p: EStepParams):
+    """``(start, stop, F, W, center)`` per block of rows: the design matrix F and the (K, rows)
+    buffer W of the log-densities are allocated once per task and reused by every block."""
     rows = block_rows(p.n_components, p.n_features, p.covariance_type, p.dtype.itemsize)
     F = np.empty((p.n_design, min(rows, n)), dtype=p.dtype)
+    W = np.empty((p.n_components, min(rows, n)), dtype=p.dtype)
     center = p.center.astype(p.dtype)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        yield start, stop, F[:, : stop - start], center
+        yield start, stop, F[:, : stop - start], W[:, : stop - start], center
 
 
 @in_task
@@ -253,11 +256,11 @@ def chunk_stats(X: np.ndarray, p: EStepParams, sample_weight: np.ndarray | None 
     acc = _Moments(p)
     loglik = 0.0
     total = 0.0
-    for start, stop, F, center in _blocks(n, p):
+    for start, stop, F, W, center in _blocks(n, p):
         xb = X[start:stop]
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported below
             xt = design_t(xb, p, F, center)
-            resp, log_norm = log_resp_and_norm_t(weighted_log_prob_t(F, xt, p))
+            resp, log_norm = log_resp_and_norm_t(weighted_log_prob_t(F, xt, p, W))
         w = None
         if sample_weight is not None:
             w64 = np.asarray(sample_weight[start:stop], dtype=np.float64)
@@ -291,7 +294,7 @@ def chunk_stats_given_resp(
         check_finite_block(X)
     acc = _Moments(p)
     total = 0.0
-    for start, stop, F, center in _blocks(n, p):
+    for start, stop, F, _, center in _blocks(n, p):
         with np.errstate(over="ignore", invalid="ignore"):  # overflowing values: reported below
             xt = design_t(X[start:stop], p, F, center)
         r = np.array(np.asarray(resp[start:stop]).T, dtype=p.dtype)  # (K, rows), a copy
@@ -500,11 +503,11 @@ def predict_block(
         parts = {name: a[valid] for name, a in out.items()}
     if len(xv):
         if estep:
-            for start, stop, F, center in _blocks(len(xv), p):
+            for start, stop, F, W, center in _blocks(len(xv), p):
                 xb = xv[start:stop]
                 with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported in _write
                     xt = design_t(xb, p, F, center)
-                    wlp_t = weighted_log_prob_t(F, xt, p)
+                    wlp_t = weighted_log_prob_t(F, xt, p, W)
                 _write(parts, slice(start, stop), wlp_t, xb, log_resp_and_norm_t, input_name)
         else:
             _write(parts, slice(None), p.weighted_log_prob(xv).T, xv, _marginal_resp_and_norm, None)

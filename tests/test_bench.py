@@ -9,10 +9,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from daskgmm._gaussian import EStepParams
 from daskgmm.benchmarks import kernel as bench
+from daskgmm.benchmarks import limit, phases
 from daskgmm.cli import main
 
-TINY = dict(shapes=[(3000, 3, 3), (1500, 5, 2)], n_iter=2, chunk_counts=(1, 4), seed=1, gemm_n=128)
+TINY = dict(
+    shapes=[(3000, 3, 3), (1500, 5, 2)], n_iter=2, chunk_counts=(1, 4), seed=1, gemm_n=128, exp_size=1 << 16
+)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +131,78 @@ def test_cli_bench_rejects_a_bad_shape(capsys):
 def test_cli_bench_rejects_zero_iterations():
     with pytest.raises(SystemExit, match="--iters must be >= 1, got 0"):
         main(["bench", "--iters", "0"])
+
+
+def test_limit_is_the_kernel_flops_and_exponentials_at_the_measured_rates(result):
+    rates = result["rates"]
+    assert set(rates) == {"float64", "float32"}
+    assert all(v > 0 for r in rates.values() for v in r.values())
+    full = [row for row in result["rows"] if row["covariance_type"] == "full"]
+    for row in full:
+        n, d, k, r = row["n"], row["d"], row["k"], rates[row["dtype"]]
+        flops = 4 * n * k * (d * (d + 1) / 2 + d + 1)
+        assert row["limit_s"] == pytest.approx(flops / r["gemm_flops"] + n * k / r["exp_per_s"])
+        assert row["pct_limit"] == pytest.approx(100 * row["limit_s"] / row["daskgmm_s"])
+        assert row["target"] is None  # the issue's targets are at 500,000x16, K=16 only
+    assert all(row["limit_s"] is None for row in result["rows"] if row["covariance_type"] != "full")
+    report = bench.format_report(result)
+    assert "% limit" in report and "exp" in bench.rates_line(result)
+
+
+def test_kernel_flops_are_the_two_products_of_the_kernel():
+    # 2 flops per multiply-add: G (K x P) @ F (P x N), then F (P x N) @ resp.T (N x K)
+    n, d, k = 1000, 5, 3
+    rng = np.random.default_rng(0)
+    p = EStepParams(np.full(k, 1 / k), rng.standard_normal((k, d)), np.stack([np.eye(d)] * k), "full", "f8")
+    assert p.coef.shape == (k, 21)  # 15 products x_i x_j, 5 linear terms, 1 constant
+    assert limit.kernel_flops(n, d, k) == 2 * (2 * k * p.coef.shape[1] * n)
+    assert limit.limit_seconds(n, d, k, 1e9, 1e6) == pytest.approx(2 * 2 * k * 21 * n / 1e9 + n * k / 1e6)
+
+
+def test_target_status_against_the_issue():
+    def row(dtype, speedup, n=500_000, case="full"):
+        r = dict(
+            case=case, n=n, d=16, k=16, covariance_type="full", dtype=dtype, daskgmm_s=0.1, speedup=speedup
+        )
+        limit.add_limit(r, {dtype: {"gemm_flops": 1e11, "exp_per_s": 1e9}})
+        return r
+
+    assert row("float64", 21.0)["target"] == "≥20x met"
+    assert row("float64", 19.9)["target"] == "≥20x not met"
+    assert row("float32", 39.0, case="float32")["target"] == "≥40x not met"
+    assert row("float32", 41.0, case="float32")["target"] == "≥40x met"
+    assert row("float64", 30.0, n=400_000)["target"] is None
+    assert row("float64", None)["target"] is None
+
+
+def test_sklearn_keeps_its_faster_blas_setting(result):
+    timed = [row for row in result["rows"] if row.get("sklearn_s_by_blas")]
+    assert len(timed) == 5
+    for row in timed:
+        assert set(row["sklearn_s_by_blas"]) == {"1", "default"}
+        assert row["sklearn_s"] == min(row["sklearn_s_by_blas"].values())
+
+
+def test_cli_bench_profile_prints_every_phase(capsys):
+    assert main(["bench", "--profile", "--shape", "3000,3,2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| phase | 3,000×3 K=2 float64 | 3,000×3 K=2 float32 |"
+    assert [line.split(" | ")[0].lstrip("| ") for line in table[2:-1]] == [t for _, t in phases.PHASES]
+    assert "chunk_stats, one thread" in table[-1]
+
+
+def test_report_names_the_command_that_reproduces_the_run():
+    from daskgmm.cli import bench as cli_bench
+
+    args = SimpleNamespace(
+        full=False,
+        shape=[(500_000, 16, 16)],
+        iters=3,
+        chunks=(),
+        sklearn="auto",
+        no_other_types=True,
+        no_float32=False,
+    )
+    assert cli_bench._command(args) == (
+        "daskgmm bench --shape 500000,16,16 --chunks none --no-other-types --markdown"
+    )

@@ -1,6 +1,9 @@
 """Benchmarks (the applications layer: nothing in the library imports them).
 
-* :mod:`~daskgmm.benchmarks.kernel`: EM iterations against scikit-learn (``daskgmm bench``).
+* :mod:`~daskgmm.benchmarks.kernel`: EM iterations against scikit-learn (``daskgmm bench``);
+  :mod:`~daskgmm.benchmarks.limit`, the kernel's limit on this machine (its flops and
+  exponentials at the measured rates); :mod:`~daskgmm.benchmarks.phases`, where its time goes
+  (``daskgmm bench --profile``).
 * :mod:`~daskgmm.benchmarks.beyond`: a ``select_model`` sweep against separate fits, and
   incremental against full EM (``daskgmm bench --beyond``).
 * :mod:`~daskgmm.benchmarks.ooc`: a Zarr store larger than the cluster's memory

@@ -8,15 +8,21 @@ What is measured
   ``max_iter=n`` iterations with ``tol=0``, so they do the same arithmetic.
 * **scikit-learn seconds per iteration** = (``fit`` time − one ``score_samples`` pass) / n.
   ``fit`` runs n E+M steps plus one final E-step; ``score_samples`` is that final E-step
-  (public API only, so the figure does not depend on private methods).
+  (public API only, so the figure does not depend on private methods). scikit-learn runs
+  twice, with one BLAS thread and with BLAS's default threads, and keeps its faster run
+  (both are in the JSON: ``sklearn_s_by_blas``).
 * **daskgmm seconds per iteration** = the mean of ``history_[i]["seconds"]`` over the n
   iterations (each one a full pass: graph, ``dask.compute`` on the default threaded
   scheduler, reduction and the M-step), after one untimed warm-up iteration.
 * **GFLOP/s** counts 4·N·K·D² flops per full-covariance iteration (E-step and M-step,
   the count used in the issue); **% peak** divides by the float64 matrix-multiply rate
-  on all cores measured in the same run (the better of a measurement at its start and
-  one at its end). The kernel does about half of the counted flops (``x_i x_j`` is
+  on all cores measured in the same run (the best of measurements at its start, between
+  the shapes and at its end). The kernel does about half of the counted flops (``x_i x_j`` is
   symmetric), so an effective rate above 100% of the peak is possible.
+* **limit s/iter, % limit**: the kernel's own flops, 4·N·K·(D(D+1)/2+D+1), at the GEMM rate
+  plus its N·K exponentials at the ``np.exp`` rate, both of the row's dtype and on all cores,
+  measured in the same run (:mod:`daskgmm.benchmarks.limit`); % limit = limit / s/iter.
+  **target**: the issue's speed-ups at 500,000×16, K=16 (≥20x float64, ≥40x float32).
 * **Peak memory**: the largest resident-set size above the level before the call,
   sampled every 5 ms by a thread (psutil); the data itself is not counted. For daskgmm
   it is taken on the warm-up fit (one iteration), for scikit-learn on the timed fit.
@@ -26,7 +32,8 @@ What is measured
   back to back (the float32 row shows its faster run).
 * **Chunk overhead**: the same data and parameters with 1, 10, 100 and 1000 chunks; the
   fixed cost per chunk is the slope between the two largest counts, and the default
-  chunking's share of an iteration is ``chunks × cost / seconds``.
+  chunking's share of an iteration is ``chunks × cost / seconds``. These rows run one task
+  per chunk (``daskgmm.chunks_per_task=1``); coarse tasks (``daskgmm plan``) hide that cost.
 """
 
 from __future__ import annotations
@@ -40,9 +47,11 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 
+import dask
 import numpy as np
 
 from daskgmm.benchmarks import CHUNK_COUNTS, QUICK_SHAPES
+from daskgmm.benchmarks.limit import add_limit, best_rates, measure_rates
 from daskgmm.datasets import make_mixture
 
 logger = logging.getLogger("daskgmm")
@@ -63,6 +72,9 @@ COLUMNS = (
     ("sklearn_mib", "sklearn MiB"),
     ("daskgmm_mib", "daskgmm MiB"),
     ("max_rel_diff", "max rel diff"),
+    ("limit_s", "limit s/iter"),
+    ("pct_limit", "% limit"),
+    ("target", "target"),
 )
 
 
@@ -109,20 +121,6 @@ def machine_info() -> dict:
         "daskgmm": daskgmm_version,
         "load": tuple(round(v, 2) for v in load),
     }
-
-
-def gemm_peak(n: int = 2048, repeats: int = 3) -> float:
-    """float64 matrix-multiply rate (GFLOP/s) of an n×n product on all cores, best of ``repeats``."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n))
-    b = rng.standard_normal((n, n))
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
 
 
 @contextlib.contextmanager
@@ -206,6 +204,18 @@ def max_rel_diff(a, b) -> float:
 # --------------------------------------------------------------------------
 # timing one library
 # --------------------------------------------------------------------------
+def time_sklearn_best(X: np.ndarray, k: int, covariance_type: str, init: dict, n_iter: int):
+    """:func:`time_sklearn` with one BLAS thread and with BLAS's default threads: the faster
+    run's seconds, memory and model, and ``{"1": s, "default": s}``."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        one = time_sklearn(X, k, covariance_type, init, n_iter)
+    default = time_sklearn(X, k, covariance_type, init, n_iter)
+    best = min(one, default, key=lambda r: r[0])
+    return (*best, {"1": one[0], "default": default[0]})
+
+
 def time_sklearn(X: np.ndarray, k: int, covariance_type: str, init: dict, n_iter: int):
     """scikit-learn's seconds per iteration, its peak extra memory (MiB) and the fitted model."""
     from sklearn.exceptions import ConvergenceWarning
@@ -295,6 +305,7 @@ def run_benchmark(
     seed: int = 0,
     gemm_n: int = 2048,
     progress: Callable[[str], None] | None = None,
+    exp_size: int = 1 << 20,
 ) -> dict:
     """Run the benchmark; returns ``{"machine", "gemm_peak_gflops", "rows", "chunk_overhead", "seconds"}``.
 
@@ -314,15 +325,19 @@ def run_benchmark(
     seed : int
         Seed of the generated data.
     gemm_n : int
-        Size of the matrix product that measures the GEMM peak.
+        Size of the matrix products that measure the GEMM rates.
     progress : callable or None
         Called with a line of text before each case.
+    exp_size : int
+        Values per thread of the ``np.exp`` that measures the exp rate.
     """
     say = progress or (lambda msg: logger.info(msg))
     t_start = time.perf_counter()
     info = machine_info()
-    say(f"GEMM peak: float64 {gemm_n}x{gemm_n} matmul ...")
-    peak = gemm_peak(gemm_n)
+    say(f"GEMM and exp rates: {gemm_n}x{gemm_n} matmul, np.exp of {exp_size} values per core ...")
+    rates_start = measure_rates(info["cores"], gemm_n, exp_size)
+    peak = rates_start["float64"]["gemm_flops"] / 1e9
+    rates_between = rates_start
     rows: list[dict] = []
     overhead: dict = {}
     sk_idx = set(range(len(shapes))) if sklearn_shapes is None else set(sklearn_shapes)
@@ -336,11 +351,13 @@ def run_benchmark(
             dg_s, dg_mem, dg_model, nchunks = time_daskgmm(X, k, ct, init, n_iter)
             sk_s = sk_mem = diff = None
             if i in sk_idx:
-                sk_s, sk_mem, sk_model = time_sklearn(X, k, ct, init, n_iter)
+                sk_s, sk_mem, sk_model, sk_by = time_sklearn_best(X, k, ct, init, n_iter)
                 diff = max_rel_diff(dg_model, sk_model)
             rows.append(
                 _row(f"{ct}", n, d, k, ct, "float64", nchunks, sk_s, dg_s, peak, diff, sk_mem, dg_mem)
             )
+            if sk_s is not None:
+                rows[-1]["sklearn_s_by_blas"] = sk_by
             if ct == "full":
                 full_model = (dg_s, dg_model, sk_s, nchunks)
         if i == 0 and float32:
@@ -377,7 +394,9 @@ def run_benchmark(
             for c in chunk_counts:
                 say(f"N={n} D={d} K={k} full float64, {c} chunks ...")
                 size = -(-n // c)
-                s, mem, _, nchunks = time_daskgmm(X, k, "full", init, n_iter, chunk_size=size)
+                # one task per chunk (no coarse tasks): these rows measure the fixed cost of a chunk
+                with dask.config.set({"daskgmm.chunks_per_task": 1}):
+                    s, mem, _, nchunks = time_daskgmm(X, k, "full", init, n_iter, chunk_size=size)
                 times[nchunks] = s
                 rows.append(
                     _row(
@@ -409,18 +428,24 @@ def run_benchmark(
                     "default_overhead_fraction": default_chunks * per_chunk / full_model[0],
                 }
         del X
-    # the peak again at the end: the best of the two, so that a busy moment at the
-    # start does not inflate % peak (both are kept in the result)
-    say("GEMM peak again ...")
-    peak_start, peak_end = peak, gemm_peak(gemm_n)
-    peak = max(peak_start, peak_end)
+        if i + 1 < len(shapes):  # between the shapes too: more chances of a quiet moment
+            rates_between = best_rates(rates_between, measure_rates(info["cores"], gemm_n, exp_size))
+    # the rates again at the end: the best of all, so that a busy moment at the start does
+    # not inflate % peak and % limit (the first and last peaks are kept in the result)
+    say("GEMM and exp rates again ...")
+    rates_end = measure_rates(info["cores"], gemm_n, exp_size)
+    rates = best_rates(rates_between, rates_end)
+    peak_start, peak_end = peak, rates_end["float64"]["gemm_flops"] / 1e9
+    peak = rates["float64"]["gemm_flops"] / 1e9
     for row in rows:
         if row["gflops"] is not None:
             row["pct_peak"] = 100.0 * row["gflops"] / peak
+        add_limit(row, rates)
     return {
         "machine": info,
         "gemm_peak_gflops": peak,
         "gemm_peak_start_end_gflops": (peak_start, peak_end),
+        "rates": rates,
         "load_end": tuple(round(v, 2) for v in os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "rows": rows,
         "chunk_overhead": overhead,
@@ -435,11 +460,11 @@ def run_benchmark(
 def _fmt(key: str, v) -> str:
     if v is None:
         return "—"
-    if key in ("sklearn_s", "daskgmm_s"):
+    if key in ("sklearn_s", "daskgmm_s", "limit_s"):
         return f"{v:.3f}" if v < 10 else f"{v:.1f}"
     if key == "speedup":
         return f"{v:.1f}x"
-    if key in ("gflops", "pct_peak"):
+    if key in ("gflops", "pct_peak", "pct_limit"):
         return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
     if key in ("sklearn_mib", "daskgmm_mib"):
         return f"{v:.0f}" if np.isfinite(v) else "—"
@@ -455,13 +480,26 @@ def format_table(result: dict) -> str:
     head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     sep = (
         "|"
-        + "|".join("---" if key in ("case", "covariance_type", "dtype") else "--:" for key, _ in COLUMNS)
+        + "|".join(
+            "---" if key in ("case", "covariance_type", "dtype", "target") else "--:" for key, _ in COLUMNS
+        )
         + "|"
     )
     lines = [head, sep]
     for row in result["rows"]:
         lines.append("| " + " | ".join(_fmt(key, row.get(key)) for key, _ in COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def rates_line(result: dict) -> str:
+    """The measured rates behind "limit s/iter" (one line)."""
+    parts = []
+    for dt, r in result["rates"].items():
+        parts.append(
+            f"{dt}: GEMM {r['gemm_flops'] / 1e9:.0f} GFLOP/s, exp {r['exp_per_s'] / 1e9:.2f} G/s "
+            f"({r['exp_per_s_one_core'] / 1e9:.2f} G/s on one core)"
+        )
+    return "Rates on all cores, measured in the same run (the limit's): " + "; ".join(parts) + "."
 
 
 def format_report(result: dict, command: str = "daskgmm bench") -> str:
@@ -474,6 +512,8 @@ def format_report(result: dict, command: str = "daskgmm bench") -> str:
         f"{(result.get('load_end') or ('?',))[0]}. float64 GEMM peak "
         f"measured in the same run: {result['gemm_peak_gflops']:.0f} GFLOP/s. "
         f"{result['n_iter']} EM iterations per case, default (threaded) scheduler.",
+        "",
+        rates_line(result),
         "",
         format_table(result),
         "",

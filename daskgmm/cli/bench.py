@@ -40,6 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Time full-covariance EM iterations of daskgmm and scikit-learn on the same generated data "
             "and starting parameters, in this process, and print a markdown table: seconds per "
             "iteration, speed-up, GFLOP/s and percent of the float64 GEMM peak measured in the same run, "
+            "the kernel's limit (its flops at the GEMM rate plus its exponentials at the exp rate, both "
+            "measured in the same run) and the fraction of it reached, "
             "peak memory, parameter agreement; plus float32, the other covariance types and the "
             "per-chunk overhead. --quick (default) takes about a minute, --full a few minutes."
         ),
@@ -105,13 +107,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="only the streamed fit from a local moto S3 server against local disk "
         "(daskgmm.benchmarks.storage; needs the test extra's moto; about a minute)",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the benchmark, time the phases of the fused kernel (design matrix, the two "
+        "products, the log-sum-exp, ...) on one thread for each shape, float64 and float32, and print "
+        "where the time goes (daskgmm.benchmarks.phases)",
+    )
     p.set_defaults(func=run)
     return p
 
 
+def _command(args) -> str:
+    """The command line that reproduces this run (for the report)."""
+    parts = ["daskgmm bench"] + (["--full"] if args.full else [])
+    parts += [f"--shape {n},{d},{k}" for n, d, k in args.shape or ()]
+    if args.iters != 3:
+        parts.append(f"--iters {args.iters}")
+    if tuple(args.chunks) != tuple(CHUNK_COUNTS):
+        parts.append("--chunks " + (",".join(map(str, args.chunks)) or "none"))
+    if args.sklearn != "auto":
+        parts.append(f"--sklearn {args.sklearn}")
+    parts += [
+        flag
+        for flag, on in (("--no-other-types", args.no_other_types), ("--no-float32", args.no_float32))
+        if on
+    ]
+    return " ".join(parts + ["--markdown"])
+
+
 def run(args) -> int:
     """Entry point of ``daskgmm bench``."""
-    from daskgmm.benchmarks.kernel import format_report, format_table, run_benchmark
+    from daskgmm.benchmarks.kernel import format_report, format_table, rates_line, run_benchmark
 
     if args.iters < 1:
         raise SystemExit(f"error: --iters must be >= 1, got {args.iters}")
@@ -126,6 +153,13 @@ def run(args) -> int:
     json_only = args.json == "-"
     preset = FULL_SHAPES if args.full else QUICK_SHAPES
     shapes = tuple(args.shape) if args.shape else preset
+    if args.profile:
+        from daskgmm.benchmarks.phases import format_profile, phase_profile
+
+        dtypes = ("float64",) if args.no_float32 else ("float64", "float32")
+        profiles = [phase_profile(n, d, k, dt, seed=args.seed) for n, d, k in shapes for dt in dtypes]
+        print(format_profile(profiles))
+        return 0
     if args.sklearn == "none":
         sk = []
     elif args.sklearn == "all" or args.shape:
@@ -143,13 +177,14 @@ def run(args) -> int:
         gemm_n=args.gemm_size,
         progress=lambda msg: print(f"# {msg}", flush=True, file=sys.stderr if json_only else sys.stdout),
     )
-    command = "daskgmm bench" + (" --full" if args.full else "") + " --markdown"
+    command = _command(args)
     if json_only:
         pass  # printed at the end
     elif args.markdown:
         print(format_report(result, command))
     else:
         print(format_table(result))
+        print(f"\n{rates_line(result)}")
         oh = result.get("chunk_overhead") or {}
         print(
             f"\nfloat64 GEMM peak {result['gemm_peak_gflops']:.0f} GFLOP/s; load {result['machine']['load']}"
