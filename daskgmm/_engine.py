@@ -7,7 +7,8 @@ callbacks. Stepwise EM (``partial_fit``) is one update of the same statistics
 (:func:`stepwise_update`).
 
 Every *start* of every *candidate* shares each pass over the data: one task per
-chunk computes the statistics of all live starts from the chunk read once, a
+group of consecutive chunks (coarse tasks, :func:`daskgmm._graph.task_groups`) computes the
+statistics of all live starts from its rows read once, a
 fixed-order tree reduction sums them, and the driver runs each start's M-step.
 A start leaves the pass when it converges or uses up its ``max_iter``. The
 arithmetic of each start is exactly that of a fit with that start alone, so the
