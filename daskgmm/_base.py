@@ -81,13 +81,17 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         )
         return wrap_rows(out, inp, what, self.n_components)
 
-    def predict(self, X):
+    @_storage.accepts_storage_options
+    def predict(self, X, *, storage_options: dict | None = None):
         """Most probable component of each row.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
             numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+        storage_options : dict, optional
+            fsspec options for ``X`` given as a URL (``s3://bucket/data.zarr``), over what the
+            environment provides.
 
         Returns
         -------
@@ -97,13 +101,17 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         check_is_fitted(self)
         return self._predict_input(self._validate(X, reset=False), "labels")
 
-    def predict_proba(self, X):
+    @_storage.accepts_storage_options
+    def predict_proba(self, X, *, storage_options: dict | None = None):
         """Posterior probability of each component for each row.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
             numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+        storage_options : dict, optional
+            fsspec options for ``X`` given as a URL (``s3://bucket/data.zarr``), over what the
+            environment provides.
 
         Returns
         -------
@@ -114,13 +122,17 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         check_is_fitted(self)
         return self._predict_input(self._validate(X, reset=False), "probabilities")
 
-    def score_samples(self, X):
+    @_storage.accepts_storage_options
+    def score_samples(self, X, *, storage_options: dict | None = None):
         """Log of the mixture density at each row.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
             numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+        storage_options : dict, optional
+            fsspec options for ``X`` given as a URL (``s3://bucket/data.zarr``), over what the
+            environment provides.
 
         Returns
         -------
@@ -130,7 +142,8 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         check_is_fitted(self)
         return self._predict_input(self._validate(X, reset=False), "log_density")
 
-    def score(self, X, y=None):
+    @_storage.accepts_storage_options
+    def score(self, X, y=None, *, storage_options: dict | None = None):
         """Mean log-likelihood per row.
 
         Parameters
@@ -138,6 +151,9 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
             numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
         y : Ignored
+        storage_options : dict, optional
+            fsspec options for ``X`` given as a URL (``s3://bucket/data.zarr``), over what the
+            environment provides.
 
         Returns
         -------
@@ -162,13 +178,17 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
     def _n_parameters(self) -> int:
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
 
-    def bic(self, X) -> float:
+    @_storage.accepts_storage_options
+    def bic(self, X, *, storage_options: dict | None = None) -> float:
         """Bayesian information criterion on ``X`` (lower is better).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
             numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+        storage_options : dict, optional
+            fsspec options for ``X`` given as a URL (``s3://bucket/data.zarr``), over what the
+            environment provides.
 
         Returns
         -------
@@ -179,13 +199,17 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
         n = inp.n_samples
         return -2 * self._mean_score(inp) * n + self._n_parameters() * np.log(n)
 
-    def aic(self, X) -> float:
+    @_storage.accepts_storage_options
+    def aic(self, X, *, storage_options: dict | None = None) -> float:
         """Akaike information criterion on ``X`` (lower is better).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
             numpy, dask, Zarr (array or path) or xarray, as for :meth:`fit`.
+        storage_options : dict, optional
+            fsspec options for ``X`` given as a URL (``s3://bucket/data.zarr``), over what the
+            environment provides.
 
         Returns
         -------

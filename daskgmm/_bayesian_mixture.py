@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 from sklearn.utils import check_random_state
 
+from daskgmm import _storage
 from daskgmm._base import BaseMixture
 from daskgmm._bayesian import (
     PRIOR_TYPES,
@@ -240,7 +241,8 @@ class BayesianGaussianMixture(BaseMixture):
     # ------------------------------------------------------------------
     # fitting
     # ------------------------------------------------------------------
-    def fit(self, X, y=None, sample_weight=None, callback=None, resume: bool = False):
+    @_storage.accepts_storage_options
+    def fit(self, X, y=None, sample_weight=None, callback=None, resume: bool = False, storage_options=None):
         """Fit the variational posterior (one pass over the data per iteration).
 
         Parameters
@@ -254,6 +256,9 @@ class BayesianGaussianMixture(BaseMixture):
             ``callback(state, record)`` after every iteration of every start.
         resume : bool, default=False
             Continue from the file given as ``checkpoint``.
+        storage_options : dict, optional
+            fsspec options for ``X`` given as a URL (``s3://bucket/data.zarr``), over what the
+            environment provides.
 
         Returns
         -------
@@ -263,7 +268,8 @@ class BayesianGaussianMixture(BaseMixture):
         self._fit(self._validate(X, reset=True), sample_weight, callback=callback, resume=resume)
         return self
 
-    def fit_predict(self, X, y=None, sample_weight=None):
+    @_storage.accepts_storage_options
+    def fit_predict(self, X, y=None, sample_weight=None, *, storage_options: dict | None = None):
         """Fit, then the most probable component of each row (equal to ``fit(X).predict(X)``).
 
         Parameters
@@ -271,6 +277,9 @@ class BayesianGaussianMixture(BaseMixture):
         X : array-like of shape (n_samples, n_features)
         y : Ignored
         sample_weight : array-like of shape (n_samples,), default=None
+        storage_options : dict, optional
+            fsspec options for ``X`` given as a URL (``s3://bucket/data.zarr``), over what the
+            environment provides.
 
         Returns
         -------

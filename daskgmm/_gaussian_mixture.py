@@ -329,7 +329,8 @@ class GaussianMixture(BaseMixture):
         # stepwise EM's running statistics: a fit starts them afresh from its parameters
         self._stream = stream
 
-    def fit_predict(self, X, y=None, sample_weight=None):
+    @_storage.accepts_storage_options
+    def fit_predict(self, X, y=None, sample_weight=None, *, storage_options: dict | None = None):
         """Fit, then return the most probable component of each row.
 
         Equal to ``fit(X).predict(X)`` by construction (a final E-step at the fitted
@@ -342,6 +343,9 @@ class GaussianMixture(BaseMixture):
         y : Ignored
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights per row.
+        storage_options : dict, optional
+            fsspec options for ``X`` given as a URL (``s3://bucket/data.zarr``), over what the
+            environment provides.
 
         Returns
         -------

@@ -173,10 +173,56 @@ def write_bytes(url: str, data: bytes) -> None:
 
 
 def check_writable_url(url: str, what: str) -> None:
-    """Refuse, before any work, a URL that cannot be written: no package, unknown protocol, a prefix."""
+    """Refuse, before any work, a URL that cannot be written: no package, unknown protocol, a
+    prefix, a missing bucket, no right to write (:func:`probe_writable`)."""
+    probe_writable(url, what)  # first: a store that refuses us says so, whatever is asked
     fs, p = filesystem(url)
     if fs.isdir(p):
         raise ValueError(f"The {what} {url!r} is a directory (a prefix holding objects); give a file name.")
+
+
+#: protocols whose first path component is a bucket (container) that daskgmm never creates
+BUCKETED = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+
+PROBE_PREFIX = ".daskgmm-write-probe-"
+
+_CREDENTIALS = (
+    "credentials allowed to write there: the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*...), fsspec's configuration, or "
+    "storage_options= in Python / --storage-option KEY=VALUE on the command line"
+)
+
+
+def probe_writable(url: str, what: str) -> None:
+    """Refuse (:class:`ValueError`), before any work, a URL output that cannot be written.
+
+    One cheap request, a small object ``.daskgmm-write-probe-<uuid>`` put next to ``url`` (in
+    its parent prefix) and deleted at once (only that object, which this call created). Its
+    error says what is wrong: a bucket that does not exist (daskgmm never creates one),
+    credentials the store refuses, or a filesystem that cannot write."""
+    import uuid
+
+    fs, p = filesystem(url)
+    p = p.rstrip("/")
+    parent = p.rsplit("/", 1)[0] if "/" in p else p
+    probe = f"{parent}/{PROBE_PREFIX}{uuid.uuid4().hex}"
+    try:
+        fs.pipe_file(probe, b"")
+    except Exception as e:  # no such bucket, access denied, no credentials, read-only filesystem
+        bucket = p.split("/", 1)[0]
+        why = f"({type(e).__name__}: {e})"
+        if isinstance(e, FileNotFoundError) and protocol(url) in BUCKETED:
+            with contextlib.suppress(Exception):
+                if not fs.exists(bucket):
+                    why = (
+                        f"its bucket {bucket!r} does not exist {why}. Create the bucket first (daskgmm "
+                        "never creates one), or correct the URL; if it exists, give"
+                    )
+        if not why.endswith("give"):
+            why = f"a test write next to it was refused {why}. Check the URL, and give"
+        raise ValueError(f"The {what} {url!r} cannot be written: {why} {_CREDENTIALS}.") from e
+    with contextlib.suppress(Exception):  # a store that lets us write but not delete: left, harmless
+        fs.rm_file(probe)
 
 
 def as_file(path) -> Any:

@@ -313,7 +313,8 @@ def check_output(path, *, source: str | None = None, overwrite: bool = False) ->
     without ``overwrite`` (:class:`FileExistsError`), and with it unless it is a complete
     daskgmm output, or on an object store an interrupted daskgmm write (:class:`ValueError`
     saying what ``path`` is). A URL daskgmm cannot write is refused (:class:`ImportError`,
-    :class:`ValueError`). Call it before a long fit.
+    :class:`ValueError`: unknown protocol, missing bucket, no right to write, found by
+    :func:`daskgmm._storage.probe_writable`). Call it before a long fit.
     """
     path = _storage.normalise(path)
     if source:
@@ -328,6 +329,7 @@ def check_output(path, *, source: str | None = None, overwrite: bool = False) ->
         )
         raise ValueError(f"The output path {path!r} is {what} ({source!r}); choose another output path.")
     if _storage.is_url(path):
+        _storage.probe_writable(path, "output")  # a missing bucket, no right to write: now
         if not _storage.exists(path):
             return
     elif not os.path.lexists(path):

@@ -36,7 +36,7 @@ from daskgmm._bayesian import EXTRA_ARRAYS, VariationalParams
 from daskgmm._engine import EMState
 from daskgmm._gaussian import Params
 from daskgmm._input import from_array_api
-from daskgmm.io import read_container, write_container
+from daskgmm.io import check_writable, read_container, write_container
 
 logger = logging.getLogger("daskgmm")
 
@@ -415,7 +415,9 @@ def read_checkpoint(path) -> tuple[dict, dict]:
 def open_checkpoint(path, settings: dict, inp, resume: bool) -> Checkpoint | None:
     """The checkpoint at ``path`` for a fit with ``settings`` on ``inp`` (None without a path).
 
-    The engine reads it (``resume=True``) before any work and writes it as the fit goes.
+    The engine reads it (``resume=True``) before any work and writes it as the fit goes. A
+    ``path`` that cannot be written (a directory, a missing bucket, no right to write) is
+    refused here, before the fit (:func:`daskgmm.io.check_writable`).
     """
     if path is None:
         if resume:
@@ -424,6 +426,7 @@ def open_checkpoint(path, settings: dict, inp, resume: bool) -> Checkpoint | Non
                 "(the file written by an earlier fit with the same PATH)."
             )
         return None
+    check_writable(path, "checkpoint")  # written after every iteration: refuse it now, before any work
     ckpt = Checkpoint(path, settings, data_fingerprint(inp))
     if not resume and _storage.exists(ckpt.path):
         logger.info("checkpoint %s exists; resume=False: starting over and overwriting it", ckpt.path)

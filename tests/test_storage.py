@@ -327,3 +327,126 @@ def test_cli_refuses_what_it_cannot_read_or_write(s3, data, capsys):
     with pytest.raises(SystemExit) as e:
         main(["fit", url, "-k", "2", "--storage-option", "no-equals-sign"])
     assert e.value.code == 2 and "is not KEY=VALUE" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# outputs checked before the fit; storage_options on every data-taking method; the benchmark
+# --------------------------------------------------------------------------
+def _probes(s3) -> list[str]:
+    from daskgmm._storage import PROBE_PREFIX
+
+    return [k for k in s3.fs().find(s3.bucket) if PROBE_PREFIX in k]
+
+
+def test_outputs_in_a_missing_bucket_are_refused_before_any_fit(s3, data, raster, tmp_path, monkeypatch):
+    """A checkpoint, model file or segmentation output in a bucket that does not exist fails at
+    once, with what is wrong and how to fix it: no EM iteration runs (the callback is never
+    called), no cluster is started by the command, nothing is created (no bucket either)."""
+    from daskgmm.cli import main
+    from daskgmm.image import predict_image
+
+    monkeypatch.chdir(tmp_path)
+    X, weights, means, local, url = data
+    missing = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}"
+    message = r"its bucket 'no-such-bucket-\w+' does not exist.*Create the bucket first"
+    calls = []
+    with pytest.raises(ValueError, match=message):
+        GaussianMixture(3, checkpoint=f"{missing}/c.npz").fit(
+            url, callback=lambda s, r: calls.append(r), storage_options=s3.options
+        )
+    with pytest.raises(ValueError, match=message):
+        select_model(
+            url, [2, 3], checkpoint=f"{missing}/sel.npz", callback=lambda s, r: calls.append(r),
+            storage_options=s3.options,
+        )  # fmt: skip
+    assert calls == []
+    model = GaussianMixture(3, random_state=0).fit(X)
+    seg = predict_image(model, raster[0])
+    with pytest.raises(ValueError, match=message):
+        seg.to_zarr(f"{missing}/seg.zarr", storage_options=s3.options)
+    # the commands: the error before connecting (no --scheduler: a fit would start a cluster)
+    for cmd in (
+        ["fit", url, "-k", "3", "--checkpoint", f"{missing}/c.npz"],
+        ["fit", url, "-k", "3", "--save-model", f"{missing}/m.npz"],
+        ["segment", raster[1], f"{missing}/seg.zarr", "-k", "3"],
+        ["segment", raster[1], s3.url("seg.zarr"), "-k", "3", "--save-model", f"{missing}/m.npz"],
+    ):
+        with pytest.raises(SystemExit, match=message):
+            main([*cmd, "--no-progress", *s3.cli_options])
+    assert missing.split("//")[1] not in s3.fs().ls("")  # never created
+    assert os.listdir(tmp_path) == [] and _probes(s3) == []
+
+
+def test_a_writable_output_is_probed_and_the_probe_removed(s3, data):
+    """A write probe is put next to the output and deleted (nothing else is touched); with
+    credentials the store does not accept (moto's IAM simulation switched on), outputs are
+    refused up front, saying where credentials come from."""
+    from moto.core.authorization import enable_iam_authentication
+
+    from daskgmm._storage import using
+    from daskgmm.io import check_writable
+
+    X, weights, means, local, url = data
+    fs = s3.fs()
+    neighbour = s3.url("keep.txt")
+    fs.pipe_file(neighbour.split("://")[1], b"not daskgmm's")
+    before = sorted(fs.find(s3.bucket))
+    with using(s3.options):
+        check_writable(neighbour.replace("keep.txt", "model.npz"), "--save-model file")
+    fs.invalidate_cache()
+    assert sorted(fs.find(s3.bucket)) == before and _probes(s3) == []
+    denied = r"cannot be written: .*AWS Access Key Id you provided does not exist.*--storage-option"
+    calls = []
+    with enable_iam_authentication():  # "testing" is no IAM user: every request is refused
+        with pytest.raises(ValueError, match=denied):
+            with using(s3.options):
+                check_writable(s3.url("model.npz"), "--save-model file")
+        with pytest.raises(ValueError, match=denied):
+            GaussianMixture(3, checkpoint=s3.url("c.npz")).fit(
+                X, callback=lambda s, r: calls.append(r), storage_options=s3.options
+            )
+    assert calls == []
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # a short variational fit
+def test_predict_score_and_bayesian_fit_take_storage_options(s3, data):
+    """Every method that takes X accepts a Zarr URL with storage_options: predictions equal
+    scikit-learn's with the same parameters on the in-memory data."""
+    from daskgmm import BayesianGaussianMixture
+
+    X, weights, means, local, url = data
+    opts = s3.options
+    model = GaussianMixture(3, random_state=0).fit(X)
+    sk = _sklearn_like(model)
+    np.testing.assert_array_equal(model.predict(url, storage_options=opts).compute(), sk.predict(X))
+    np.testing.assert_allclose(
+        model.predict_proba(url, storage_options=opts).compute(), sk.predict_proba(X), atol=1e-10
+    )
+    np.testing.assert_allclose(
+        model.score_samples(url, storage_options=opts).compute(), sk.score_samples(X), rtol=1e-10
+    )
+    assert model.score(url, storage_options=opts) == pytest.approx(sk.score(X), rel=1e-10)
+    assert model.bic(url, storage_options=opts) == pytest.approx(sk.bic(X), rel=1e-10)
+    assert model.aic(url, storage_options=opts) == pytest.approx(sk.aic(X), rel=1e-10)
+    labels = GaussianMixture(3, random_state=0).fit_predict(url, storage_options=opts).compute()
+    np.testing.assert_array_equal(labels, sk.predict(X))  # the same fit, on the same chunks
+    kw = dict(n_components=3, random_state=0, max_iter=20)
+    bgm = BayesianGaussianMixture(**kw).fit(url, storage_options=opts)
+    on_disk = BayesianGaussianMixture(**kw).fit(local)
+    np.testing.assert_array_equal(bgm.means_, on_disk.means_)
+    fp = BayesianGaussianMixture(**kw).fit_predict(url, storage_options=opts).compute()
+    np.testing.assert_array_equal(fp, on_disk.predict(X))
+
+
+def test_bench_storage_rows_agree_and_read_the_data_once_per_iteration():
+    from daskgmm.benchmarks.storage import bench_storage, format_storage
+
+    n, d = 2000, 2
+    rows = bench_storage(n=n, d=d, k=2, n_chunks=4, iters=2, workers=1, seed=0)
+    assert [r["source"] for r in rows] == ["local disk", "S3 (moto, 127.0.0.1)"]
+    for r in rows:
+        assert r["same_fit"] is True  # the two fits agree bit for bit
+        assert r["bytes_per_iter"] == n * d * 8  # every chunk read once per streamed iteration
+        assert r["iterations"] == 2
+    table = format_storage(rows, n, d, 4, 1)
+    assert table.count("| True |") == 2 and "S3 (moto, 127.0.0.1)" in table
