@@ -42,11 +42,15 @@ from daskgmm._typing import Output
 # setting, so the driver's own numpy work keeps every thread. threadpoolctl (>= 3.6)
 # lets only one "controlling" Python thread change OpenBLAS, and a dask pool thread
 # that once did stays alive; so each change here takes control, sets, and releases
-# it again, under a lock shared by all daskgmm tasks of the process.
+# it again, under a lock shared by all daskgmm tasks of the process. Where BLAS already
+# runs one thread (dask's worker processes: ``distributed.nanny.pre-spawn-environ`` sets
+# OPENBLAS/MKL/OMP_NUM_THREADS=1) nothing is changed: the limits are read, not set.
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_saved: list | None = None
 _blas_libs: list | None = None
+#: how many times this process changed its BLAS thread count (set, then restored, counts 2)
+blas_changes = 0
 
 
 def _blas_controllers() -> list:
@@ -62,6 +66,8 @@ def _blas_controllers() -> list:
 
 
 def _set_blas_threads(libs: list, counts: list) -> None:
+    global blas_changes
+    blas_changes += 1
     for lib, n in zip(libs, counts):
         release = getattr(type(lib), "clear_controlling_thread", None)
         if release is not None:
@@ -78,8 +84,10 @@ def single_threaded_blas():
     with _blas_lock:
         if _blas_users == 0:
             libs = _blas_controllers()
-            _blas_saved = [lib.get_num_threads() for lib in libs]
-            _set_blas_threads(libs, [1] * len(libs))
+            saved = [lib.get_num_threads() for lib in libs]
+            if any(n != 1 for n in saved):  # already one thread (a dask worker): nothing to set or restore
+                _blas_saved = saved
+                _set_blas_threads(libs, [1] * len(libs))
         _blas_users += 1
     try:
         yield

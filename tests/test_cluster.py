@@ -242,3 +242,46 @@ def test_result_does_not_depend_on_the_number_of_workers(cli_cluster, data):
     with dask.config.set(scheduler="threads"):
         local = _model(persist=False).fit(X)
     assert_allclose(local.means_, two.means_, rtol=1e-10, atol=1e-10)
+
+
+def test_worker_tasks_run_one_blas_thread_without_toggling_it(client):
+    """dask workers start with OPENBLAS/MKL/OMP_NUM_THREADS=1 (``distributed.nanny.pre-spawn-environ``):
+    a task there runs one BLAS thread and daskgmm sets nothing, where a process with more threads
+    (here the driver, given 2) gets 1 inside the task and its own count back after, 2 changes."""
+    import dask.array as da
+    from threadpoolctl import threadpool_limits
+
+    from daskgmm import _kernels
+
+    def _blas_state(*_):
+        """(BLAS thread counts, changes so far, controller cached) in the calling process."""
+        from threadpoolctl import threadpool_info
+
+        from daskgmm import _kernels
+
+        counts = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        return counts, _kernels.blas_changes, _kernels._blas_libs is not None
+
+    inside_driver = []
+    with threadpool_limits(2, user_api="blas"):
+        before = _kernels.blas_changes
+        _kernels.in_task(lambda: inside_driver.append(_blas_state()[0]))()
+        assert _kernels.blas_changes - before == 2
+        assert _blas_state()[0] and set(_blas_state()[0]) == {2}
+    assert inside_driver[0] and set(inside_driver[0]) == {1}
+
+    X, _, _, _, _ = make_mixture(n_samples=20_000, n_features=4, n_components=3, seed=5, separation=6.0)
+    Xd = da.from_array(X, chunks=(2_500, 4))
+    start = client.run(_blas_state)
+    gm = GaussianMixture(n_components=3, max_iter=3, tol=0.0, random_state=0, persist=True).fit(Xd)
+    assert gm.n_iter_ == 3
+    inside = client.gather(client.map(_kernels.in_task(_blas_state), range(4), pure=False))
+    after = client.run(_blas_state)
+    for counts, _, _ in inside:
+        assert counts and set(counts) == {1}
+    for worker, (counts, changes, cached) in after.items():
+        assert counts and set(counts) == {1}
+        assert changes == start[worker][1], (
+            f"{worker} changed its BLAS threads {changes - start[worker][1]} times"
+        )
+        assert cached  # the threadpoolctl controller was made (once, then reused) by the fit's tasks

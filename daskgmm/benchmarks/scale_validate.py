@@ -60,7 +60,7 @@ def fit_seconds(
     d = X.shape[1]
     weights, means, cov, _ = synthetic_params(k, d, covariance_type)
     precisions = cov if covariance_type in ("full", "tied") else 1.0 / cov  # unit covariances
-    stamps = []
+    stamps, walls = [], []
     gm = GaussianMixture(
         n_components=k,
         covariance_type=covariance_type,
@@ -75,7 +75,9 @@ def fit_seconds(
     stream = contextlib.nullcontext() if client is None else _task_stream(client)
     with warnings.catch_warnings(), dask.config.set(config), stream as ts:
         warnings.simplefilter("ignore", ConvergenceWarning)
-        gm.fit(X, callback=lambda state, record: stamps.append(time.perf_counter()))
+        gm.fit(
+            X, callback=lambda state, record: (stamps.append(time.perf_counter()), walls.append(time.time()))
+        )
     laps = np.diff(stamps)
     seconds = float(np.median(laps)) if len(laps) else math.nan
     out = {"seconds": seconds, "iterations": len(stamps)}
@@ -90,7 +92,35 @@ def fit_seconds(
         wall = float(np.sum(laps)) + (stamps[0] - ts.t0 if stamps else 0.0)
         out["compute_share"] = busy / max(slots * wall, 1e-9)
         out["overhead_share"] = max(0.0, 1.0 - out["compute_share"])
+        out.update(iteration_breakdown(ts.data, walls, slots))
     return out
+
+
+def iteration_breakdown(stream: list, walls: list, slots: int) -> dict:
+    """Median over the iterations after the first, from the task stream (wall clock): ``start``,
+    end of the previous iteration to the first statistics task (graph, submission, scheduler);
+    ``kernel``, statistics-task compute time per thread; ``end``, last statistics task to the
+    end of the iteration (reduction transfers, gather, M-step); ``idle``, the rest (threads idle
+    between tasks and at the end of a pass)."""
+    rows = []
+    for t0, t1 in zip(walls, walls[1:]):
+        spans = [
+            (s["start"], s["stop"], "combine" in str(t.get("key", "")))
+            for t in stream
+            if "gmm-em-stats" in str(t.get("key", ""))
+            for s in t.get("startstops", ())
+            if s.get("action") == "compute" and t0 <= s["start"] < t1
+        ]
+        if not spans:
+            continue
+        kernel = sum(b - a for a, b, combine in spans if not combine) / slots
+        start = min(a for a, _, _ in spans) - t0
+        end = t1 - max(b for _, b, _ in spans)
+        rows.append((start, kernel, end, (t1 - t0) - start - kernel - end))
+    if not rows:
+        return {}
+    med = np.median(np.array(rows), axis=0)
+    return dict(zip(("t_start", "t_kernel", "t_end", "t_idle"), (float(v) for v in med)))
 
 
 class _Stream:
@@ -351,25 +381,42 @@ def curves(log=print, quick: bool = False, ungrouped_max: int = 10_000) -> dict:
     return out
 
 
-def scheduler_comparison(X, k: int = 16, log=print) -> list[dict]:
-    """The same in-memory fit on the threaded scheduler, a LocalCluster and scheduler/worker processes."""
+def scheduler_comparison(X, k: int = 16, log=print, iters: int = 8) -> list[dict]:
+    """The same in-memory fit on the threaded scheduler, a LocalCluster (as dask starts it, and
+    without glibc's ``MALLOC_TRIM_THRESHOLD_`` that dask sets in its workers) and scheduler/worker
+    processes, with each distributed iteration broken down (:func:`iteration_breakdown`)."""
+    import dask
+
     rows = []
-    base = fit_seconds(X, k, "full", 5)["seconds"]
+    base = fit_seconds(X, k, "full", iters)["seconds"]
     rows.append(
         {"scheduler": "threaded (2 threads)", "measured": base, "ratio": 1.0, "load": os.getloadavg()[0]}
     )
-    for name, cm in (
-        ("LocalCluster, 2 workers x 1 thread", local_cluster(2)),
-        ("dask scheduler + 2 dask workers", process_cluster(2)),
+    log(rows[-1])
+    untrimmed = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    untrimmed.pop("MALLOC_TRIM_THRESHOLD_", None)
+    for name, cm, config in (
+        ("LocalCluster, 2 workers x 1 thread", local_cluster, {}),
+        (
+            "the same, MALLOC_TRIM_THRESHOLD_ unset",
+            local_cluster,
+            {"distributed.nanny.pre-spawn-environ": untrimmed},
+        ),
+        ("dask scheduler + 2 dask workers", process_cluster, {}),
     ):
-        with cm as client:
-            m = fit_seconds(X, k, "full", 5, client, persist="auto")  # held on the workers
+        saved = dict(os.environ)  # a nanny writes pre-spawn-environ into this process's environment
+        try:
+            with dask.config.set(config), cm(2) as client:
+                m = fit_seconds(X, k, "full", iters, client, persist="auto")  # held on the workers
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         rows.append(
             {
+                **m,
                 "scheduler": name,
                 "measured": m["seconds"],
                 "ratio": m["seconds"] / base,
-                "overhead_share": m.get("overhead_share"),
                 "load": os.getloadavg()[0],
             }
         )
@@ -412,12 +459,33 @@ def curves_markdown(out: dict) -> str:
             parts.append("| " + " | ".join(cells) + " |")
         parts.append("")
     if out.get("schedulers"):
-        parts.append("| scheduler | s/iter | vs threaded | non-compute share | load |")
-        parts.append("|---|--:|--:|--:|--:|")
-        for r in out["schedulers"]:
-            share = r.get("overhead_share")
-            parts.append(
-                f"| {r['scheduler']} | {r['measured']:.3f} | {r['ratio']:.2f}x | "
-                f"{'' if share is None else f'{100 * share:.0f}%'} | {r['load']:.1f} |"
-            )
+        parts.append(schedulers_markdown(out["schedulers"]))
     return "\n".join(parts)
+
+
+def schedulers_markdown(rows: list[dict]) -> str:
+    parts = [
+        "| scheduler | s/iter | vs threaded | start s | kernel s/thread | idle s | end s | load (1 min) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        cells = [f"{r[key]:.3f}" if key in r else "" for key in ("t_start", "t_kernel", "t_idle", "t_end")]
+        parts.append(
+            f"| {r['scheduler']} | {r['measured']:.3f} | {r['ratio']:.2f}x | "
+            + " | ".join(cells)
+            + f" | {r['load']:.1f} |"
+        )
+    return "\n".join(parts)
+
+
+def main() -> None:
+    """``python -m daskgmm.benchmarks.scale_validate``: threaded against distributed only."""
+    from daskgmm import GaussianMixture  # noqa: F401  (imported before the clusters start)
+
+    _, means, _, _ = synthetic_params(16, 16, "full")
+    rows = scheduler_comparison(synthetic_rows(500_000, means), log=lambda r: None)
+    print(schedulers_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
