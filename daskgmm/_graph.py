@@ -79,6 +79,14 @@ def map_reduce(
         key = (name, i)
         dsk[key] = (func, *(_task_arg(a, deps) for a in args))
         keys.append(key)
+    root = tree_reduce(dsk, keys, name, split_every, lambda key, kids: (combine_func, kids))
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a for _, a in deps.values()])
+    return Delayed(root, graph, layer=name)
+
+
+def tree_reduce(dsk: dict, keys: list, name: str, split_every: int, node: Callable):
+    """Add a fixed-order tree over ``keys`` to ``dsk``: ``node(key, child_keys)`` is the task of
+    each inner node, keyed ``(f"{name}-combine{level}", j)``; returns the root's key."""
     if not keys:
         raise ValueError("The data has no chunks: nothing to fit.")
     level = 0
@@ -86,12 +94,11 @@ def map_reduce(
         parent = []
         for j, i in enumerate(range(0, len(keys), split_every)):
             key = (f"{name}-combine{level}", j)
-            dsk[key] = (combine_func, keys[i : i + split_every])
+            dsk[key] = node(key, keys[i : i + split_every])
             parent.append(key)
         keys = parent
         level += 1
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a for _, a in deps.values()])
-    return Delayed(keys[0], graph, layer=name)
+    return keys[0]
 
 
 def _chunk_task(kernel: Callable, block, ps, w=None) -> list:
@@ -240,19 +247,11 @@ def _grouped_graph(kernel, sources: TaskSources, ps, name: str, split_every: int
             args.append(List(*sources.w[i]))
         dsk[key] = Task(key, group_stats, *args)
         keys.append(key)
-    if not keys:
-        raise ValueError("The data has no chunks: nothing to fit.")
-    level = 0
-    while len(keys) > 1:
-        parent = []
-        for j, i in enumerate(range(0, len(keys), split_every)):
-            key = (f"{name}-combine{level}", j)
-            dsk[key] = Task(key, combine_lists, List(*(TaskRef(k) for k in keys[i : i + split_every])))
-            parent.append(key)
-        keys = parent
-        level += 1
+    root = tree_reduce(
+        dsk, keys, name, split_every, lambda key, kids: Task(key, combine_lists, List(*map(TaskRef, kids)))
+    )
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a for _, a in deps.values()])
-    return Delayed(keys[0], graph, layer=name)
+    return Delayed(root, graph, layer=name)
 
 
 def statistics_pass(
