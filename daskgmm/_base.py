@@ -18,13 +18,25 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from daskgmm import _storage
+from daskgmm._engine import DataPlan
 from daskgmm._gaussian import EStepParams, Params, n_parameters, sample_mixture
 from daskgmm._graph import predict_rows
 from daskgmm._input import Input, to_dask, wrap_rows
 from daskgmm._interop import InteropMixin
 from daskgmm._missing import marginal_params
+from daskgmm._placement import active_client, plan_data
 from daskgmm._typing import Output
 from daskgmm.io import save_model
+
+
+def plan_fit_data(inp: Input, w, *, persist, nan_policy: str, split_every: int, merge: bool = True):
+    """``(X, w, DataPlan)`` of a fit: the data held in (cluster) memory or streamed every pass
+    (:func:`~daskgmm._placement.plan_data`; ``merge`` groups held chunks as the coarse tasks
+    read them), and the weights held chunked like the held data."""
+    X, bytes_per_pass = plan_data(inp.data, persist, inp.kind == "numpy", merge=merge)
+    if w is not None and active_client() is not None:
+        w = w.rechunk((X.chunks[0],)).persist()  # chunked like the held data
+    return X, w, DataPlan(X, w, nan_policy, bytes_per_pass, inp.n_samples, split_every)
 
 
 class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):

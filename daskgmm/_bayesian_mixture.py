@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from daskgmm import _storage
-from daskgmm._base import BaseMixture
+from daskgmm._base import BaseMixture, plan_fit_data
 from daskgmm._bayesian import (
     PRIOR_TYPES,
     VariationalFamily,
@@ -23,12 +23,11 @@ from daskgmm._bayesian import (
     default_priors,
     with_log_weights,
 )
-from daskgmm._engine import Candidate, DataPlan, EMConfig, EMState, Engine, warn_not_converged
+from daskgmm._engine import Candidate, EMConfig, EMState, Engine, warn_not_converged
 from daskgmm._gaussian import precisions_from_cholesky
 from daskgmm._init import DEFAULT_INIT_SAMPLE_SIZE, InitSpec, complete_rows, data_moments, start_factory
 from daskgmm._input import Input, check_n_samples, check_sample_weight
 from daskgmm._params import BAYESIAN_PARAMS, PARAMS, check_params
-from daskgmm._placement import active_client, plan_data
 from daskgmm._progress import show_progress
 from daskgmm.checkpoint import fit_settings, open_checkpoint
 
@@ -295,10 +294,9 @@ class BayesianGaussianMixture(BaseMixture):
         w = check_sample_weight(sample_weight, inp)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         ckpt = open_checkpoint(self.checkpoint, self._fit_settings(w), inp, resume)
-        X, bytes_per_pass = plan_data(inp.data, self.persist, inp.kind == "numpy")
-        if w is not None and active_client() is not None:
-            w = w.persist()
-        data = DataPlan(X, w, self.nan_policy, bytes_per_pass, inp.n_samples, self.split_every)
+        X, w, data = plan_fit_data(
+            inp, w, persist=self.persist, nan_policy=self.nan_policy, split_every=self.split_every
+        )
         rows = complete_rows(X, w, self.nan_policy, self.n_components)
         prior, total = self._prior(rows[0], rows[1], inp.n_features)
         family = VariationalFamily(prior)

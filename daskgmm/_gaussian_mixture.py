@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from daskgmm import _storage
-from daskgmm._base import BaseMixture
+from daskgmm._base import BaseMixture, plan_fit_data
 from daskgmm._engine import (
     Candidate,
     DataPlan,
@@ -29,7 +29,6 @@ from daskgmm._input import (
     check_weights,
 )
 from daskgmm._params import PARAMS, check_params
-from daskgmm._placement import active_client, plan_data
 from daskgmm._progress import show_progress
 from daskgmm._stepwise import stepwise_update
 from daskgmm.checkpoint import fit_settings, open_checkpoint
@@ -267,12 +266,14 @@ class GaussianMixture(BaseMixture):
         ckpt = open_checkpoint(self.checkpoint, fit_settings(self, w), inp, resume)
         # hold the data in (cluster) memory or stream it every iteration; incremental EM counts
         # storage chunks, so its held chunks are not merged into coarse tasks
-        X, bytes_per_pass = plan_data(
-            inp.data, self.persist, inp.kind == "numpy", merge=self.incremental is None
+        X, w, data = plan_fit_data(
+            inp,
+            w,
+            persist=self.persist,
+            nan_policy=self.nan_policy,
+            split_every=self.split_every,
+            merge=self.incremental is None,
         )
-        if w is not None and active_client() is not None:
-            w = w.rechunk((X.chunks[0],)).persist()  # chunked like the held data
-        data = DataPlan(X, w, self.nan_policy, bytes_per_pass, inp.n_samples, self.split_every)
         random_state = check_random_state(self.random_state)
         if do_init:
             inits = [

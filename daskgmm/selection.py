@@ -20,13 +20,13 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from daskgmm import _storage
-from daskgmm._engine import Candidate, DataPlan, Engine, log_likelihoods, warn_not_converged
+from daskgmm._base import plan_fit_data
+from daskgmm._engine import Candidate, Engine, log_likelihoods, warn_not_converged
 from daskgmm._gaussian import n_parameters
 from daskgmm._gaussian_mixture import GaussianMixture
 from daskgmm._init import complete_rows, start_factory
 from daskgmm._input import check_n_samples, check_sample_weight
 from daskgmm._params import COVARIANCE_TYPES, CRITERIA
-from daskgmm._placement import active_client, plan_data
 from daskgmm._progress import show_progress
 from daskgmm.checkpoint import fit_settings, open_checkpoint
 
@@ -165,10 +165,9 @@ def select_model(
     settings = dict(fit_settings(template, w), candidates=[[k, ct] for k, ct in candidates])
     ckpt = open_checkpoint(checkpoint, settings, inp, resume)
     # hold the data in (cluster) memory or stream it every pass, as GaussianMixture.fit does
-    X_, bytes_per_pass = plan_data(inp.data, template.persist, inp.kind == "numpy")
-    if w is not None and active_client() is not None:
-        w = w.rechunk((X_.chunks[0],)).persist()  # chunked like the held data
-    data = DataPlan(X_, w, template.nan_policy, bytes_per_pass, inp.n_samples, template.split_every)
+    X_, w, data = plan_fit_data(
+        inp, w, persist=template.persist, nan_policy=template.nan_policy, split_every=template.split_every
+    )
     seed = params.get("random_state")
     shared_rs = None if isinstance(seed, (int, np.integer)) or seed is None else check_random_state(seed)
     # with an int seed every candidate draws the same k-means sample: gather it once

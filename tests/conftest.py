@@ -74,6 +74,7 @@ SYSTEM = {
     "test_out_of_core::test_explicit_persist_is_obeyed_and_gives_the_same_fit",
     "test_out_of_core::test_streamed_fit_of_a_store_larger_than_worker_memory",
     "test_bayesian::test_streamed_fit_of_a_store_larger_than_worker_memory",
+    "test_bayesian::test_sample_weight_on_a_cluster_with_held_chunks_grouped_into_tasks",
     "test_parity::test_fit_on_a_multi_process_cluster_equals_threaded_fit",
     "test_progress::test_compute_on_a_cluster_draws_distributed_bar_on_stderr",
     "test_plot::test_importing_daskgmm_plot_does_not_import_matplotlib",

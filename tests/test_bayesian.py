@@ -135,6 +135,20 @@ def test_sample_weight_counts_a_row_that_many_times():
     assert ours.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-8)
 
 
+def test_sample_weight_on_a_cluster_with_held_chunks_grouped_into_tasks(client):
+    """Held data on a cluster is merged into coarse-task groups; the weights must be held
+    chunked the same way (they were not, on the Bayesian path only)."""
+    X, _, _, _, _ = make_mixture(n_samples=200, n_features=2, n_components=2, seed=5)
+    w = np.random.RandomState(0).randint(1, 4, size=len(X))
+    params = dict(n_components=2, covariance_type="full", random_state=0, max_iter=50)
+    ref = SkBGM(**params).fit(np.repeat(X, w, axis=0))
+    with dask.config.set({"daskgmm.chunks_per_task": 3}):
+        ours = BayesianGaussianMixture(chunk_size=20, persist=True, **params).fit(X, sample_weight=w)
+    order = np.argsort(ours.means_[:, 0]), np.argsort(ref.means_[:, 0])
+    np.testing.assert_allclose(ours.means_[order[0]], ref.means_[order[1]], rtol=1e-6)
+    assert ours.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-8)
+
+
 def test_given_priors_and_nan_policy_omit_equal_sklearn_on_the_complete_rows(X):
     holes = X.copy()
     holes[::7, 1] = np.nan
