@@ -263,18 +263,7 @@ def validate(
                         c.read_span = per
                         pred = predict(c, rows, cr)
                         meas = fit_seconds(da.from_zarr(path), k, covariance_type, iters, client)
-                        row = {
-                            "workers": w,
-                            "chunks": n,
-                            "chunks_per_task": pred["chunks_per_task"],
-                            "tasks": pred["tasks"],
-                            "predicted": pred["seconds"],
-                            "measured": meas["seconds"],
-                            "ratio": pred["seconds"] / meas["seconds"],
-                            "overhead_share": meas.get("overhead_share", math.nan),
-                            "dominant": pred["dominant"],
-                            "load": os.getloadavg()[0],
-                        }
+                        row = {"workers": w, "chunks": n, **_compared(pred, meas)}
                         log(row)
                         out.append(row)
     finally:
@@ -333,13 +322,20 @@ def _case(
         "cov": covariance_type,
         "workers": c.workers,
         "chunks": n_chunks,
+        **_compared(pred, meas),
+        "scheduler_share": pred["terms"]["scheduler"] / pred["seconds"],
+    }
+
+
+def _compared(pred: dict, meas: dict) -> dict:
+    """One row's prediction against its measurement (and the load when it was measured)."""
+    return {
         "chunks_per_task": pred["chunks_per_task"],
         "tasks": pred["tasks"],
         "predicted": pred["seconds"],
         "measured": meas["seconds"],
         "ratio": pred["seconds"] / meas["seconds"],
         "overhead_share": meas.get("overhead_share", math.nan),
-        "scheduler_share": pred["terms"]["scheduler"] / pred["seconds"],
         "dominant": pred["dominant"],
         "load": os.getloadavg()[0],
     }
