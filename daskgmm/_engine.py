@@ -47,7 +47,7 @@ from daskgmm._gaussian import (
     m_step,
     precisions_from_cholesky,
 )
-from daskgmm._graph import TaskSources, chunks_per_task, statistics_pass, task_groups, task_sources
+from daskgmm._graph import Passes, TaskSources, chunks_per_task, statistics_pass, task_groups, task_sources
 from daskgmm._kernels import in_task, multi_chunk_stats
 from daskgmm._missing import marginal_multi_stats, marginal_params, omit_multi_stats
 from daskgmm._placement import active_client, chunks_per_task_setting
@@ -421,6 +421,7 @@ class Engine:
         bar = FitProgress(total, self.progress and bool(live), desc=self.desc, initial=self.passes)
         self.console.write = bar.write
         dtype = self.data.X.dtype
+        passes = Passes(active_client())
         try:
             while live:
                 t0 = time.perf_counter()
@@ -447,6 +448,7 @@ class Engine:
                         token,
                         self.data.split_every,
                         sources=self.data.sources(),
+                        passes=passes,
                     )
                     n_read = len(self.data.blocks)
                 else:
@@ -476,6 +478,7 @@ class Engine:
                         self.console.end(i, self.states[i])
                 live = [i for i in live if self._live(i)]
         finally:
+            passes.close()
             bar.close()
             self.console.write = print
 

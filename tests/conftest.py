@@ -81,6 +81,7 @@ SYSTEM = {
     "test_selection::test_on_a_real_cluster",
     "test_scale::test_parameters_reach_each_worker_once_and_held_data_is_merged",
     "test_scale::test_plan_command_on_a_local_cluster",
+    "test_scale::test_held_chunks_are_spread_over_the_workers_with_their_weights",
 }
 
 

@@ -192,7 +192,8 @@ def test_cli_fits_through_a_command_line_cluster(cli_cluster, data, tmp_path):
 
 def test_worker_killed_mid_fit_gives_the_undisturbed_result(cli_cluster, data):
     """numpy input is persisted on the workers: the killed worker's chunks are recomputed from
-    lineage (the graph still holds the array), nothing was scattered that could be lost."""
+    lineage (the graph still holds the array); the parameters, scattered to every worker each pass,
+    fall back to a key of the pass's graph when the scatter meets the dying worker."""
     client = cli_cluster["client"]
     X = data["X"]
     kw = {"chunk_size": 8_000}
