@@ -47,7 +47,7 @@ from daskgmm._gaussian import (
     m_step,
     precisions_from_cholesky,
 )
-from daskgmm._graph import Passes, TaskSources, chunks_per_task, statistics_pass, task_groups, task_sources
+from daskgmm._graph import Passes, TaskSources, pass_sources, statistics_pass
 from daskgmm._kernels import in_task, multi_chunk_stats
 from daskgmm._missing import marginal_multi_stats, marginal_params, omit_multi_stats
 from daskgmm._placement import active_client, chunks_per_task_setting
@@ -142,17 +142,8 @@ class DataPlan:
         fetches chunks from other workers.
         """
         if self._sources is None:
-            held = active_client() is not None and self._held()
-            row_bytes = self.X.shape[1] * self.X.dtype.itemsize
-            per = 1 if held else chunks_per_task(chunks_per_task_setting(), self.X.chunks[0], row_bytes)
-            self._sources = task_sources(self.blocks, self.weight_blocks, task_groups(len(self.blocks), per))
+            self._sources = pass_sources(self.X, self.blocks, self.weight_blocks, chunks_per_task_setting())
         return self._sources
-
-    def _held(self) -> bool:
-        """Whether the chunks are held on a cluster (persisted: futures in the graph)."""
-        b = self.blocks[0]
-        node = type(dict(b.dask).get(b.key))
-        return node.__name__ == "Future" and node.__module__.startswith("distributed")
 
 
 def estep_params(params: Params, covariance_type: str, dtype) -> EStepParams:

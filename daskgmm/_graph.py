@@ -225,6 +225,23 @@ def task_sources(blocks: Sequence, weight_blocks: Sequence | None, groups: Seque
     return TaskSources(x, w, needed, list(groups))
 
 
+def held_on_cluster(block) -> bool:
+    """Whether a chunk is held on a cluster (persisted: a future in its graph)."""
+    node = type(dict(block.dask).get(block.key))
+    return node.__name__ == "Future" and node.__module__.startswith("distributed")
+
+
+def pass_sources(X, blocks: Sequence, weight_blocks: Sequence | None, setting) -> TaskSources:
+    """The groups of a pass over ``X`` (its chunks ``blocks``): ``setting`` chunks per task
+    (:func:`chunks_per_task`), one per task where the chunks are held on a cluster (they were
+    merged into those groups when persisted) or their sizes are unknown."""
+    rows = X.chunks[0]
+    per = 1
+    if len(blocks) and not held_on_cluster(blocks[0]) and not any(math.isnan(r) for r in rows):
+        per = chunks_per_task(setting, rows, X.shape[1] * X.dtype.itemsize)
+    return task_sources(blocks, weight_blocks, task_groups(len(blocks), per))
+
+
 def group_stats(kernel: Callable, ps, xs: list, ws: list | None = None) -> list:
     """The statistics of one coarse task: the kernel on its chunks as one block of rows.
 
@@ -285,8 +302,9 @@ class Passes:
       added on the driver after one gather, instead of one more task, transfer and report.
     """
 
-    def __init__(self, client=None):
+    def __init__(self, client=None, progress: bool = False):
         self.client = client
+        self.progress = progress  # dask's own bar (:func:`daskgmm._progress.compute`) on the local schedulers
         self._held: list = []
 
     def params(self, ps: list, token: str):
@@ -305,7 +323,9 @@ class Passes:
     def compute(self, outs: list[Delayed]) -> list:
         """The values of ``outs`` (one compute)."""
         if self.client is None:
-            return list(dask.compute(*outs))
+            from daskgmm._progress import compute
+
+            return list((compute if self.progress else dask.compute)(*outs))
         futures = self.client.compute(outs)
         held, self._held = self._held, list(futures)  # released after the graph went out
         del held
@@ -326,6 +346,7 @@ def statistics_pass(
     chunks: Sequence[int] | None = None,
     sources: TaskSources | None = None,
     passes: Passes | None = None,
+    name: str = "gmm-em-stats",
 ) -> list:
     """One pass over the data for every parameter set in ``ps`` (one ``compute``).
 
@@ -335,12 +356,13 @@ def statistics_pass(
     parameter set. With ``chunks`` given (incremental EM), only those chunks are read
     and the per-chunk lists come back unreduced, in the order of ``chunks``. With
     ``sources`` (:func:`task_sources`) and no ``chunks``, one task per group of chunks,
-    submitted by ``passes`` (:class:`Passes`; by default a plain ``dask.compute``).
+    submitted by ``passes`` (:class:`Passes`; by default a plain ``dask.compute``), its keys
+    named ``<name>-<token>``.
     """
     if chunks is None and sources is not None:
         passes = Passes() if passes is None else passes
         pkey = passes.params(list(ps), token)
-        parts = passes.compute(_grouped_graph(kernel, sources, pkey, f"gmm-em-stats-{token}", split_every))
+        parts = passes.compute(_grouped_graph(kernel, sources, pkey, f"{name}-{token}", split_every))
         return parts[0] if len(parts) == 1 else combine_lists(parts)
     ps = shared(list(ps), name=f"gmm-params-{token}")
 

@@ -40,7 +40,7 @@ from daskgmm._gaussian import (
     m_step,
     precision_cholesky_from_precisions,
 )
-from daskgmm._graph import map_reduce, shared
+from daskgmm._graph import Passes, map_reduce, pass_sources, shared, statistics_pass
 from daskgmm._kernels import chunk_stats_given_resp, chunk_stats_nearest
 from daskgmm._progress import compute
 
@@ -126,6 +126,39 @@ def _one_row_params(rows, n_samples, reg_covar, covariance_type, dtype, X=None, 
     return nk / n_samples, means, covariances
 
 
+def _nearest_stats(X, args: list, w=None) -> list:
+    """Statistics of the k-means labels (the nearest centre) on a group of rows."""
+    centers, p = args
+    return [chunk_stats_nearest(X, centers, p, w)]
+
+
+def _moment_stats(X, args: list, w=None) -> list:
+    """Statistics of one component holding every row of a group."""
+    (p,) = args
+    return [chunk_stats_given_resp(X, np.ones((len(X), 1), dtype=X.dtype), p, w)]
+
+
+def _grouped_pass(kernel, X, blocks, wblocks, args: list, token: str, split_every: int) -> dict:
+    """One pass of ``kernel`` over ``X`` in the statistics passes' groups of chunks (coarse
+    tasks, :func:`daskgmm._graph.pass_sources`), as the EM iterations run: keys
+    ``gmm-<token>`` (``gmm-init-…``, ``gmm-moments-…``)."""
+    from daskgmm._placement import chunks_per_task_setting
+
+    sources = pass_sources(X, blocks, wblocks, chunks_per_task_setting())
+    (stats,) = statistics_pass(
+        kernel,
+        blocks,
+        wblocks,
+        args,
+        dask.base.tokenize(args),
+        split_every,
+        sources=sources,
+        passes=Passes(progress=True),
+        name=f"gmm-{token}",
+    )
+    return stats
+
+
 def initialize(
     X: da.Array,
     *,
@@ -173,14 +206,7 @@ def initialize(
         )
         centers = km.cluster_centers_.astype(np.float64)
         p = _stats_params(centers, covariance_type, dtype)
-        pass_token = dask.base.tokenize(token, centers, p)
-        shared_centers = shared(centers, name=f"gmm-init-centers-{pass_token}")
-        shared_p = shared(p, name=f"gmm-init-params-{pass_token}")
-        args = [
-            (b, shared_centers, shared_p) + ((wblocks[i],) if wblocks is not None else ())
-            for i, b in enumerate(blocks)
-        ]
-        stats = compute(map_reduce(chunk_stats_nearest, args, f"gmm-init-{token}", split_every))[0]
+        stats = _grouped_pass(_nearest_stats, X, blocks, wblocks, [centers, p], f"init-{token}", split_every)
         logger.debug("k-means init on %d sampled rows; one pass for initial statistics", len(sample))
         return _params_from_stats(stats, p, total, reg_covar, covariance_type, dtype)
 
@@ -364,17 +390,10 @@ def data_moments(
         guess = gather_rows(X, np.linspace(0, n - 1, min(n, 64)).astype(int)).astype(np.float64).mean(axis=0)
     guess = np.where(np.isfinite(guess), guess, 0.0)
     p = _stats_params(guess[None, :], ct, X.dtype)
-    R = da.ones((n, 1), chunks=(X.chunks[0], 1), dtype=X.dtype)
     blocks = X.to_delayed(optimize_graph=False).ravel()
-    rblocks = R.to_delayed(optimize_graph=False).ravel()
     wblocks = sample_weight.to_delayed(optimize_graph=False).ravel() if sample_weight is not None else None
     token = dask.base.tokenize(X.name, p, None if sample_weight is None else sample_weight.name)
-    shared_p = shared(p, name=f"gmm-moments-params-{token}")
-    args = [
-        (b, rblocks[i], shared_p) + ((wblocks[i],) if wblocks is not None else ())
-        for i, b in enumerate(blocks)
-    ]
-    stats = compute(map_reduce(chunk_stats_given_resp, args, f"gmm-moments-{token}", split_every))[0]
+    stats = _grouped_pass(_moment_stats, X, blocks, wblocks, [p], f"moments-{token}", split_every)
     total = float(stats["nk"][0])
     u = stats["u"][0]
     mean = guess + u / total

@@ -154,6 +154,38 @@ def test_graph_has_one_task_per_group_plus_the_reduction_tree(tmp_path, per):
     assert out[0]["n"] == pytest.approx(len(X))
 
 
+def test_initialisation_passes_run_in_the_same_groups(tmp_path):
+    """The k-means initialisation's statistics pass (and the Bayesian prior's data moments) run in
+    the statistics passes' groups, not one task per chunk: 80 chunks, 5 to a task, 16 tasks; the
+    fit still matches scikit-learn's from the same k-means centres."""
+    import zarr
+    from dask.callbacks import Callback
+
+    from daskgmm import BayesianGaussianMixture
+
+    X, means = _data(8, n=4_000)
+    z = zarr.create_array(str(tmp_path / "x.zarr"), shape=X.shape, chunks=(50, D), dtype="f8")
+    z[:] = X
+    ran: list = []
+    with Callback(pretask=lambda key, dsk, state: ran.append(str(key))), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(K, max_iter=3, tol=0, init_sample_size=4_000, random_state=0).fit(
+            da.from_zarr(str(tmp_path / "x.zarr"))
+        )
+        BayesianGaussianMixture(n_components=K, max_iter=2, random_state=0).fit(
+            da.from_zarr(str(tmp_path / "x.zarr"))
+        )
+    init = [k for k in ran if "gmm-init-" in k and "combine" not in k]
+    moments = [k for k in ran if "gmm-moments-" in k and "combine" not in k]
+    assert len(init) == 2 * 16  # two k-means passes (one per estimator), 16 tasks each
+    assert len(moments) == 16
+    # the same start as scikit-learn's k-means on all rows (init_sample_size covers them)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = SKGaussianMixture(K, max_iter=3, tol=0, random_state=0).fit(X)
+    np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-8, atol=1e-10)
+
+
 def test_automatic_grouping_rule():
     # 16 MiB per task: 1000-row chunks of 16 float64 features (128 KB) -> ceil(16 MiB / 128 KB) = 132
     assert chunks_per_task("auto", [1000] * 10_000, 128) == 132
