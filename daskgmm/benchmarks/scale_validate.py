@@ -377,21 +377,19 @@ def curves(log=print, quick: bool = False, ungrouped_max: int = 10_000) -> dict:
     return out
 
 
-def scheduler_comparison(X, k: int = 16, log=print, iters: int = 8) -> list[dict]:
+def scheduler_comparison(X, k: int = 16, log=print, iters: int = 8, rounds: int = 3) -> list[dict]:
     """The same in-memory fit on the threaded scheduler, a LocalCluster (as dask starts it, and
     without glibc's ``MALLOC_TRIM_THRESHOLD_`` that dask sets in its workers) and scheduler/worker
-    processes, with each distributed iteration broken down (:func:`iteration_breakdown`)."""
+    processes, with each distributed iteration broken down (:func:`iteration_breakdown`).
+
+    ``rounds`` rounds, each timing the threaded fit and then each cluster (a fresh one per round);
+    a row gives the medians over the rounds, its ratio the median of the rounds' ratios to the
+    same round's threaded fit, and the range of those ratios (the machine's load moves them)."""
     import dask
 
-    rows = []
-    base = fit_seconds(X, k, "full", iters)["seconds"]
-    rows.append(
-        {"scheduler": "threaded (2 threads)", "measured": base, "ratio": 1.0, "load": os.getloadavg()[0]}
-    )
-    log(rows[-1])
     untrimmed = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
     untrimmed.pop("MALLOC_TRIM_THRESHOLD_", None)
-    for name, cm, config in (
+    setups = (
         ("LocalCluster, 2 workers x 1 thread", local_cluster, {}),
         (
             "the same, MALLOC_TRIM_THRESHOLD_ unset",
@@ -399,24 +397,33 @@ def scheduler_comparison(X, k: int = 16, log=print, iters: int = 8) -> list[dict
             {"distributed.nanny.pre-spawn-environ": untrimmed},
         ),
         ("dask scheduler + 2 dask workers", process_cluster, {}),
-    ):
-        saved = dict(os.environ)  # a nanny writes pre-spawn-environ into this process's environment
-        try:
-            with dask.config.set(config), cm(2) as client:
-                m = fit_seconds(X, k, "full", iters, client, persist="auto")  # held on the workers
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        rows.append(
-            {
-                **m,
-                "scheduler": name,
-                "measured": m["seconds"],
-                "ratio": m["seconds"] / base,
-                "load": os.getloadavg()[0],
-            }
-        )
-        log(rows[-1])
+    )
+    runs: dict = {"threaded (2 threads)": []}
+    for _ in range(rounds):
+        base = fit_seconds(X, k, "full", iters)["seconds"]
+        runs["threaded (2 threads)"].append({"seconds": base, "ratio": 1.0, "load": os.getloadavg()[0]})
+        for name, cm, config in setups:
+            saved = dict(os.environ)  # a nanny writes pre-spawn-environ into this process's environment
+            try:
+                with dask.config.set(config), cm(2) as client:
+                    m = fit_seconds(X, k, "full", iters, client, persist="auto")  # held on the workers
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+            runs.setdefault(name, []).append({**m, "ratio": m["seconds"] / base, "load": os.getloadavg()[0]})
+            log({"scheduler": name, **runs[name][-1]})
+    rows = []
+    for name, rs in runs.items():
+        row = {"scheduler": name, "rounds": len(rs)}
+        for key in ("seconds", "ratio", "t_start", "t_kernel", "t_idle", "t_end"):
+            if all(key in r for r in rs):
+                row[key] = float(np.median([r[key] for r in rs]))
+        row["measured"] = row.pop("seconds")
+        row["ratio_min"] = min(r["ratio"] for r in rs)
+        row["ratio_max"] = max(r["ratio"] for r in rs)
+        row["load_min"] = min(r["load"] for r in rs)
+        row["load_max"] = max(r["load"] for r in rs)
+        rows.append(row)
     return rows
 
 
@@ -461,25 +468,29 @@ def curves_markdown(out: dict) -> str:
 
 def schedulers_markdown(rows: list[dict]) -> str:
     parts = [
-        "| scheduler | s/iter | vs threaded | start s | kernel s/thread | idle s | end s | load (1 min) |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| scheduler | s/iter | vs threaded | range over rounds | start s | kernel s/thread | idle s | end s | load (1 min) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         cells = [f"{r[key]:.3f}" if key in r else "" for key in ("t_start", "t_kernel", "t_idle", "t_end")]
+        spread = (
+            "" if r["scheduler"].startswith("threaded") else f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f}x"
+        )
         parts.append(
-            f"| {r['scheduler']} | {r['measured']:.3f} | {r['ratio']:.2f}x | "
+            f"| {r['scheduler']} | {r['measured']:.3f} | {r['ratio']:.2f}x | {spread} | "
             + " | ".join(cells)
-            + f" | {r['load']:.1f} |"
+            + f" | {r['load_min']:.1f}–{r['load_max']:.1f} |"
         )
     return "\n".join(parts)
 
 
 def main() -> None:
-    """``python -m daskgmm.benchmarks.scale_validate``: threaded against distributed only."""
+    """``python -m daskgmm.benchmarks.scale_validate [ROUNDS]``: threaded against distributed only."""
     from daskgmm import GaussianMixture  # noqa: F401  (imported before the clusters start)
 
     _, means, _, _ = synthetic_params(16, 16, "full")
-    rows = scheduler_comparison(synthetic_rows(500_000, means), log=lambda r: None)
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    rows = scheduler_comparison(synthetic_rows(500_000, means), log=lambda r: None, rounds=rounds)
     print(schedulers_markdown(rows))
 
 
