@@ -316,7 +316,7 @@ class Passes:
             fut = self.client.scatter({name: ps}, broadcast=True)[name]
         except (OSError, TimeoutError) as e:  # a worker lost while sending (CommClosedError is an OSError)
             logger.info("parameters not scattered (%s): sent as a task of this pass's graph", e)
-            return shared(ps, name=name)
+            return shared(ps, name=f"{name}-task")  # not the name a part-done scatter may have left
         self._held.append(fut)
         return Delayed(name, {name: fut})
 
