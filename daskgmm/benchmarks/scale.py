@@ -1,33 +1,44 @@
 """The cost model of one EM iteration on a cluster (``daskgmm plan``).
 
-One iteration is one graph: one task per group of chunks (:mod:`daskgmm._graph`), a
-tree reduction, a gather, and the M-step on the driver. Its time is modelled as ::
+One iteration is one graph: one task per group of chunks (:mod:`daskgmm._graph`: a task reads
+its group's chunks, consecutive reads merged into one read of their span, and runs the kernel
+ONCE on the group's rows), a tree reduction, a gather, and the M-step on the driver. Its time is
+modelled as ::
 
-    t_iter = t_fixed + waves · t_task + tasks · c_sched + levels · c_level + t_mstep
-    t_task = rows_per_task · c_row + chunks_per_task · c_chunk + bytes_per_task / read_rate
+    t_iter = t_fixed + max(waves · (t_task + c_wave), tasks · c_sched) + levels · c_level + t_mstep
+    t_task = rows_per_task · c_row + c_task + bytes_per_task / read_rate
     waves  = ceil(tasks / slots),  slots = workers · threads
     levels = ceil(log_split_every(tasks))
 
-with the constants measured on the user's cluster by :func:`measure_constants`:
+The threads run ``waves`` tasks one after the other, each followed by the worker's hand-over
+to the next (``c_wave``); the scheduler bounds the pass instead when it cannot hand out tasks
+that fast (``tasks · c_sched``, many tiny tasks). The constants are measured on the user's
+cluster by :func:`measure_constants`:
 
 * ``c_row``: kernel seconds per row on one thread of a worker, for the K, D, covariance
   type and dtype asked, measured with *every* thread of every worker running the kernel at
   once (so cores shared between threads, or with other jobs, show in it);
-* ``c_chunk``: the kernel's fixed cost per chunk (a 64-row chunk minus 64 rows' worth);
-* ``read_rate``: bytes per second one thread reads from the store (``--data``) in spans of
-  ``read_span`` chunks (a task reads its chunks as one span), all threads reading at once;
-  in-memory data has no read term;
+* ``c_task``: the kernel's fixed cost per call (a 64-row block minus 64 rows' worth): one per
+  task, whatever the number of storage chunks the task reads;
+* ``read_rate``: bytes per second one thread reads from the store (``--data``), measured by
+  running the reads of the fit's own tasks (spans of ``read_span`` chunks, the data opened
+  as a fit's graph opens it) on every thread at once, after a warm-up read; the per-chunk
+  cost of a store (many tiny chunks) is in it; in-memory data has no read term;
+* ``c_wave`` and ``t_fixed``: a pass-shaped graph (tasks on the shared parameters, the tree
+  reduction) of tasks that keep a thread busy for a known time ``s``, one wave and several:
+  ``c_wave`` is what each further wave costs beyond ``s`` (the gap between consecutive tasks
+  of a thread: the worker's event loop hands over the next task, task results reported), and
+  ``t_fixed`` what one wave costs beyond ``s`` and its reduction (submitting the graph, the
+  parameters reaching the workers, the first task's start, gathering the result);
 * ``c_sched``: scheduler seconds per task: the slope of the wall time of a pass-shaped graph
-  of no-op tasks (tree reduction included) between two task counts;
+  of no-op tasks between two task counts (the scheduler's throughput);
 * ``c_level``: the latency of one level of the reduction: a chain of dependent no-op tasks;
-* ``t_fixed``: submitting a one-task graph that depends on the parameters and gathering its
-  result (the parameters sent to a worker included);
 * ``t_mstep``: the driver's share: M-step, precisions, the next iteration's prepared
   parameters and their token.
 
-The terms add: on a cluster the scheduler and the reduction overlap the compute only in
-part, and on a small machine they share its cores. :func:`predict` returns every term,
-the dominant one, what to change, and the chunks per task that minimise the prediction.
+The terms add (``scheduler`` is the part of ``tasks · c_sched`` the threads' time does not
+cover). :func:`predict` returns every term, the dominant one, what to change, and the chunks
+per task that minimise the prediction.
 """
 
 from __future__ import annotations
@@ -40,13 +51,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 #: terms of the model, in the order they are printed
-TERMS = ("kernel", "read", "scheduler", "reduction", "m-step", "fixed")
+TERMS = ("kernel", "read", "dispatch", "scheduler", "reduction", "m-step", "fixed")
 
 ADVICE = {
     "kernel": "the computation itself: more cores (workers x threads), float32 data (about 2x), or a "
     "cheaper covariance type (diag) for large D",
     "read": "reading the data: more workers (each reads its share), faster storage or a closer region, "
     "or hold the data in memory (persist=True) when the cluster's memory allows",
+    "dispatch": "the hand-over between consecutive tasks of a thread: fewer, larger tasks (more storage "
+    "chunks per task: daskgmm.chunks_per_task / --chunks-per-task), or more threads (fewer waves)",
     "scheduler": "per-task scheduler cost: more storage chunks per task (daskgmm.chunks_per_task / "
     "--chunks-per-task) or larger chunks",
     "reduction": "the reduction tree's depth: a larger split_every (fewer levels)",
@@ -65,9 +78,10 @@ class Constants:
     covariance_type: str
     dtype: str
     c_row: float
-    c_chunk: float
+    c_task: float
     read_rate: float | None
     c_sched: float
+    c_wave: float
     c_level: float
     t_fixed: float
     t_mstep: float
@@ -106,7 +120,7 @@ def synthetic_rows(n: int, means: np.ndarray, seed: int = 1, dtype="float64") ->
     return (means[labels] + rng.normal(size=(n, means.shape[1]))).astype(dtype)
 
 
-def _estep(k, d, covariance_type, dtype):
+def estep_params(k, d, covariance_type, dtype):
     from daskgmm._gaussian import EStepParams
 
     w, m, _, pc = synthetic_params(k, d, covariance_type)
@@ -117,10 +131,10 @@ def _estep(k, d, covariance_type, dtype):
 # the measurements (functions that run on a worker are plain module functions)
 # --------------------------------------------------------------------------
 def time_kernel(k: int, d: int, covariance_type: str, dtype: str, rows: int) -> tuple[float, float]:
-    """On this process, one core: (seconds per row, fixed seconds per chunk) of the kernel."""
+    """On this process, one core: (seconds per row, fixed seconds per call) of the kernel."""
     from daskgmm._kernels import multi_chunk_stats
 
-    p, means = _estep(k, d, covariance_type, dtype)
+    p, means = estep_params(k, d, covariance_type, dtype)
     X = synthetic_rows(rows, means, dtype=dtype)
 
     def best(x, repeats):
@@ -140,23 +154,120 @@ def time_kernel(k: int, d: int, covariance_type: str, dtype: str, rows: int) -> 
     return c_row, max(small - 64 * c_row, 0.0)
 
 
-def read_chunks(path: str, array: str | None, first: int, count: int, span: int = 1) -> tuple[int, float]:
-    """On a worker: read ``count`` spans of ``span`` consecutive row chunks of a Zarr array, one
-    call per span (as a coarse task reads); (bytes, seconds)."""
-    import zarr
+def _timed_task(nodes, keys, params, *values):
+    """In a task: run the read nodes of one coarse task (as its task runs them), then the kernel
+    on its rows; ``(bytes, read seconds, rows, kernel seconds)``."""
+    from daskgmm._kernels import multi_chunk_stats
 
-    z = zarr.open_array(path, path=array, mode="r") if array else zarr.open_array(path, mode="r")
-    rows = z.chunks[0]
-    n_spans = max(1, -(-z.shape[0] // (rows * span)))
-    nbytes = 0
+    deps = dict(zip(keys, values))
     t = time.perf_counter()
-    for j in range(count):
-        i = (first + j) % n_spans
-        nbytes += np.asarray(z[i * rows * span : (i + 1) * rows * span]).nbytes
-    return nbytes, time.perf_counter() - t
+    parts = [np.asarray(node({k: deps[k] for k in node.dependencies})) for node in nodes]
+    X = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    t_read = time.perf_counter() - t
+    t = time.perf_counter()
+    if params is not None:
+        multi_chunk_stats(X, [params])
+    return X.nbytes, t_read, len(X), time.perf_counter() - t
+
+
+def _read_graph(sources, picks: list[int], params=None):
+    """A graph of one task per picked coarse task: its reads (the same nodes, the same opened
+    array as the fit's graph), timed inside the task, so the dispatch is not counted."""
+    from dask._task_spec import DataNode, List, Task, TaskRef
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    from daskgmm._graph import _deps
+
+    name = f"gmm-plan-read-{time.perf_counter_ns()}"
+    dsk = dict(sources.graph)
+    keys = []
+    for j, i in enumerate(picks):
+        nodes = list(sources.x[i])
+        deps = sorted({k for n in nodes for k in _deps(n)}, key=str)
+        key = (name, j)
+        dsk[key] = Task(
+            key,
+            _timed_task,
+            DataNode(None, nodes),
+            DataNode(None, deps),
+            DataNode(None, params),
+            *map(TaskRef, deps),
+        )
+        keys.append(key)
+    dsk[name] = Task(name, list, List(*map(TaskRef, keys)))
+    return Delayed(name, HighLevelGraph.from_collections(name, dsk, dependencies=[]), layer=name)
+
+
+def open_data_array(data, array: str | None = None):
+    """The dask array a fit reads from ``data``: a dask array as it is, a Zarr array as a fit
+    wraps it (``da.from_zarr``), a path (member ``array`` of a group there) opened as a fit opens it."""
+    import dask.array as da
+
+    if isinstance(data, da.Array):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        from daskgmm._storage import open_zarr_array
+
+        data = open_zarr_array(os.fspath(data), array)[0]
+    return da.from_zarr(data)
+
+
+def time_tasks(client, data, array=None, span: int = 1, params=None, budget: float = 2.0) -> dict:
+    """Run the fit's own coarse tasks on ``data`` (a dask array or a Zarr path): every thread at
+    once, each task reading its ``span`` chunks with the fit's read nodes (the data opened as a
+    fit's graph opens it, consecutive reads merged into one read of their span), then, with
+    ``params`` (:class:`~daskgmm._gaussian.EStepParams`), running the kernel on its rows, each
+    part timed inside the task (the dispatch is not counted). A first round, one task per
+    thread, warms the workers up (imports, the opened array, the page cache) and sizes the timed
+    round: tasks spread evenly over the pass, about ``budget`` seconds per thread, the whole
+    pass at most. Returns ``read_rate`` (bytes per second per thread) and, with ``params``,
+    ``kernel_per_row`` (kernel seconds per row, its fixed cost per call included) and ``rows``."""
+    import dask
+
+    from daskgmm._graph import task_groups, task_sources
+
+    X = open_data_array(data, array)
+    blocks = X.to_delayed(optimize_graph=False).ravel()
+    sources = task_sources(blocks, None, task_groups(len(blocks), span))
+    n = len(sources)
+    slots = max(1, math.prod(cluster_shape(client)))
+
+    def spread(count):
+        count = max(1, min(count, n))
+        return sorted({int(i) for i in np.linspace(0, n - 1, count).round()})
+
+    def run(picks):
+        g = _read_graph(sources, picks, params)
+        if client is None:
+            return dask.compute(g, scheduler="threads", num_workers=slots)[0]
+        return client.compute(g, sync=True)
+
+    warm = run(spread(slots)[::-1])
+    per_task = max(float(np.median([r + k for _, r, _, k in warm])), 1e-6)
+    timed = run(spread(slots * max(1, int(budget / per_task))))
+    nbytes, t_read, rows, t_kernel = (float(sum(t[i] for t in timed)) for i in range(4))
+    out = {"read_rate": nbytes / max(t_read, 1e-9), "tasks": len(timed), "rows": int(rows)}
+    if params is not None:
+        out["kernel_per_row"] = t_kernel / max(rows, 1)
+    return out
+
+
+def read_rate_per_thread(client, data, array=None, span: int = 1) -> float:
+    """Bytes per second one thread reads ``data`` as a fit's tasks read it (:func:`time_tasks`)."""
+    return time_tasks(client, data, array, span)["read_rate"]
 
 
 def _noop(*args):
+    return 0
+
+
+def _busy(seconds, *args):
+    """Keep this thread busy for ``seconds`` of wall time, as a kernel does (numpy, GIL released)."""
+    a = np.ones((48, 48))
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a.dot(a)
     return 0
 
 
@@ -164,14 +275,18 @@ def _sum(parts):
     return 0
 
 
-def _pass_graph(n_tasks: int, params, split_every: int):
-    """A graph shaped like a statistics pass: n no-op tasks on the parameters, a tree of sums."""
+def _pass_graph(n_tasks: int, params, split_every: int, seconds: float = 0.0):
+    """A graph shaped like a statistics pass: n tasks on the parameters (no-ops, or busy for
+    ``seconds``), a tree of sums."""
     from daskgmm._graph import map_reduce, shared
 
     p = shared(params, name=f"gmm-plan-params-{n_tasks}-{time.perf_counter_ns()}")
-    return map_reduce(
-        _noop, [(p, i) for i in range(n_tasks)], f"gmm-plan-{time.perf_counter_ns()}", split_every, _sum
-    )
+    if seconds:
+        args = [(seconds, p, i) for i in range(n_tasks)]
+        func = _busy
+    else:
+        args, func = [(p, i) for i in range(n_tasks)], _noop
+    return map_reduce(func, args, f"gmm-plan-{time.perf_counter_ns()}", split_every, _sum)
 
 
 def _chain(n: int):
@@ -197,6 +312,43 @@ def _best_wall(make, repeats: int = 3) -> float:
     return out
 
 
+def _levels(tasks: int, split_every: int) -> int:
+    return math.ceil(math.log(tasks, split_every) - 1e-12) if tasks > 1 else 0
+
+
+def time_waves(
+    client, params, slots: int, split_every: int, c_level: float, seconds: float = 0.03, waves: int = 4
+) -> tuple[float, float]:
+    """``(c_wave, t_fixed)`` from pass-shaped graphs (tasks on the shared parameters, the tree
+    reduction) of tasks that keep a thread busy for ``seconds``, as a kernel does. ``t_fixed``:
+    the wall time of one wave (``slots`` tasks) less ``seconds`` and its reduction levels.
+    ``c_wave``: the mean gap between consecutive tasks of one thread in ``waves`` waves, from
+    the cluster's task stream (none on the threaded scheduler: its threads take the next task
+    at once)."""
+    import dask
+
+    t1 = _best_wall(lambda: _pass_graph(slots, params, split_every, seconds), repeats=3)
+    t_fixed = max(t1 - seconds - _levels(slots, split_every) * c_level, 0.0)
+    if client is None:
+        return 0.0, t_fixed
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as ts:
+        for _ in range(2):
+            dask.compute(_pass_graph(waves * slots, params, split_every, seconds))
+    runs: dict = {}
+    for t in ts.data:
+        key = t.get("key")
+        name = key[0] if isinstance(key, tuple) else str(key)
+        if not str(name).startswith("gmm-plan-") or "combine" in str(name) or "params" in str(name):
+            continue
+        for s in t.get("startstops", ()):
+            if s.get("action") == "compute":
+                runs.setdefault((name, t.get("worker"), t.get("thread")), []).append((s["start"], s["stop"]))
+    gaps = [b[0] - a[1] for v in runs.values() for a, b in zip(sorted(v), sorted(v)[1:])]
+    return (max(float(np.mean(gaps)), 0.0) if gaps else 0.0), t_fixed
+
+
 def time_mstep(k: int, d: int, covariance_type: str, dtype: str) -> float:
     """Driver seconds per iteration: M-step, precisions, prepared parameters and their token."""
     from dask.base import tokenize
@@ -204,7 +356,7 @@ def time_mstep(k: int, d: int, covariance_type: str, dtype: str) -> float:
     from daskgmm._gaussian import EStepParams, compute_precision_cholesky, m_step
     from daskgmm._kernels import chunk_stats
 
-    p, means = _estep(k, d, covariance_type, dtype)
+    p, means = estep_params(k, d, covariance_type, dtype)
     X = synthetic_rows(max(4 * k, 2000), means, dtype=dtype)
     stats = chunk_stats(X, p)
     out = math.inf
@@ -236,31 +388,37 @@ def measure_constants(
     n_features: int,
     covariance_type: str = "full",
     dtype: str = "float64",
-    data: str | None = None,
+    data=None,
     array: str | None = None,
     split_every: int = 16,
     kernel_rows: int | None = None,
     read_span: int = 1,
 ) -> Constants:
-    """Measure the model's constants on ``client``'s cluster (None: the local threaded scheduler)."""
+    """Measure the model's constants on ``client``'s cluster (None: the local threaded scheduler).
+
+    ``data``: a Zarr path (``array``: a member of the group there), a Zarr array or a dask array,
+    read as a fit reads it in tasks of ``read_span`` chunks (with the kernel on the rows read:
+    :func:`measure_data`); None for data held in memory (no read term).
+    """
     k, d = n_components, n_features
     w, t = cluster_shape(client)
     if kernel_rows is None:  # about 0.1 s of kernel at ~20 GFLOP/s
         m = d * (d + 1) // 2 + d + 1 if covariance_type in ("full", "tied") else 2 * d + 1
         kernel_rows = int(min(200_000, max(2_000, 0.1 * 2e10 / (4 * k * m + 1))))
     timings = _on_every_thread(client, time_kernel, k, d, covariance_type, dtype, kernel_rows)
-    c_row, c_chunk = (float(v) for v in np.mean(timings, axis=0))
+    c_row, c_task = (float(v) for v in np.mean(timings, axis=0))
+    params, _ = estep_params(k, d, covariance_type, dtype)
     read_rate = None
     if data is not None:
-        read_rate = read_rate_per_thread(client, data, array, read_span)
-    params, _ = _estep(k, d, covariance_type, dtype)
+        read_rate, c_row = measure_data(client, data, array, read_span, params, c_row, c_task)
     n1, n2 = 16, 16 + 64 * max(w * t, 1)
     t1 = _best_wall(lambda: _pass_graph(n1, params, split_every), repeats=2)
     t2 = _best_wall(lambda: _pass_graph(n2, params, split_every), repeats=2)
     c_sched = max((t2 - t1) / (n2 - n1), 0.0)
-    t_fixed = _best_wall(lambda: _pass_graph(1, params, split_every), repeats=5)
+    t_one = _best_wall(lambda: _pass_graph(1, params, split_every), repeats=5)
     chain = 30
-    c_level = max((_best_wall(lambda: _chain(chain), repeats=2) - t_fixed) / (chain - 1), 0.0)
+    c_level = max((_best_wall(lambda: _chain(chain), repeats=2) - t_one) / (chain - 1), 0.0)
+    c_wave, t_fixed = time_waves(client, params, max(w * t, 1), split_every, c_level)
     t_mstep = time_mstep(k, d, covariance_type, dtype)
     return Constants(
         k,
@@ -268,9 +426,10 @@ def measure_constants(
         covariance_type,
         str(dtype),
         c_row,
-        c_chunk,
+        c_task,
         read_rate,
         c_sched,
+        c_wave,
         c_level,
         t_fixed,
         t_mstep,
@@ -279,6 +438,17 @@ def measure_constants(
         split_every,
         read_span,
     )
+
+
+def measure_data(client, data, array, span: int, params, c_row: float, c_task: float) -> tuple[float, float]:
+    """``(read_rate, c_row)`` from the fit's own tasks on ``data`` (:func:`time_tasks`): the read
+    rate, and the kernel's cost per row on rows just read, with every thread reading or computing
+    as in a pass (``c_row`` as given where the sample has fewer rows than one task per thread
+    of 1,000 rows)."""
+    out = time_tasks(client, data, array, span, params)
+    if out["rows"] >= 1_000 * out["tasks"]:
+        c_row = max(out["kernel_per_row"] - c_task * out["tasks"] / out["rows"], 0.0)
+    return out["read_rate"], c_row
 
 
 def _on_every_thread(client, fn, *args) -> list:
@@ -298,21 +468,6 @@ def _on_every_thread(client, fn, *args) -> list:
         for _ in range(info.get("nthreads", 1))
     ]
     return client.gather(futs)
-
-
-def read_rate_per_thread(client, path: str, array: str | None, span: int = 1, count: int = 4) -> float:
-    """Bytes per second one thread reads, in spans of ``span`` chunks, every thread reading at once."""
-    if client is None:
-        results = [read_chunks(path, array, 0, count, span)]
-    else:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        slots = [addr for addr, info in workers.items() for _ in range(info.get("nthreads", 1))]
-        futs = [
-            client.submit(read_chunks, path, array, i * count, count, span, pure=False, workers=[addr])
-            for i, addr in enumerate(slots)
-        ]
-        results = client.gather(futs)
-    return float(np.mean([b / max(s, 1e-9) for b, s in results]))
 
 
 # --------------------------------------------------------------------------
@@ -364,12 +519,17 @@ def _terms(c: Constants, rows, chunk_rows, n_chunks, per, slots, itemsize) -> di
     tasks = -(-n_chunks // per)
     rows_per_task = min(per * chunk_rows, rows)
     waves = -(-tasks // slots)
-    levels = math.ceil(math.log(tasks, c.split_every) - 1e-12) if tasks > 1 else 0
+    levels = _levels(tasks, c.split_every)
     bytes_per_task = rows_per_task * c.n_features * itemsize
+    kernel = waves * (rows_per_task * c.c_row + c.c_task)  # the kernel runs once per task
+    read = waves * bytes_per_task / c.read_rate if c.read_rate else 0.0
+    dispatch = waves * c.c_wave
     terms = {
-        "kernel": waves * (rows_per_task * c.c_row + per * c.c_chunk),
-        "read": waves * bytes_per_task / c.read_rate if c.read_rate else 0.0,
-        "scheduler": tasks * c.c_sched,
+        "kernel": kernel,
+        "read": read,
+        "dispatch": dispatch,
+        # the scheduler's throughput bounds the pass only where the threads' time does not cover it
+        "scheduler": max(tasks * c.c_sched - (kernel + read + dispatch), 0.0),
         "reduction": levels * c.c_level,
         "m-step": c.t_mstep,
         "fixed": c.t_fixed,
@@ -392,16 +552,17 @@ def format_prediction(c: Constants, pred: dict) -> str:
         f"constants (measured on {c.workers} worker(s) x {c.threads} thread(s); K={c.n_components}, "
         f"D={c.n_features}, {c.covariance_type}, {c.dtype}):",
         f"  c_row     {c.c_row * 1e9:12.1f} ns per row per thread, all threads busy (kernel)",
-        f"  c_chunk   {c.c_chunk * 1e6:12.1f} us per chunk (kernel's fixed cost)",
+        f"  c_task    {c.c_task * 1e6:12.1f} us per task (kernel's fixed cost, once per task)",
         "  read_rate "
         + (
-            f"{c.read_rate / 1e6:12.1f} MB/s per thread, spans of {c.read_span} chunk(s)"
+            f"{c.read_rate / 1e6:12.1f} MB/s per thread, tasks of {c.read_span} chunk(s), all threads reading"
             if c.read_rate
             else "           - (data in memory)"
         ),
-        f"  c_sched   {c.c_sched * 1e6:12.1f} us per task (scheduler)",
+        f"  c_wave    {c.c_wave * 1e3:12.2f} ms per wave (hand-over between consecutive tasks of a thread)",
+        f"  c_sched   {c.c_sched * 1e6:12.1f} us per task (scheduler throughput)",
         f"  c_level   {c.c_level * 1e3:12.2f} ms per reduction level",
-        f"  t_fixed   {c.t_fixed * 1e3:12.2f} ms per iteration (submit and gather)",
+        f"  t_fixed   {c.t_fixed * 1e3:12.2f} ms per iteration (submit, first task's start, gather)",
         f"  t_mstep   {c.t_mstep * 1e3:12.2f} ms per iteration (driver)",
         f"prediction for {pred['rows']:,} rows in {pred['chunks']:,} chunks of {pred['chunk_rows']:,} rows, "
         f"{pred['chunks_per_task']} chunk(s) per task = {pred['tasks']:,} tasks on {pred['workers']} worker(s) x "
