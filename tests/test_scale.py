@@ -218,6 +218,13 @@ def test_cost_model_against_its_closed_form():
     assert p["seconds"] == pytest.approx(0.05 + 20.0 + 4 * 6e-3 + 2e-3)  # 10,000 tasks: 4 levels
     assert p["dominant"] == "dispatch"
     assert p["best_chunks_per_task"] > 1
+    # threads sharing cores (every thread busy: 2x slower than alone): 10 tasks of 50,000 rows on
+    # 4 slots are 3 waves, but the busiest thread computes max(3 / 2, 10 / 4) = 2.5 task-times
+    p = predict(_constants(sharing=2.0), 500_000, 50_000, workers=4, chunks_per_task=1)
+    assert (p["tasks"], p["waves"], p["busy_tasks"]) == (10, 3, 2.5)
+    assert p["terms"]["kernel"] == pytest.approx(2.5 * (50_000 * 5e-7 + 2e-4))
+    assert p["terms"]["read"] == pytest.approx(2.5 * 50_000 * 16 * 8 / 20e6)
+    assert p["terms"]["dispatch"] == pytest.approx(3 * 3e-3)
 
 
 def test_read_measurement_runs_the_fits_own_tasks(tmp_path):
@@ -315,7 +322,9 @@ def test_plan_command_on_a_local_cluster(cluster, client, capsys):
     rpt = p["chunks_per_task"] * chunk_rows
     assert (p["tasks"], p["waves"], p["levels"]) == (tasks, waves, levels)
     # the kernel runs once per task (its fixed cost c_task once, whatever the chunks per task)
-    assert terms["kernel"] == pytest.approx(waves * (rpt * c["c_row"] + c["c_task"]))
+    busy = max(waves / c["sharing"], tasks / 2)  # shared cores: the last, partial wave runs faster
+    assert c["sharing"] >= 1.0
+    assert terms["kernel"] == pytest.approx(busy * (rpt * c["c_row"] + c["c_task"]))
     assert terms["dispatch"] == pytest.approx(waves * c["c_wave"])
     threads_time = terms["kernel"] + terms["dispatch"]
     assert terms["scheduler"] == pytest.approx(max(tasks * c["c_sched"] - threads_time, 0.0), abs=1e-12)

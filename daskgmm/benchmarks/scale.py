@@ -5,19 +5,26 @@ its group's chunks, consecutive reads merged into one read of their span, and ru
 ONCE on the group's rows), a tree reduction, a gather, and the M-step on the driver. Its time is
 modelled as ::
 
-    t_iter = t_fixed + max(waves · (t_task + c_wave), tasks · c_sched) + levels · c_level + t_mstep
+    t_iter = t_fixed + max(busy · t_task + waves · c_wave, tasks · c_sched) + levels · c_level + t_mstep
     t_task = rows_per_task · c_row + c_task + bytes_per_task / read_rate
+    busy   = max(waves / sharing, tasks / slots)
     waves  = ceil(tasks / slots),  slots = workers · threads
     levels = ceil(log_split_every(tasks))
 
-The threads run ``waves`` tasks one after the other, each followed by the worker's hand-over
-to the next (``c_wave``); the scheduler bounds the pass instead when it cannot hand out tasks
-that fast (``tasks · c_sched``, many tiny tasks). The constants are measured on the user's
-cluster by :func:`measure_constants`:
+The busiest thread runs ``waves`` tasks one after the other, each followed by the worker's
+hand-over to the next (``c_wave``). ``t_task`` is measured with every thread busy; where the
+threads share cores (``sharing`` > 1) a thread runs faster while others are idle (the last,
+partial wave), but the pass never takes less than an even share of all the tasks
+(``tasks / slots`` task-times): ``busy`` is that number of task-times. Without shared cores
+(``sharing`` = 1) ``busy = waves``. The scheduler bounds the pass instead when it cannot hand
+out tasks that fast (``tasks · c_sched``, many tiny tasks). The constants are measured on the
+user's cluster by :func:`measure_constants`:
 
 * ``c_row``: kernel seconds per row on one thread of a worker, for the K, D, covariance
   type and dtype asked, measured with *every* thread of every worker running the kernel at
   once (so cores shared between threads, or with other jobs, show in it);
+* ``sharing``: ``c_row`` against the kernel's cost per row on one thread while every other
+  thread is idle (1 where each thread has a core of its own);
 * ``c_task``: the kernel's fixed cost per call (a 64-row block minus 64 rows' worth): one per
   task, whatever the number of storage chunks the task reads;
 * ``read_rate``: bytes per second one thread reads from the store (``--data``), measured by
@@ -89,6 +96,9 @@ class Constants:
     threads: int
     split_every: int = 16
     read_span: int = 1
+    #: how much slower the kernel runs with every thread busy than on one thread alone (>= 1:
+    #: the threads share cores, with each other or with other jobs)
+    sharing: float = 1.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -407,6 +417,8 @@ def measure_constants(
         kernel_rows = int(min(200_000, max(2_000, 0.1 * 2e10 / (4 * k * m + 1))))
     timings = _on_every_thread(client, time_kernel, k, d, covariance_type, dtype, kernel_rows)
     c_row, c_task = (float(v) for v in np.mean(timings, axis=0))
+    alone = _on_one_thread(client, time_kernel, k, d, covariance_type, dtype, kernel_rows)[0]
+    sharing = max(c_row / max(alone, 1e-12), 1.0)
     params, _ = estep_params(k, d, covariance_type, dtype)
     read_rate = None
     if data is not None:
@@ -437,6 +449,7 @@ def measure_constants(
         t,
         split_every,
         read_span,
+        sharing,
     )
 
 
@@ -449,6 +462,14 @@ def measure_data(client, data, array, span: int, params, c_row: float, c_task: f
     if out["rows"] >= 1_000 * out["tasks"]:
         c_row = max(out["kernel_per_row"] - c_task * out["tasks"] / out["rows"], 0.0)
     return out["read_rate"], c_row
+
+
+def _on_one_thread(client, fn, *args):
+    """``fn(*args)`` on one thread of one worker, every other thread idle (this thread without a client)."""
+    if client is None:
+        return fn(*args)
+    addr = next(iter(client.scheduler_info(n_workers=-1)["workers"]))
+    return client.submit(fn, *args, pure=False, workers=[addr], allow_other_workers=False).result()
 
 
 def _on_every_thread(client, fn, *args) -> list:
@@ -521,8 +542,11 @@ def _terms(c: Constants, rows, chunk_rows, n_chunks, per, slots, itemsize) -> di
     waves = -(-tasks // slots)
     levels = _levels(tasks, c.split_every)
     bytes_per_task = rows_per_task * c.n_features * itemsize
-    kernel = waves * (rows_per_task * c.c_row + c.c_task)  # the kernel runs once per task
-    read = waves * bytes_per_task / c.read_rate if c.read_rate else 0.0
+    # task-times (at the speed of every thread busy) the busiest thread computes: its ``waves``
+    # tasks, faster when fewer threads run (sharing > 1), but not less than an even share
+    busy = max(waves / c.sharing, tasks / slots)
+    kernel = busy * (rows_per_task * c.c_row + c.c_task)  # the kernel runs once per task
+    read = busy * bytes_per_task / c.read_rate if c.read_rate else 0.0
     dispatch = waves * c.c_wave
     terms = {
         "kernel": kernel,
@@ -541,6 +565,7 @@ def _terms(c: Constants, rows, chunk_rows, n_chunks, per, slots, itemsize) -> di
         "chunks_per_task": per,
         "tasks": tasks,
         "waves": waves,
+        "busy_tasks": busy,
         "levels": levels,
         "rows_per_task": rows_per_task,
     }
@@ -553,6 +578,7 @@ def format_prediction(c: Constants, pred: dict) -> str:
         f"D={c.n_features}, {c.covariance_type}, {c.dtype}):",
         f"  c_row     {c.c_row * 1e9:12.1f} ns per row per thread, all threads busy (kernel)",
         f"  c_task    {c.c_task * 1e6:12.1f} us per task (kernel's fixed cost, once per task)",
+        f"  sharing   {c.sharing:12.2f} x  (kernel with every thread busy against one thread alone)",
         "  read_rate "
         + (
             f"{c.read_rate / 1e6:12.1f} MB/s per thread, tasks of {c.read_span} chunk(s), all threads reading"
