@@ -232,7 +232,8 @@ def test_read_measurement_runs_the_fits_own_tasks(tmp_path):
     the store once (80 chunks of 50 rows in 5 tasks of 16 chunks), and the kernel on them."""
     import zarr
 
-    from daskgmm.benchmarks.scale import estep_params, time_tasks
+    from daskgmm.benchmarks.scale import estep_params
+    from daskgmm.benchmarks.scale_data import time_tasks
 
     X, _ = _data(9, n=4_000)
     z = zarr.create_array(str(tmp_path / "x.zarr"), shape=X.shape, chunks=(50, D), dtype="f8")

@@ -22,21 +22,24 @@ user's cluster by :func:`measure_constants`:
 
 * ``c_row``: kernel seconds per row on one thread of a worker, for the K, D, covariance
   type and dtype asked, measured with *every* thread of every worker running the kernel at
-  once (so cores shared between threads, or with other jobs, show in it);
-* ``sharing``: ``c_row`` against the kernel's cost per row on one thread while every other
-  thread is idle (1 where each thread has a core of its own);
+  once (so cores shared between threads, or with other jobs, show in it); with ``--data``,
+  measured on the rows the fit's own tasks have just read (below);
+* ``sharing``: the kernel's cost per row with every thread busy against one thread while
+  every other thread is idle (1 where each thread has a core of its own);
 * ``c_task``: the kernel's fixed cost per call (a 64-row block minus 64 rows' worth): one per
-  task, whatever the number of storage chunks the task reads;
-* ``read_rate``: bytes per second one thread reads from the store (``--data``), measured by
-  running the reads of the fit's own tasks (spans of ``read_span`` chunks, the data opened
-  as a fit's graph opens it) on every thread at once, after a warm-up read; the per-chunk
-  cost of a store (many tiny chunks) is in it; in-memory data has no read term;
-* ``c_wave`` and ``t_fixed``: a pass-shaped graph (tasks on the shared parameters, the tree
-  reduction) of tasks that keep a thread busy for a known time ``s``, one wave and several:
-  ``c_wave`` is what each further wave costs beyond ``s`` (the gap between consecutive tasks
-  of a thread: the worker's event loop hands over the next task, task results reported), and
-  ``t_fixed`` what one wave costs beyond ``s`` and its reduction (submitting the graph, the
-  parameters reaching the workers, the first task's start, gathering the result);
+  task, whatever the number of storage chunks the task reads (their per-chunk cost is a
+  reading cost, in ``read_rate``);
+* ``read_rate``: bytes per second one thread reads from the store (``--data``): the fit's own
+  tasks (spans of ``read_span`` chunks, read with the fit's read nodes on the data opened as a
+  fit opens it), run on every thread at once after a warm-up round, each task timing its read
+  and then its kernel; the per-chunk cost of a store (many tiny chunks) is in it; in-memory
+  data has no read term;
+* ``c_wave`` and ``t_fixed``: pass-shaped graphs (tasks on the shared parameters, the tree
+  reduction) of tasks that keep a thread busy for a known time ``s``: ``c_wave`` is the mean
+  gap between consecutive tasks of one thread in the cluster's task stream (the worker hands
+  over the next task, reports the last), and ``t_fixed`` what one wave (one task per thread)
+  costs beyond ``s`` and its reduction (submitting the graph, the parameters reaching every
+  worker, the first task starting on every thread, gathering the result);
 * ``c_sched``: scheduler seconds per task: the slope of the wall time of a pass-shaped graph
   of no-op tasks between two task counts (the scheduler's throughput);
 * ``c_level``: the latency of one level of the reduction: a chain of dependent no-op tasks;
@@ -56,6 +59,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from daskgmm.benchmarks.scale_data import cluster_shape, measure_data
 
 #: terms of the model, in the order they are printed
 TERMS = ("kernel", "read", "dispatch", "scheduler", "reduction", "m-step", "fixed")
@@ -162,110 +167,6 @@ def time_kernel(k: int, d: int, covariance_type: str, dtype: str, rows: int) -> 
     c_row = (time.perf_counter() - t) / (3 * rows)
     small = best(X[:64], 20)
     return c_row, max(small - 64 * c_row, 0.0)
-
-
-def _timed_task(nodes, keys, params, *values):
-    """In a task: run the read nodes of one coarse task (as its task runs them), then the kernel
-    on its rows; ``(bytes, read seconds, rows, kernel seconds)``."""
-    from daskgmm._kernels import multi_chunk_stats
-
-    deps = dict(zip(keys, values))
-    t = time.perf_counter()
-    parts = [np.asarray(node({k: deps[k] for k in node.dependencies})) for node in nodes]
-    X = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    t_read = time.perf_counter() - t
-    t = time.perf_counter()
-    if params is not None:
-        multi_chunk_stats(X, [params])
-    return X.nbytes, t_read, len(X), time.perf_counter() - t
-
-
-def _read_graph(sources, picks: list[int], params=None):
-    """A graph of one task per picked coarse task: its reads (the same nodes, the same opened
-    array as the fit's graph), timed inside the task, so the dispatch is not counted."""
-    from dask._task_spec import DataNode, List, Task, TaskRef
-    from dask.delayed import Delayed
-    from dask.highlevelgraph import HighLevelGraph
-
-    from daskgmm._graph import _deps
-
-    name = f"gmm-plan-read-{time.perf_counter_ns()}"
-    dsk = dict(sources.graph)
-    keys = []
-    for j, i in enumerate(picks):
-        nodes = list(sources.x[i])
-        deps = sorted({k for n in nodes for k in _deps(n)}, key=str)
-        key = (name, j)
-        dsk[key] = Task(
-            key,
-            _timed_task,
-            DataNode(None, nodes),
-            DataNode(None, deps),
-            DataNode(None, params),
-            *map(TaskRef, deps),
-        )
-        keys.append(key)
-    dsk[name] = Task(name, list, List(*map(TaskRef, keys)))
-    return Delayed(name, HighLevelGraph.from_collections(name, dsk, dependencies=[]), layer=name)
-
-
-def open_data_array(data, array: str | None = None):
-    """The dask array a fit reads from ``data``: a dask array as it is, a Zarr array as a fit
-    wraps it (``da.from_zarr``), a path (member ``array`` of a group there) opened as a fit opens it."""
-    import dask.array as da
-
-    if isinstance(data, da.Array):
-        return data
-    if isinstance(data, (str, os.PathLike)):
-        from daskgmm._storage import open_zarr_array
-
-        data = open_zarr_array(os.fspath(data), array)[0]
-    return da.from_zarr(data)
-
-
-def time_tasks(client, data, array=None, span: int = 1, params=None, budget: float = 2.0) -> dict:
-    """Run the fit's own coarse tasks on ``data`` (a dask array or a Zarr path): every thread at
-    once, each task reading its ``span`` chunks with the fit's read nodes (the data opened as a
-    fit's graph opens it, consecutive reads merged into one read of their span), then, with
-    ``params`` (:class:`~daskgmm._gaussian.EStepParams`), running the kernel on its rows, each
-    part timed inside the task (the dispatch is not counted). A first round, one task per
-    thread, warms the workers up (imports, the opened array, the page cache) and sizes the timed
-    round: tasks spread evenly over the pass, about ``budget`` seconds per thread, the whole
-    pass at most. Returns ``read_rate`` (bytes per second per thread) and, with ``params``,
-    ``kernel_per_row`` (kernel seconds per row, its fixed cost per call included) and ``rows``."""
-    import dask
-
-    from daskgmm._graph import task_groups, task_sources
-
-    X = open_data_array(data, array)
-    blocks = X.to_delayed(optimize_graph=False).ravel()
-    sources = task_sources(blocks, None, task_groups(len(blocks), span))
-    n = len(sources)
-    slots = max(1, math.prod(cluster_shape(client)))
-
-    def spread(count):
-        count = max(1, min(count, n))
-        return sorted({int(i) for i in np.linspace(0, n - 1, count).round()})
-
-    def run(picks):
-        g = _read_graph(sources, picks, params)
-        if client is None:
-            return dask.compute(g, scheduler="threads", num_workers=slots)[0]
-        return client.compute(g, sync=True)
-
-    warm = run(spread(slots)[::-1])
-    per_task = max(float(np.median([r + k for _, r, _, k in warm])), 1e-6)
-    timed = run(spread(slots * max(1, int(budget / per_task))))
-    nbytes, t_read, rows, t_kernel = (float(sum(t[i] for t in timed)) for i in range(4))
-    out = {"read_rate": nbytes / max(t_read, 1e-9), "tasks": len(timed), "rows": int(rows)}
-    if params is not None:
-        out["kernel_per_row"] = t_kernel / max(rows, 1)
-    return out
-
-
-def read_rate_per_thread(client, data, array=None, span: int = 1) -> float:
-    """Bytes per second one thread reads ``data`` as a fit's tasks read it (:func:`time_tasks`)."""
-    return time_tasks(client, data, array, span)["read_rate"]
 
 
 def _noop(*args):
@@ -381,17 +282,6 @@ def time_mstep(k: int, d: int, covariance_type: str, dtype: str) -> float:
     return out
 
 
-def cluster_shape(client) -> tuple[int, int]:
-    """(workers, threads per worker) of a client's cluster (or of this machine without one)."""
-    if client is None:
-        from daskgmm._placement import total_threads
-
-        return 1, total_threads(None)
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    threads = [w.get("nthreads", 1) for w in workers.values()]
-    return len(threads), max(threads, default=1)
-
-
 def measure_constants(
     client,
     n_components: int,
@@ -451,17 +341,6 @@ def measure_constants(
         read_span,
         sharing,
     )
-
-
-def measure_data(client, data, array, span: int, params, c_row: float, c_task: float) -> tuple[float, float]:
-    """``(read_rate, c_row)`` from the fit's own tasks on ``data`` (:func:`time_tasks`): the read
-    rate, and the kernel's cost per row on rows just read, with every thread reading or computing
-    as in a pass (``c_row`` as given where the sample has fewer rows than one task per thread
-    of 1,000 rows)."""
-    out = time_tasks(client, data, array, span, params)
-    if out["rows"] >= 1_000 * out["tasks"]:
-        c_row = max(out["kernel_per_row"] - c_task * out["tasks"] / out["rows"], 0.0)
-    return out["read_rate"], c_row
 
 
 def _on_one_thread(client, fn, *args):
@@ -588,7 +467,7 @@ def format_prediction(c: Constants, pred: dict) -> str:
         f"  c_wave    {c.c_wave * 1e3:12.2f} ms per wave (hand-over between consecutive tasks of a thread)",
         f"  c_sched   {c.c_sched * 1e6:12.1f} us per task (scheduler throughput)",
         f"  c_level   {c.c_level * 1e3:12.2f} ms per reduction level",
-        f"  t_fixed   {c.t_fixed * 1e3:12.2f} ms per iteration (submit, first task's start, gather)",
+        f"  t_fixed   {c.t_fixed * 1e3:12.2f} ms per iteration (submit, first tasks' start, gather)",
         f"  t_mstep   {c.t_mstep * 1e3:12.2f} ms per iteration (driver)",
         f"prediction for {pred['rows']:,} rows in {pred['chunks']:,} chunks of {pred['chunk_rows']:,} rows, "
         f"{pred['chunks_per_task']} chunk(s) per task = {pred['tasks']:,} tasks on {pred['workers']} worker(s) x "

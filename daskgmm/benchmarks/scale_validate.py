@@ -31,11 +31,11 @@ from daskgmm.benchmarks.scale import (
     auto_chunks_per_task,
     estep_params,
     measure_constants,
-    measure_data,
     predict,
     synthetic_params,
     synthetic_rows,
 )
+from daskgmm.benchmarks.scale_data import measure_data
 
 
 def write_store(path: str, X: np.ndarray, chunk_rows: int) -> str:
