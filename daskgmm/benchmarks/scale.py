@@ -34,12 +34,12 @@ user's cluster by :func:`measure_constants`:
   fit opens it), run on every thread at once after a warm-up round, each task timing its read
   and then its kernel; the per-chunk cost of a store (many tiny chunks) is in it; in-memory
   data has no read term;
-* ``c_wave`` and ``t_fixed``: pass-shaped graphs (tasks on the shared parameters, the tree
-  reduction) of tasks that keep a thread busy for a known time ``s``: ``c_wave`` is the mean
-  gap between consecutive tasks of one thread in the cluster's task stream (the worker hands
-  over the next task, reports the last), and ``t_fixed`` what one wave (one task per thread)
-  costs beyond ``s`` and its reduction (submitting the graph, the parameters reaching every
-  worker, the first task starting on every thread, gathering the result);
+* ``c_wave`` and ``t_fixed``: a pass-shaped graph (tasks on the shared parameters, the tree
+  reduction) of a few waves of tasks that keep a thread busy for a known time ``s``: ``c_wave``
+  is the mean gap between consecutive tasks of one thread in the cluster's task stream (the
+  worker hands over the next task, reports the last), and ``t_fixed`` the graph's wall time
+  less ``waves · (s + c_wave) + levels · c_level`` (submitting the graph, the parameters
+  reaching every worker, the first tasks' start, gathering the result);
 * ``c_sched``: scheduler seconds per task: the slope of the wall time of a pass-shaped graph
   of no-op tasks between two task counts (the scheduler's throughput);
 * ``c_level``: the latency of one level of the reduction: a chain of dependent no-op tasks;
@@ -174,11 +174,15 @@ def _noop(*args):
 
 
 def _busy(seconds, *args):
-    """Keep this thread busy for ``seconds`` of wall time, as a kernel does (numpy, GIL released)."""
-    a = np.ones((48, 48))
-    t = time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        a.dot(a)
+    """Keep this thread busy for ``seconds`` of wall time, as a kernel does: in BLAS products
+    (one BLAS thread, the GIL released), not in Python code holding the GIL."""
+    from daskgmm._kernels import single_threaded_blas
+
+    a = np.ones((128, 128))
+    with single_threaded_blas():
+        t = time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            a.dot(a)
     return 0
 
 
@@ -230,34 +234,36 @@ def _levels(tasks: int, split_every: int) -> int:
 def time_waves(
     client, params, slots: int, split_every: int, c_level: float, seconds: float = 0.03, waves: int = 4
 ) -> tuple[float, float]:
-    """``(c_wave, t_fixed)`` from pass-shaped graphs (tasks on the shared parameters, the tree
-    reduction) of tasks that keep a thread busy for ``seconds``, as a kernel does. ``t_fixed``:
-    the wall time of one wave (``slots`` tasks) less ``seconds`` and its reduction levels.
-    ``c_wave``: the mean gap between consecutive tasks of one thread in ``waves`` waves, from
-    the cluster's task stream (none on the threaded scheduler: its threads take the next task
-    at once)."""
-    import dask
+    """``(c_wave, t_fixed)`` from a pass-shaped graph (tasks on the shared parameters, the tree
+    reduction) of ``waves · slots`` tasks that keep a thread busy for ``seconds``, as a kernel
+    does. ``c_wave``: the mean gap between consecutive tasks of one thread, from the cluster's
+    task stream (none on the threaded scheduler: its threads take the next task at once).
+    ``t_fixed``: the graph's wall time less what the model's other terms give it,
+    ``waves · (seconds + c_wave) + levels · c_level`` (threads that start late take fewer
+    tasks, as in a pass, so the spread of the first tasks' starts is not all in it)."""
+    import contextlib
 
-    t1 = _best_wall(lambda: _pass_graph(slots, params, split_every, seconds), repeats=3)
-    t_fixed = max(t1 - seconds - _levels(slots, split_every) * c_level, 0.0)
-    if client is None:
-        return 0.0, t_fixed
-    from distributed import get_task_stream
+    stream = contextlib.nullcontext()
+    if client is not None:
+        from distributed import get_task_stream
 
-    with get_task_stream(client) as ts:
-        for _ in range(2):
-            dask.compute(_pass_graph(waves * slots, params, split_every, seconds))
+        stream = get_task_stream(client)
+    n = waves * slots
+    with stream as ts:
+        wall = _best_wall(lambda: _pass_graph(n, params, split_every, seconds), repeats=2)
     runs: dict = {}
-    for t in ts.data:
+    for t in ts.data if ts is not None else ():
         key = t.get("key")
-        name = key[0] if isinstance(key, tuple) else str(key)
-        if not str(name).startswith("gmm-plan-") or "combine" in str(name) or "params" in str(name):
+        name = str(key[0] if isinstance(key, tuple) else key)
+        if not name.startswith("gmm-plan-") or "combine" in name or "params" in name:
             continue
         for s in t.get("startstops", ()):
             if s.get("action") == "compute":
                 runs.setdefault((name, t.get("worker"), t.get("thread")), []).append((s["start"], s["stop"]))
     gaps = [b[0] - a[1] for v in runs.values() for a, b in zip(sorted(v), sorted(v)[1:])]
-    return (max(float(np.mean(gaps)), 0.0) if gaps else 0.0), t_fixed
+    c_wave = max(float(np.mean(gaps)), 0.0) if gaps else 0.0
+    t_fixed = max(wall - waves * (seconds + c_wave) - _levels(n, split_every) * c_level, 0.0)
+    return c_wave, t_fixed
 
 
 def time_mstep(k: int, d: int, covariance_type: str, dtype: str) -> float:
