@@ -1,33 +1,54 @@
 """The cost model of one EM iteration on a cluster (``daskgmm plan``).
 
-One iteration is one graph: one task per group of chunks (:mod:`daskgmm._graph`), a
-tree reduction, a gather, and the M-step on the driver. Its time is modelled as ::
+One iteration is one graph: one task per group of chunks (:mod:`daskgmm._graph`: a task reads
+its group's chunks, consecutive reads merged into one read of their span, and runs the kernel
+ONCE on the group's rows), a tree reduction, a gather, and the M-step on the driver. Its time is
+modelled as ::
 
-    t_iter = t_fixed + waves · t_task + tasks · c_sched + levels · c_level + t_mstep
-    t_task = rows_per_task · c_row + chunks_per_task · c_chunk + bytes_per_task / read_rate
+    t_iter = t_fixed + max(busy · t_task + waves · c_wave, tasks · c_sched) + levels · c_level + t_mstep
+    t_task = rows_per_task · c_row + c_task + bytes_per_task / read_rate
+    busy   = max(waves / sharing, tasks / slots)
     waves  = ceil(tasks / slots),  slots = workers · threads
     levels = ceil(log_split_every(tasks))
 
-with the constants measured on the user's cluster by :func:`measure_constants`:
+The busiest thread runs ``waves`` tasks one after the other, each followed by the worker's
+hand-over to the next (``c_wave``). ``t_task`` is measured with every thread busy; where the
+threads share cores (``sharing`` > 1) a thread runs faster while others are idle (the last,
+partial wave), but the pass never takes less than an even share of all the tasks
+(``tasks / slots`` task-times): ``busy`` is that number of task-times. Without shared cores
+(``sharing`` = 1) ``busy = waves``. The scheduler bounds the pass instead when it cannot hand
+out tasks that fast (``tasks · c_sched``, many tiny tasks). The constants are measured on the
+user's cluster by :func:`measure_constants`:
 
 * ``c_row``: kernel seconds per row on one thread of a worker, for the K, D, covariance
   type and dtype asked, measured with *every* thread of every worker running the kernel at
-  once (so cores shared between threads, or with other jobs, show in it);
-* ``c_chunk``: the kernel's fixed cost per chunk (a 64-row chunk minus 64 rows' worth);
-* ``read_rate``: bytes per second one thread reads from the store (``--data``) in spans of
-  ``read_span`` chunks (a task reads its chunks as one span), all threads reading at once;
-  in-memory data has no read term;
+  once (so cores shared between threads, or with other jobs, show in it); with ``--data``,
+  measured on the rows the fit's own tasks have just read (below);
+* ``sharing``: the kernel's cost per row with every thread busy against one thread while
+  every other thread is idle (1 where each thread has a core of its own);
+* ``c_task``: the kernel's fixed cost per call (a 64-row block minus 64 rows' worth): one per
+  task, whatever the number of storage chunks the task reads (their per-chunk cost is a
+  reading cost, in ``read_rate``);
+* ``read_rate``: bytes per second one thread reads from the store (``--data``): the fit's own
+  tasks (spans of ``read_span`` chunks, read with the fit's read nodes on the data opened as a
+  fit opens it), run on every thread at once after a warm-up round, each task timing its read
+  and then its kernel; the per-chunk cost of a store (many tiny chunks) is in it; in-memory
+  data has no read term;
+* ``c_wave`` and ``t_fixed``: a pass-shaped graph (tasks on the shared parameters, the tree
+  reduction) of a few waves of tasks that keep a thread busy for a known time ``s``: ``c_wave``
+  is the mean gap between consecutive tasks of one thread in the cluster's task stream (the
+  worker hands over the next task, reports the last), and ``t_fixed`` the graph's wall time
+  less ``waves · (s + c_wave) + levels · c_level`` (submitting the graph, the parameters
+  reaching every worker, the first tasks' start, gathering the result);
 * ``c_sched``: scheduler seconds per task: the slope of the wall time of a pass-shaped graph
-  of no-op tasks (tree reduction included) between two task counts;
+  of no-op tasks between two task counts (the scheduler's throughput);
 * ``c_level``: the latency of one level of the reduction: a chain of dependent no-op tasks;
-* ``t_fixed``: submitting a one-task graph that depends on the parameters and gathering its
-  result (the parameters sent to a worker included);
 * ``t_mstep``: the driver's share: M-step, precisions, the next iteration's prepared
   parameters and their token.
 
-The terms add: on a cluster the scheduler and the reduction overlap the compute only in
-part, and on a small machine they share its cores. :func:`predict` returns every term,
-the dominant one, what to change, and the chunks per task that minimise the prediction.
+The terms add (``scheduler`` is the part of ``tasks · c_sched`` the threads' time does not
+cover). :func:`predict` returns every term, the dominant one, what to change, and the chunks
+per task that minimise the prediction.
 """
 
 from __future__ import annotations
@@ -39,14 +60,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from daskgmm.benchmarks.scale_data import cluster_shape, measure_data
+
 #: terms of the model, in the order they are printed
-TERMS = ("kernel", "read", "scheduler", "reduction", "m-step", "fixed")
+TERMS = ("kernel", "read", "dispatch", "scheduler", "reduction", "m-step", "fixed")
 
 ADVICE = {
     "kernel": "the computation itself: more cores (workers x threads), float32 data (about 2x), or a "
     "cheaper covariance type (diag) for large D",
     "read": "reading the data: more workers (each reads its share), faster storage or a closer region, "
     "or hold the data in memory (persist=True) when the cluster's memory allows",
+    "dispatch": "the hand-over between consecutive tasks of a thread: fewer, larger tasks (more storage "
+    "chunks per task: daskgmm.chunks_per_task / --chunks-per-task), or more threads (fewer waves)",
     "scheduler": "per-task scheduler cost: more storage chunks per task (daskgmm.chunks_per_task / "
     "--chunks-per-task) or larger chunks",
     "reduction": "the reduction tree's depth: a larger split_every (fewer levels)",
@@ -65,9 +90,10 @@ class Constants:
     covariance_type: str
     dtype: str
     c_row: float
-    c_chunk: float
+    c_task: float
     read_rate: float | None
     c_sched: float
+    c_wave: float
     c_level: float
     t_fixed: float
     t_mstep: float
@@ -75,6 +101,9 @@ class Constants:
     threads: int
     split_every: int = 16
     read_span: int = 1
+    #: how much slower the kernel runs with every thread busy than on one thread alone (>= 1:
+    #: the threads share cores, with each other or with other jobs)
+    sharing: float = 1.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +135,7 @@ def synthetic_rows(n: int, means: np.ndarray, seed: int = 1, dtype="float64") ->
     return (means[labels] + rng.normal(size=(n, means.shape[1]))).astype(dtype)
 
 
-def _estep(k, d, covariance_type, dtype):
+def estep_params(k, d, covariance_type, dtype):
     from daskgmm._gaussian import EStepParams
 
     w, m, _, pc = synthetic_params(k, d, covariance_type)
@@ -117,10 +146,10 @@ def _estep(k, d, covariance_type, dtype):
 # the measurements (functions that run on a worker are plain module functions)
 # --------------------------------------------------------------------------
 def time_kernel(k: int, d: int, covariance_type: str, dtype: str, rows: int) -> tuple[float, float]:
-    """On this process, one core: (seconds per row, fixed seconds per chunk) of the kernel."""
+    """On this process, one core: (seconds per row, fixed seconds per call) of the kernel."""
     from daskgmm._kernels import multi_chunk_stats
 
-    p, means = _estep(k, d, covariance_type, dtype)
+    p, means = estep_params(k, d, covariance_type, dtype)
     X = synthetic_rows(rows, means, dtype=dtype)
 
     def best(x, repeats):
@@ -140,23 +169,20 @@ def time_kernel(k: int, d: int, covariance_type: str, dtype: str, rows: int) -> 
     return c_row, max(small - 64 * c_row, 0.0)
 
 
-def read_chunks(path: str, array: str | None, first: int, count: int, span: int = 1) -> tuple[int, float]:
-    """On a worker: read ``count`` spans of ``span`` consecutive row chunks of a Zarr array, one
-    call per span (as a coarse task reads); (bytes, seconds)."""
-    import zarr
-
-    z = zarr.open_array(path, path=array, mode="r") if array else zarr.open_array(path, mode="r")
-    rows = z.chunks[0]
-    n_spans = max(1, -(-z.shape[0] // (rows * span)))
-    nbytes = 0
-    t = time.perf_counter()
-    for j in range(count):
-        i = (first + j) % n_spans
-        nbytes += np.asarray(z[i * rows * span : (i + 1) * rows * span]).nbytes
-    return nbytes, time.perf_counter() - t
-
-
 def _noop(*args):
+    return 0
+
+
+def _busy(seconds, *args):
+    """Keep this thread busy for ``seconds`` of wall time, as a kernel does: in BLAS products
+    (one BLAS thread, the GIL released), not in Python code holding the GIL."""
+    from daskgmm._kernels import single_threaded_blas
+
+    a = np.ones((128, 128))
+    with single_threaded_blas():
+        t = time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            a.dot(a)
     return 0
 
 
@@ -164,14 +190,18 @@ def _sum(parts):
     return 0
 
 
-def _pass_graph(n_tasks: int, params, split_every: int):
-    """A graph shaped like a statistics pass: n no-op tasks on the parameters, a tree of sums."""
+def _pass_graph(n_tasks: int, params, split_every: int, seconds: float = 0.0):
+    """A graph shaped like a statistics pass: n tasks on the parameters (no-ops, or busy for
+    ``seconds``), a tree of sums."""
     from daskgmm._graph import map_reduce, shared
 
     p = shared(params, name=f"gmm-plan-params-{n_tasks}-{time.perf_counter_ns()}")
-    return map_reduce(
-        _noop, [(p, i) for i in range(n_tasks)], f"gmm-plan-{time.perf_counter_ns()}", split_every, _sum
-    )
+    if seconds:
+        args = [(seconds, p, i) for i in range(n_tasks)]
+        func = _busy
+    else:
+        args, func = [(p, i) for i in range(n_tasks)], _noop
+    return map_reduce(func, args, f"gmm-plan-{time.perf_counter_ns()}", split_every, _sum)
 
 
 def _chain(n: int):
@@ -197,6 +227,45 @@ def _best_wall(make, repeats: int = 3) -> float:
     return out
 
 
+def _levels(tasks: int, split_every: int) -> int:
+    return math.ceil(math.log(tasks, split_every) - 1e-12) if tasks > 1 else 0
+
+
+def time_waves(
+    client, params, slots: int, split_every: int, c_level: float, seconds: float = 0.03, waves: int = 4
+) -> tuple[float, float]:
+    """``(c_wave, t_fixed)`` from a pass-shaped graph (tasks on the shared parameters, the tree
+    reduction) of ``waves · slots`` tasks that keep a thread busy for ``seconds``, as a kernel
+    does. ``c_wave``: the mean gap between consecutive tasks of one thread, from the cluster's
+    task stream (none on the threaded scheduler: its threads take the next task at once).
+    ``t_fixed``: the graph's wall time less what the model's other terms give it,
+    ``waves · (seconds + c_wave) + levels · c_level`` (threads that start late take fewer
+    tasks, as in a pass, so the spread of the first tasks' starts is not all in it)."""
+    import contextlib
+
+    stream = contextlib.nullcontext()
+    if client is not None:
+        from distributed import get_task_stream
+
+        stream = get_task_stream(client)
+    n = waves * slots
+    with stream as ts:
+        wall = _best_wall(lambda: _pass_graph(n, params, split_every, seconds), repeats=2)
+    runs: dict = {}
+    for t in ts.data if ts is not None else ():
+        key = t.get("key")
+        name = str(key[0] if isinstance(key, tuple) else key)
+        if not name.startswith("gmm-plan-") or "combine" in name or "params" in name:
+            continue
+        for s in t.get("startstops", ()):
+            if s.get("action") == "compute":
+                runs.setdefault((name, t.get("worker"), t.get("thread")), []).append((s["start"], s["stop"]))
+    gaps = [b[0] - a[1] for v in runs.values() for a, b in zip(sorted(v), sorted(v)[1:])]
+    c_wave = max(float(np.mean(gaps)), 0.0) if gaps else 0.0
+    t_fixed = max(wall - waves * (seconds + c_wave) - _levels(n, split_every) * c_level, 0.0)
+    return c_wave, t_fixed
+
+
 def time_mstep(k: int, d: int, covariance_type: str, dtype: str) -> float:
     """Driver seconds per iteration: M-step, precisions, prepared parameters and their token."""
     from dask.base import tokenize
@@ -204,11 +273,11 @@ def time_mstep(k: int, d: int, covariance_type: str, dtype: str) -> float:
     from daskgmm._gaussian import EStepParams, compute_precision_cholesky, m_step
     from daskgmm._kernels import chunk_stats
 
-    p, means = _estep(k, d, covariance_type, dtype)
+    p, means = estep_params(k, d, covariance_type, dtype)
     X = synthetic_rows(max(4 * k, 2000), means, dtype=dtype)
     stats = chunk_stats(X, p)
     out = math.inf
-    for _ in range(3):
+    for _ in range(5):  # the best of 5: a shared driver's one-off stalls are not the M-step's
         t = time.perf_counter()
         nk, mu, cov = m_step(stats, p.stat_centers, 1e-6, covariance_type, np.dtype(dtype))
         pc = compute_precision_cholesky(cov, covariance_type)
@@ -219,58 +288,59 @@ def time_mstep(k: int, d: int, covariance_type: str, dtype: str) -> float:
     return out
 
 
-def cluster_shape(client) -> tuple[int, int]:
-    """(workers, threads per worker) of a client's cluster (or of this machine without one)."""
-    if client is None:
-        from daskgmm._placement import total_threads
-
-        return 1, total_threads(None)
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    threads = [w.get("nthreads", 1) for w in workers.values()]
-    return len(threads), max(threads, default=1)
-
-
 def measure_constants(
     client,
     n_components: int,
     n_features: int,
     covariance_type: str = "full",
     dtype: str = "float64",
-    data: str | None = None,
+    data=None,
     array: str | None = None,
     split_every: int = 16,
     kernel_rows: int | None = None,
     read_span: int = 1,
 ) -> Constants:
-    """Measure the model's constants on ``client``'s cluster (None: the local threaded scheduler)."""
+    """Measure the model's constants on ``client``'s cluster (None: the local threaded scheduler).
+
+    ``data``: a Zarr path (``array``: a member of the group there), a Zarr array or a dask array,
+    read as a fit reads it in tasks of ``read_span`` chunks (with the kernel on the rows read:
+    :func:`measure_data`); None for data held in memory (no read term).
+    """
     k, d = n_components, n_features
     w, t = cluster_shape(client)
     if kernel_rows is None:  # about 0.1 s of kernel at ~20 GFLOP/s
         m = d * (d + 1) // 2 + d + 1 if covariance_type in ("full", "tied") else 2 * d + 1
         kernel_rows = int(min(200_000, max(2_000, 0.1 * 2e10 / (4 * k * m + 1))))
+    t_mstep0 = time_mstep(k, d, covariance_type, dtype)
     timings = _on_every_thread(client, time_kernel, k, d, covariance_type, dtype, kernel_rows)
-    c_row, c_chunk = (float(v) for v in np.mean(timings, axis=0))
+    c_row, c_task = (float(v) for v in np.mean(timings, axis=0))
+    alone = _on_one_thread(client, time_kernel, k, d, covariance_type, dtype, kernel_rows)[0]
+    sharing = max(c_row / max(alone, 1e-12), 1.0)
+    params, _ = estep_params(k, d, covariance_type, dtype)
     read_rate = None
     if data is not None:
-        read_rate = read_rate_per_thread(client, data, array, read_span)
-    params, _ = _estep(k, d, covariance_type, dtype)
+        read_rate, c_row = measure_data(client, data, array, read_span, params, c_row, c_task)
     n1, n2 = 16, 16 + 64 * max(w * t, 1)
     t1 = _best_wall(lambda: _pass_graph(n1, params, split_every), repeats=2)
     t2 = _best_wall(lambda: _pass_graph(n2, params, split_every), repeats=2)
     c_sched = max((t2 - t1) / (n2 - n1), 0.0)
-    t_fixed = _best_wall(lambda: _pass_graph(1, params, split_every), repeats=5)
+    t_one = _best_wall(lambda: _pass_graph(1, params, split_every), repeats=5)
     chain = 30
-    c_level = max((_best_wall(lambda: _chain(chain), repeats=2) - t_fixed) / (chain - 1), 0.0)
-    t_mstep = time_mstep(k, d, covariance_type, dtype)
+    c_level = max((_best_wall(lambda: _chain(chain), repeats=2) - t_one) / (chain - 1), 0.0)
+    c_wave, t_fixed = time_waves(client, params, max(w * t, 1), split_every, c_level)
+    # the best of two moments (before the cluster's graphs and after): under other jobs' load the
+    # driver was seen stalling ~0.1 s through a whole batch of repeats, which the fits did not show
+    t_mstep = min(t_mstep0, time_mstep(k, d, covariance_type, dtype))
     return Constants(
         k,
         d,
         covariance_type,
         str(dtype),
         c_row,
-        c_chunk,
+        c_task,
         read_rate,
         c_sched,
+        c_wave,
         c_level,
         t_fixed,
         t_mstep,
@@ -278,7 +348,16 @@ def measure_constants(
         t,
         split_every,
         read_span,
+        sharing,
     )
+
+
+def _on_one_thread(client, fn, *args):
+    """``fn(*args)`` on one thread of one worker, every other thread idle (this thread without a client)."""
+    if client is None:
+        return fn(*args)
+    addr = next(iter(client.scheduler_info(n_workers=-1)["workers"]))
+    return client.submit(fn, *args, pure=False, workers=[addr], allow_other_workers=False).result()
 
 
 def _on_every_thread(client, fn, *args) -> list:
@@ -298,21 +377,6 @@ def _on_every_thread(client, fn, *args) -> list:
         for _ in range(info.get("nthreads", 1))
     ]
     return client.gather(futs)
-
-
-def read_rate_per_thread(client, path: str, array: str | None, span: int = 1, count: int = 4) -> float:
-    """Bytes per second one thread reads, in spans of ``span`` chunks, every thread reading at once."""
-    if client is None:
-        results = [read_chunks(path, array, 0, count, span)]
-    else:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        slots = [addr for addr, info in workers.items() for _ in range(info.get("nthreads", 1))]
-        futs = [
-            client.submit(read_chunks, path, array, i * count, count, span, pure=False, workers=[addr])
-            for i, addr in enumerate(slots)
-        ]
-        results = client.gather(futs)
-    return float(np.mean([b / max(s, 1e-9) for b, s in results]))
 
 
 # --------------------------------------------------------------------------
@@ -364,12 +428,20 @@ def _terms(c: Constants, rows, chunk_rows, n_chunks, per, slots, itemsize) -> di
     tasks = -(-n_chunks // per)
     rows_per_task = min(per * chunk_rows, rows)
     waves = -(-tasks // slots)
-    levels = math.ceil(math.log(tasks, c.split_every) - 1e-12) if tasks > 1 else 0
+    levels = _levels(tasks, c.split_every)
     bytes_per_task = rows_per_task * c.n_features * itemsize
+    # task-times (at the speed of every thread busy) the busiest thread computes: its ``waves``
+    # tasks, faster when fewer threads run (sharing > 1), but not less than an even share
+    busy = max(waves / c.sharing, tasks / slots)
+    kernel = busy * (rows_per_task * c.c_row + c.c_task)  # the kernel runs once per task
+    read = busy * bytes_per_task / c.read_rate if c.read_rate else 0.0
+    dispatch = waves * c.c_wave
     terms = {
-        "kernel": waves * (rows_per_task * c.c_row + per * c.c_chunk),
-        "read": waves * bytes_per_task / c.read_rate if c.read_rate else 0.0,
-        "scheduler": tasks * c.c_sched,
+        "kernel": kernel,
+        "read": read,
+        "dispatch": dispatch,
+        # the scheduler's throughput bounds the pass only where the threads' time does not cover it
+        "scheduler": max(tasks * c.c_sched - (kernel + read + dispatch), 0.0),
         "reduction": levels * c.c_level,
         "m-step": c.t_mstep,
         "fixed": c.t_fixed,
@@ -381,6 +453,7 @@ def _terms(c: Constants, rows, chunk_rows, n_chunks, per, slots, itemsize) -> di
         "chunks_per_task": per,
         "tasks": tasks,
         "waves": waves,
+        "busy_tasks": busy,
         "levels": levels,
         "rows_per_task": rows_per_task,
     }
@@ -392,16 +465,18 @@ def format_prediction(c: Constants, pred: dict) -> str:
         f"constants (measured on {c.workers} worker(s) x {c.threads} thread(s); K={c.n_components}, "
         f"D={c.n_features}, {c.covariance_type}, {c.dtype}):",
         f"  c_row     {c.c_row * 1e9:12.1f} ns per row per thread, all threads busy (kernel)",
-        f"  c_chunk   {c.c_chunk * 1e6:12.1f} us per chunk (kernel's fixed cost)",
+        f"  c_task    {c.c_task * 1e6:12.1f} us per task (kernel's fixed cost, once per task)",
+        f"  sharing   {c.sharing:12.2f} x  (kernel with every thread busy against one thread alone)",
         "  read_rate "
         + (
-            f"{c.read_rate / 1e6:12.1f} MB/s per thread, spans of {c.read_span} chunk(s)"
+            f"{c.read_rate / 1e6:12.1f} MB/s per thread, tasks of {c.read_span} chunk(s), all threads reading"
             if c.read_rate
             else "           - (data in memory)"
         ),
-        f"  c_sched   {c.c_sched * 1e6:12.1f} us per task (scheduler)",
+        f"  c_wave    {c.c_wave * 1e3:12.2f} ms per wave (hand-over between consecutive tasks of a thread)",
+        f"  c_sched   {c.c_sched * 1e6:12.1f} us per task (scheduler throughput)",
         f"  c_level   {c.c_level * 1e3:12.2f} ms per reduction level",
-        f"  t_fixed   {c.t_fixed * 1e3:12.2f} ms per iteration (submit and gather)",
+        f"  t_fixed   {c.t_fixed * 1e3:12.2f} ms per iteration (submit, first tasks' start, gather)",
         f"  t_mstep   {c.t_mstep * 1e3:12.2f} ms per iteration (driver)",
         f"prediction for {pred['rows']:,} rows in {pred['chunks']:,} chunks of {pred['chunk_rows']:,} rows, "
         f"{pred['chunks_per_task']} chunk(s) per task = {pred['tasks']:,} tasks on {pred['workers']} worker(s) x "

@@ -29,12 +29,13 @@ import numpy as np
 
 from daskgmm.benchmarks.scale import (
     auto_chunks_per_task,
+    estep_params,
     measure_constants,
     predict,
-    read_rate_per_thread,
     synthetic_params,
     synthetic_rows,
 )
+from daskgmm.benchmarks.scale_data import measure_data
 
 
 def write_store(path: str, X: np.ndarray, chunk_rows: int) -> str:
@@ -256,14 +257,21 @@ def validate(
             with cm as client:
                 with dask_client(client):
                     c = measure_constants(client, k, d, covariance_type)
+                    c_row, params = c.c_row, estep_params(k, d, covariance_type, "float64")[0]
                     for n in chunk_counts:
                         path, cr = stores[n]
                         per = auto_chunks_per_task(d, "float64", n, cr)
-                        c.read_rate = read_rate_per_thread(client, path, None, per)
+                        Xz = da.from_zarr(path)  # what the fit reads, read as its tasks read it
+                        c.read_rate, c.c_row = measure_data(client, Xz, None, per, params, c_row, c.c_task)
                         c.read_span = per
                         pred = predict(c, rows, cr)
-                        meas = fit_seconds(da.from_zarr(path), k, covariance_type, iters, client)
+                        meas = fit_seconds(Xz, k, covariance_type, iters, client)
                         row = {"workers": w, "chunks": n, **_compared(pred, meas)}
+                        row["detail"] = {  # the terms, the constants and the measured breakdown
+                            "terms": pred["terms"],
+                            "constants": c.as_dict(),
+                            "measured": {k: v for k, v in meas.items() if k.startswith("t_")},
+                        }
                         log(row)
                         out.append(row)
     finally:
@@ -311,9 +319,12 @@ def _case(
     c = measure_constants(client, k, d, covariance_type)
     n_chunks = -(-n // chunk_rows)
     span = per or auto_chunks_per_task(d, "float64", n_chunks, chunk_rows)
-    c.read_rate, c.read_span = read_rate_per_thread(client, path, None, span), span
+    Xz = da.from_zarr(path)
+    params = estep_params(k, d, covariance_type, "float64")[0]
+    c.read_rate, c.c_row = measure_data(client, Xz, None, span, params, c.c_row, c.c_task)
+    c.read_span = span
     pred = predict(c, n, chunk_rows, chunks_per_task=per)
-    meas = fit_seconds(da.from_zarr(path), k, covariance_type, iters, client, chunks_per_task=per)
+    meas = fit_seconds(Xz, k, covariance_type, iters, client, chunks_per_task=per)
     shutil.rmtree(path, ignore_errors=True)
     return {
         "N": n,

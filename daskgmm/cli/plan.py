@@ -31,9 +31,10 @@ def add_parser(sub) -> None:
         description=(
             "Measure on the cluster (--scheduler, or a local cluster) the constants of a cost model of one "
             "EM iteration: kernel time per row per core for K, D and the covariance type, read throughput "
-            "per worker from --data, scheduler cost per task, reduction latency per level, the M-step on "
-            "this machine; then print the predicted seconds per iteration for --rows rows in chunks of "
-            "--chunk-rows on --target-workers x --target-threads, term by term, with the dominant term "
+            "per thread from --data (the fit's own tasks: reads and kernel), the gap between consecutive "
+            "tasks of a thread, scheduler cost per task, reduction latency per level, submit and gather, "
+            "the M-step on this machine; then print the predicted seconds per iteration for --rows rows in "
+            "chunks of --chunk-rows on --target-workers x --target-threads, term by term, with the dominant term "
             "and advice. --validate instead fits generated data on local clusters of 1-4 workers and "
             "10-10,000 chunks and prints predicted against measured seconds per iteration."
         ),
@@ -81,6 +82,9 @@ def add_parser(sub) -> None:
         "assumptions (replace a measured constant, to predict for a cluster other than the one measured)"
     )
     a.add_argument("--read-rate", type=float, metavar="MB/S", help="read throughput per worker, MB/s")
+    a.add_argument(
+        "--dispatch-gap", type=float, metavar="MS", help="gap between consecutive tasks of a thread, ms"
+    )
     a.add_argument("--task-overhead", type=float, metavar="MS", help="scheduler cost per task, ms")
     a.add_argument("--level-latency", type=float, metavar="MS", help="latency of one reduction level, ms")
     a.add_argument("--fixed-latency", type=float, metavar="MS", help="submit and gather per iteration, ms")
@@ -123,13 +127,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_plan)
 
 
-def _data_shape(args):
+def _open(args):
+    """The data as a fit opens it (None without --data)."""
     if not args.data:
         return None
     from daskgmm.cli.fit import open_data
 
-    X = open_data(args.data, args.array)
-    return X.shape, getattr(X, "chunks", None), str(X.dtype)
+    return open_data(args.data, args.array)
 
 
 def run_plan(args) -> int:
@@ -139,7 +143,8 @@ def run_plan(args) -> int:
         return _run_validate(args)
     if args.curves:
         return _run_curves(args)
-    shape = _data_shape(args)
+    data = _open(args)
+    shape = None if data is None else (data.shape, getattr(data, "chunks", None), str(data.dtype))
     rows = args.rows or (shape[0][0] if shape else None)
     if rows is None:
         raise UsageError("give --rows N (or --data PATH to take it from the data)")
@@ -167,8 +172,7 @@ def run_plan(args) -> int:
             d,
             args.covariance_type,
             dtype,
-            data=args.data,
-            array=args.array,
+            data=data,
             split_every=args.split_every,
             read_span=per,
         )
@@ -176,6 +180,7 @@ def run_plan(args) -> int:
         consts.read_rate = args.read_rate * 1e6 / (args.target_threads or t)  # per thread
         consts.read_span = per
     for name, field in (
+        ("dispatch_gap", "c_wave"),
         ("task_overhead", "c_sched"),
         ("level_latency", "c_level"),
         ("fixed_latency", "t_fixed"),
