@@ -256,11 +256,9 @@ def group_stats(kernel: Callable, ps, xs: list, ws: list | None = None) -> list:
     return kernel(X, ps, w)
 
 
-def _grouped_graph(
-    kernel, sources: TaskSources, ps, name: str, split_every: int
-) -> tuple[HighLevelGraph, list]:
-    """The pass's graph and its top keys: one task per group, and a fixed-order tree on the workers
-    down to at most ``split_every`` partial sums, which the driver adds (:class:`Passes`)."""
+def _grouped_graph(kernel, sources: TaskSources, ps, name: str, split_every: int) -> list[Delayed]:
+    """The pass's outputs: one task per group, and a fixed-order tree on the workers down to at
+    most ``split_every`` partial sums, which the driver adds (:class:`Passes`)."""
     deps: dict = {}
     pkey = _task_arg(ps, deps)
     dsk: dict = dict(sources.graph)
