@@ -210,9 +210,10 @@ def hold(*arrays):
     client = active_client()
     if client is None:
         return _rebuild(arrays, dask.persist(*present))
-    if any(a.numblocks[1:] not in ((), (1,)) for a in present):  # chunked across features: as dask places it
-        return _rebuild(arrays, client.persist(present))
     threads = {w: i.get("nthreads", 1) for w, i in client.scheduler_info(n_workers=-1)["workers"].items()}
+    if not threads or any(a.numblocks[1:] not in ((), (1,)) for a in present):
+        # no worker yet (an adaptive cluster), or chunked across features: where dask places them
+        return _rebuild(arrays, client.persist(present))
     chunks = [a.to_delayed().ravel() for a in present]
     owners = _owners(len(chunks[0]), threads)
     futures: list[dict] = [{} for _ in present]
