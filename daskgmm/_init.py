@@ -40,7 +40,7 @@ from daskgmm._gaussian import (
     m_step,
     precision_cholesky_from_precisions,
 )
-from daskgmm._graph import Passes, map_reduce, pass_sources, shared, statistics_pass
+from daskgmm._graph import Passes, pass_sources, statistics_pass
 from daskgmm._kernels import chunk_stats_given_resp, chunk_stats_nearest
 from daskgmm._progress import compute
 
@@ -138,6 +138,12 @@ def _moment_stats(X, args: list, w=None) -> list:
     return [chunk_stats_given_resp(X, np.ones((len(X), 1), dtype=X.dtype), p, w)]
 
 
+def _given_resp_stats(XR, args: list, w=None) -> list:
+    """Statistics of given responsibilities, held as the columns after the ``d`` features."""
+    d, p = args
+    return [chunk_stats_given_resp(XR[:, :d].astype(p.dtype), XR[:, d:], p, w)]
+
+
 def _grouped_pass(kernel, X, blocks, wblocks, args: list, token: str, split_every: int) -> dict:
     """One pass of ``kernel`` over ``X`` in the statistics passes' groups of chunks (coarse
     tasks, :func:`daskgmm._graph.pass_sources`), as the EM iterations run: keys
@@ -222,22 +228,23 @@ def initialize(
             resp /= resp.sum(axis=1)[:, np.newaxis]
             R = da.from_array(resp, chunks=(X.chunks[0], n_components))
         else:
+            # drawn chunk by chunk (a seed per storage chunk), so the draws do not depend on
+            # how the chunks are grouped into tasks
             seed = int(random_state.randint(np.iinfo(np.int32).max))
             R = da.random.RandomState(seed).uniform(
                 size=(n_samples, n_components), chunks=(X.chunks[0], n_components)
             )
             R = R / R.sum(axis=1, keepdims=True)
-        rblocks = R.to_delayed(optimize_graph=False).ravel()
-        means_guess = np.zeros((n_components, X.shape[1]))
         # centre the statistics on a cheap guess of the data mean: the mean of a few rows
         guess = gather_rows(X, np.linspace(0, n_samples - 1, min(n_samples, 64)).astype(int)).mean(axis=0)
-        p = _stats_params(np.broadcast_to(guess, means_guess.shape).copy(), covariance_type, dtype)
-        shared_p = shared(p, name=f"gmm-init-params-{dask.base.tokenize(token, p, R.name)}")
-        args = [
-            (b, rblocks[i], shared_p) + ((wblocks[i],) if wblocks is not None else ())
-            for i, b in enumerate(blocks)
-        ]
-        stats = compute(map_reduce(chunk_stats_given_resp, args, f"gmm-init-{token}", split_every))[0]
+        p = _stats_params(np.broadcast_to(guess, (n_components, X.shape[1])).copy(), covariance_type, dtype)
+        # the responsibilities ride along as more columns of the same chunks (float64, exact
+        # for float32 rows too), so the pass runs in the statistics passes' groups
+        XR = da.concatenate([X.astype(np.float64), R.astype(np.float64)], axis=1).rechunk({1: -1})
+        xr_blocks = XR.to_delayed(optimize_graph=False).ravel()
+        stats = _grouped_pass(
+            _given_resp_stats, XR, xr_blocks, wblocks, [X.shape[1], p], f"init-{token}", split_every
+        )
         return _params_from_stats(stats, p, total, reg_covar, covariance_type, dtype)
 
     raise ValueError(

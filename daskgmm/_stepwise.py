@@ -53,7 +53,17 @@ def stepwise_update(
         stream = stream_from_params(params, ct, cfg.reg_covar)
     p = data.prepare(params, ct, dtype)
     token = tokenize(data.token, params.weights, params.means, params.precisions_cholesky, ct, "partial")
-    (batch,) = statistics_pass(data.kernel, data.blocks, data.weight_blocks, [p], token, data.split_every)
+    # the batch in the engine's coarse tasks (``daskgmm.chunks_per_task``), as a fit's passes
+    (batch,) = statistics_pass(
+        data.kernel,
+        data.blocks,
+        data.weight_blocks,
+        [p],
+        token,
+        data.split_every,
+        sources=data.sources(),
+        name="gmm-partial",
+    )
     if not batch["n"] > 0:
         raise ValueError(
             "The batch has no rows with positive weight (after nan_policy): nothing to learn from."

@@ -186,6 +186,42 @@ def test_initialisation_passes_run_in_the_same_groups(tmp_path):
     np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-8, atol=1e-10)
 
 
+def test_random_initialisation_and_partial_fit_run_in_the_same_groups(tmp_path):
+    """The 'random' initialisation's pass (responsibilities drawn per storage chunk) and a
+    ``partial_fit`` batch run in the statistics passes' groups too: 80 chunks, 5 to a task, 16
+    tasks each. References: scikit-learn's fit from the same random responsibilities (numpy
+    input: scikit-learn's own random stream), and scikit-learn's one EM step from the same
+    k-means start for the first ``partial_fit`` batch (step size 1)."""
+    import zarr
+    from dask.callbacks import Callback
+
+    X, _ = _data(8, n=4_000)
+    z = zarr.create_array(str(tmp_path / "x.zarr"), shape=X.shape, chunks=(50, D), dtype="f8")
+    z[:] = X
+    ran: list = []
+    with (
+        Callback(pretask=lambda key, dsk, state: ran.append(str(key))),
+        warnings.catch_warnings(),
+        dask.config.set({"daskgmm.chunks_per_task": 5}),
+    ):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(K, max_iter=3, tol=0, init_params="random", chunk_size=50, random_state=0).fit(X)
+        init = [k for k in ran if "gmm-init-" in k and "combine" not in k]
+        assert len(init) == 16
+        ran.clear()
+        streamed = GaussianMixture(K, init_sample_size=4_000, random_state=0)
+        streamed.partial_fit(da.from_zarr(str(tmp_path / "x.zarr")))
+    batch = [k for k in ran if "gmm-partial-" in k and "combine" not in k]
+    assert len(batch) == 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = SKGaussianMixture(K, max_iter=3, tol=0, init_params="random", random_state=0).fit(X)
+        sk_step = SKGaussianMixture(K, max_iter=1, tol=0, random_state=0).fit(X)
+    np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(streamed.means_, sk_step.means_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(streamed.covariances_, sk_step.covariances_, rtol=1e-7, atol=1e-10)
+
+
 def test_automatic_grouping_rule():
     # 16 MiB per task: 1000-row chunks of 16 float64 features (128 KB) -> ceil(16 MiB / 128 KB) = 132
     assert chunks_per_task("auto", [1000] * 10_000, 128) == 132
