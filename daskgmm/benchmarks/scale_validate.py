@@ -352,9 +352,11 @@ def _compared(pred: dict, meas: dict) -> dict:
     }
 
 
-def curves(log=print, quick: bool = False, ungrouped_max: int = 10_000) -> dict:
+def curves(log=print, quick: bool = False, ungrouped_max: int = 10_000, processes: bool = False) -> dict:
     """s/iter against chunks (grouped and one chunk per task), K and D on 2 workers, and the
-    threaded scheduler against a distributed cluster at 500,000×16, K=16."""
+    threaded scheduler against a distributed cluster at 500,000×16, K=16. ``processes``: the
+    curves on ``dask scheduler``/``dask worker`` processes instead of a LocalCluster (the
+    scheduler comparison, which runs both, is then left out)."""
     from daskgmm import GaussianMixture  # noqa: F401  (imported before the clusters start)
 
     out: dict = {"chunks": [], "K": [], "D": [], "schedulers": []}
@@ -363,7 +365,7 @@ def curves(log=print, quick: bool = False, ungrouped_max: int = 10_000) -> dict:
     try:
         _, means, _, _ = synthetic_params(16, 16, "full")
         X = synthetic_rows(n, means)
-        with local_cluster(2) as client:
+        with (process_cluster if processes else local_cluster)(2) as client:
             for chunks in (1, 10, 100, 1000, 10_000):
                 for per in (None, 1):
                     if per == 1 and (chunks == 1 or chunks > ungrouped_max):
@@ -382,7 +384,8 @@ def curves(log=print, quick: bool = False, ungrouped_max: int = 10_000) -> dict:
                 row = _case(client, synthetic_rows(100_000, md), 1000, 16, ct, tmp)
                 log(row)
                 out["D"].append(row)
-        out["schedulers"] = scheduler_comparison(X, log=log)
+        if not processes:
+            out["schedulers"] = scheduler_comparison(X, log=log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

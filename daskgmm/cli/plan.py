@@ -121,7 +121,8 @@ def add_parser(sub) -> None:
     v.add_argument(
         "--processes",
         action="store_true",
-        help="validate on 'dask scheduler'/'dask worker' processes on 127.0.0.1 instead of LocalCluster",
+        help="validate (or measure the curves) on 'dask scheduler'/'dask worker' processes on 127.0.0.1 "
+        "instead of LocalCluster",
     )
     add_cluster_arguments(p)
     p.set_defaults(func=run_plan)
@@ -241,6 +242,7 @@ def _run_curves(args) -> int:
     out = scale_validate.curves(
         log=lambda r: print(r, file=sys.stderr),
         ungrouped_max=int(os.environ.get("DASKGMM_UNGROUPED_MAX", 10_000)),
+        processes=args.processes,
     )
     load1 = os.getloadavg()
     if args.json:
