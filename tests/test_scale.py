@@ -320,7 +320,7 @@ def test_read_measurement_runs_the_fits_own_tasks(tmp_path):
 # --------------------------------------------------------------------------
 def test_parameters_reach_each_worker_once_and_held_data_is_merged(client):
     """One parameter key per pass, sent to each worker once (not once per task, and not fetched
-    by one worker from another); in-memory data held on the cluster in merged chunks, one task each,
+    by a task from another worker, but for a rare late copy); in-memory data held on the cluster in merged chunks, one task each,
     none moved."""
     from distributed import get_task_stream
 
@@ -349,8 +349,11 @@ def test_parameters_reach_each_worker_once_and_held_data_is_merged(client):
 
     logs = client.run(fetched)
     keys = [k for ks in logs.values() for k in ks]
-    # the parameters are scattered to every worker before each pass's graph: no task fetches them
-    assert [k for k in keys if "gmm-params" in k] == []
+    # the parameters are scattered to every worker before each pass's graph, so tasks do not fetch
+    # them: a parameters task fetched by the other worker would show once per pass (n_iter times).
+    # dask's broadcast scatter places them on one worker and has the others copy them; when a
+    # copy fails or comes late (seen once in a loaded CI run) a task fetches them: at most once.
+    assert len([k for k in keys if "gmm-params" in k]) <= 1 < gm.n_iter_
     # a task reads the one held chunk of its worker: of 16 x n_iter task runs, at most two a pass
     # fetch their chunk (the scheduler may send a task whose chunk is this small, 40 KB, to the
     # other worker to even out the queues; a systematic misplacement would move about 8 a pass);
