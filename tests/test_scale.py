@@ -320,8 +320,8 @@ def test_read_measurement_runs_the_fits_own_tasks(tmp_path):
 # --------------------------------------------------------------------------
 def test_parameters_reach_each_worker_once_and_held_data_is_merged(client):
     """One parameter key per pass, sent to each worker once (not once per task, and not fetched
-    by a task from another worker, but for a rare late copy); in-memory data held on the cluster in merged chunks, one task each,
-    none moved."""
+    by a task from another worker, but for a rare late copy); in-memory data held on the cluster
+    in merged chunks, one task each, none moved."""
     from distributed import get_task_stream
 
     X, means = _data(7, n=20_000)

@@ -81,7 +81,9 @@ def open_data_array(data, array: str | None = None):
     return da.from_zarr(data)
 
 
-def time_tasks(client, data, array=None, span: int = 1, params=None, budget: float = 1.0) -> dict:
+def time_tasks(
+    client, data, array=None, span: int = 1, params=None, budget: float = 1.0, rounds: int = 3
+) -> dict:
     """Run the fit's own coarse tasks on ``data`` (a dask array or a Zarr path): every thread at
     once, each task reading its ``span`` chunks with the fit's read nodes (the data opened as a
     fit's graph opens it, consecutive reads merged into one read of their span), then, with
@@ -89,9 +91,12 @@ def time_tasks(client, data, array=None, span: int = 1, params=None, budget: flo
     part timed inside the task (the dispatch is not counted). A first round, one task per
     thread, warms the workers up (imports, the opened array, the page cache) and sizes the
     rounds: tasks spread evenly over the pass, about ``budget`` seconds per thread, the whole
-    pass at most. That round runs twice and the second is timed: the steady state of a fit's
-    iterations after its first (measured here: the first round over the same tasks was 10-25%
-    slower than the next ones). Returns ``read_rate`` (bytes per second per thread) and, with ``params``,
+    pass at most. That round runs once untimed, then ``rounds`` times timed: the steady state of
+    a fit's iterations after its first (measured here: the first round over the same tasks was
+    10-25% slower than the next ones); each rate is the median over the timed rounds, as a fit's
+    seconds per iteration are a median, so one round slowed by another job does not set it
+    (measured: a one-round read rate taken while another job started over-predicted two
+    read-bound cells of the validation grid by a third). Returns ``read_rate`` (bytes per second per thread) and, with ``params``,
     ``kernel_per_row`` (kernel seconds per row, its fixed cost per call included) and ``rows``."""
     import dask
 
@@ -117,11 +122,15 @@ def time_tasks(client, data, array=None, span: int = 1, params=None, budget: flo
     per_task = max(float(np.median([r + k for _, r, _, k in warm])), 1e-6)
     picks = spread(slots * max(1, int(budget / per_task)))
     run(picks)  # the first round over the picks is still ~20% slower than the next ones
-    timed = run(picks)
-    nbytes, t_read, rows, t_kernel = (float(sum(t[i] for t in timed)) for i in range(4))
-    out = {"read_rate": nbytes / max(t_read, 1e-9), "tasks": len(timed), "rows": int(rows)}
+    rates, per_row = [], []
+    for _ in range(rounds):
+        timed = run(picks)
+        nbytes, t_read, rows, t_kernel = (float(sum(t[i] for t in timed)) for i in range(4))
+        rates.append(nbytes / max(t_read, 1e-9))
+        per_row.append(t_kernel / max(rows, 1))
+    out = {"read_rate": float(np.median(rates)), "tasks": len(timed), "rows": int(rows)}
     if params is not None:
-        out["kernel_per_row"] = t_kernel / max(rows, 1)
+        out["kernel_per_row"] = float(np.median(per_row))
     return out
 
 
