@@ -96,8 +96,9 @@ def time_tasks(
     10-25% slower than the next ones); each rate is the median over the timed rounds, as a fit's
     seconds per iteration are a median, so one round slowed by another job does not set it
     (measured: a one-round read rate taken while another job started over-predicted two
-    read-bound cells of the validation grid by a third). Returns ``read_rate`` (bytes per second per thread) and, with ``params``,
-    ``kernel_per_row`` (kernel seconds per row, its fixed cost per call included) and ``rows``."""
+    read-bound cells of the validation grid by a third). Returns ``read_rate`` (bytes per second
+    per thread) and, with ``params``, ``kernel_per_row`` (kernel seconds per row, its fixed cost
+    per call included) and ``rows``."""
     import dask
 
     from daskgmm._graph import task_groups, task_sources
