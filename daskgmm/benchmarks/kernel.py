@@ -312,8 +312,8 @@ def run_benchmark(
     Parameters
     ----------
     shapes : sequence of (N, D, K)
-        Full-covariance float64 cases. The first one also gets the float32 row, the
-        other covariance types and the chunk-overhead rows.
+        Full-covariance float64 cases, each followed by its float32 row. The first one also
+        gets the other covariance types and the chunk-overhead rows.
     n_iter : int
         EM iterations timed per case.
     chunk_counts : sequence of int
@@ -321,7 +321,7 @@ def run_benchmark(
     sklearn_shapes : sequence of int or None
         Indices into ``shapes`` where scikit-learn also runs (None: all).
     other_types, float32 : bool
-        Add the tied/diag/spherical rows and the float32 row.
+        Add the tied/diag/spherical rows and the float32 rows.
     seed : int
         Seed of the generated data.
     gemm_n : int
@@ -360,7 +360,7 @@ def run_benchmark(
                 rows[-1]["sklearn_s_by_blas"] = sk_by
             if ct == "full":
                 full_model = (dg_s, dg_model, sk_s, nchunks)
-        if i == 0 and float32:
+        if float32:  # every shape: the kernel's limit is asked in both dtypes
             say(f"N={n} D={d} K={k} full float32 ...")
             init = init_kwargs(start, "full")
             X32 = X.astype(np.float32)

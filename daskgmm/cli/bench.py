@@ -72,7 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(about a minute per scikit-learn iteration there), all, none (default: %(default)s)",
     )
     p.add_argument("--no-other-types", action="store_true", help="skip the tied/diag/spherical rows")
-    p.add_argument("--no-float32", action="store_true", help="skip the float32 row")
+    p.add_argument("--no-float32", action="store_true", help="skip the float32 rows")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated data (default: %(default)s)")
     p.add_argument(
         "--gemm-size",
