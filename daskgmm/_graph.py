@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 import dask
@@ -305,11 +306,14 @@ class Passes:
         self.progress = progress  # dask's own bar (:func:`daskgmm._progress.compute`) on the local schedulers
         self._held: list = []
 
-    def params(self, ps: list, token: str):
-        """The pass's parameters as one graph key, ``gmm-params-<token>``."""
+    def params(self, ps: list, token: str, scatter: bool = True):
+        """The pass's parameters as one graph key, ``gmm-params-<token>``: scattered on a
+        distributed client, else (or with ``scatter=False``) a task of the pass's graph."""
         name = f"gmm-params-{token}"
         if self.client is None:
             return shared(ps, name=name)
+        if not scatter:
+            return shared(ps, name=f"{name}-task")
         try:
             fut = self.client.scatter({name: ps}, broadcast=True)[name]
         except (OSError, TimeoutError) as e:  # a worker lost while sending (CommClosedError is an OSError)
@@ -360,7 +364,21 @@ def statistics_pass(
     if chunks is None and sources is not None:
         passes = Passes() if passes is None else passes
         pkey = passes.params(list(ps), token)
-        parts = passes.compute(_grouped_graph(kernel, sources, pkey, f"{name}-{token}", split_every))
+        try:
+            parts = passes.compute(_grouped_graph(kernel, sources, pkey, f"{name}-{token}", split_every))
+        except CancelledError as e:
+            # Scattered parameters have no lineage: dask's broadcast scatter puts them on one
+            # worker and has the others copy them, so a worker lost before the copies (a killed
+            # worker, a preempted node) can take the only copy with it, and the scheduler cancels
+            # the pass's graph for "lost dependencies". The pass runs again, the parameters a
+            # task of its graph this time, which a lost worker cannot take away.
+            if passes.client is None or "lost dependencies" not in str(e):
+                raise
+            logger.warning("pass %s: parameters lost with a worker (%s); running the pass again", token, e)
+            pkey = passes.params(list(ps), token, scatter=False)
+            parts = passes.compute(
+                _grouped_graph(kernel, sources, pkey, f"{name}-{token}-again", split_every)
+            )
         return parts[0] if len(parts) == 1 else combine_lists(parts)
     ps = shared(list(ps), name=f"gmm-params-{token}")
 

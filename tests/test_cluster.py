@@ -193,7 +193,8 @@ def test_cli_fits_through_a_command_line_cluster(cli_cluster, data, tmp_path):
 def test_worker_killed_mid_fit_gives_the_undisturbed_result(cli_cluster, data):
     """numpy input is persisted on the workers: the killed worker's chunks are recomputed from
     lineage (the graph still holds the array); the parameters, scattered to every worker each pass,
-    fall back to a key of the pass's graph when the scatter meets the dying worker."""
+    fall back to a key of the pass's graph when the scatter meets the dying worker, or when the
+    graph finds them lost with it (the next test)."""
     client = cli_cluster["client"]
     X = data["X"]
     kw = {"chunk_size": 8_000}
@@ -218,6 +219,62 @@ def test_worker_killed_mid_fit_gives_the_undisturbed_result(cli_cluster, data):
         _assert_same_fit(got, ref)
         client.wait_for_workers(2, timeout=60)
         assert pids[victim_addr] not in client.run(os.getpid).values()  # it really died
+
+
+def test_a_pass_whose_scattered_parameters_died_with_their_worker_runs_again(cli_cluster, data):
+    """Scattered parameters have no lineage. When the only worker holding them dies before the
+    pass's graph arrives (dask's broadcast scatter copies them from one worker to the others, so a
+    worker killed in between takes the only copy), the scheduler cancels the pass for "lost
+    dependencies"; the pass runs again with the parameters as a task of its graph. Here they are
+    scattered to one worker, which is killed before the graph is sent. Reference: the data's
+    moments about a given centre, in numpy."""
+    import dask.array as da
+    from dask.delayed import Delayed
+
+    from daskgmm._graph import Passes, pass_sources, statistics_pass
+    from daskgmm._init import _moment_stats, _stats_params
+
+    client = cli_cluster["client"]
+    client.wait_for_workers(2, timeout=60)
+    X = data["X"]
+    Xd = da.from_array(X, chunks=(5_000, X.shape[1]))
+    blocks = Xd.to_delayed(optimize_graph=False).ravel()
+    pids = client.run(os.getpid)
+    victim = sorted(pids)[0]
+    made: list = []
+
+    class OneCopy(Passes):
+        def params(self, ps, token, scatter=True):
+            made.append(scatter)
+            if not scatter:
+                return super().params(ps, token, scatter=False)
+            name = f"gmm-params-{token}"
+            fut = self.client.scatter({name: ps}, workers=[victim])[name]
+            os.kill(pids[victim], signal.SIGKILL)
+            _wait_for(lambda: victim not in client.scheduler_info(n_workers=-1)["workers"], 60, "the loss")
+            self._held.append(fut)
+            return Delayed(name, {name: fut})
+
+    centre = np.full((1, X.shape[1]), 0.5)
+    p = _stats_params(centre, "full", X.dtype)
+    with client.as_current():
+        (stats,) = statistics_pass(
+            _moment_stats,
+            blocks,
+            None,
+            [p],
+            "lost-params-test",
+            sources=pass_sources(Xd, blocks, None, 1),
+            passes=OneCopy(client),
+            name="gmm-test",
+        )
+    assert made == [True, False]  # scattered, lost, then a task of the graph
+    Xc = X - centre
+    assert stats["n"] == len(X) and stats["nk"][0] == pytest.approx(len(X))
+    assert_allclose(stats["u"][0], Xc.sum(axis=0), rtol=1e-10)
+    assert_allclose(stats["s2"][0], Xc.T @ Xc, rtol=1e-10)
+    client.wait_for_workers(2, timeout=60)
+    assert pids[victim] not in client.run(os.getpid).values()  # it really died
 
 
 def test_result_does_not_depend_on_the_number_of_workers(cli_cluster, data):
