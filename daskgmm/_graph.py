@@ -312,15 +312,18 @@ class Passes:
         name = f"gmm-params-{token}"
         if self.client is None:
             return shared(ps, name=name)
-        if not scatter:
-            return shared(ps, name=f"{name}-task")
-        try:
-            fut = self.client.scatter({name: ps}, broadcast=True)[name]
-        except (OSError, TimeoutError) as e:  # a worker lost while sending (CommClosedError is an OSError)
-            logger.info("parameters not scattered (%s): sent as a task of this pass's graph", e)
-            return shared(ps, name=f"{name}-task")  # not the name a part-done scatter may have left
-        self._held.append(fut)
-        return Delayed(name, {name: fut})
+        if scatter:
+            try:
+                fut = self.client.scatter({name: ps}, broadcast=True)[name]
+            except (
+                OSError,
+                TimeoutError,
+            ) as e:  # a worker lost while sending (CommClosedError is an OSError)
+                logger.info("parameters not scattered (%s): sent as a task of this pass's graph", e)
+            else:
+                self._held.append(fut)
+                return Delayed(name, {name: fut})
+        return shared(ps, name=f"{name}-task")  # not the name a part-done or lost scatter may have left
 
     def compute(self, outs: list[Delayed]) -> list:
         """The values of ``outs`` (one compute)."""
