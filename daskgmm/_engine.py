@@ -50,7 +50,7 @@ from daskgmm._gaussian import (
 from daskgmm._graph import Passes, TaskSources, pass_sources, statistics_pass
 from daskgmm._kernels import in_task, multi_chunk_stats
 from daskgmm._missing import marginal_multi_stats, marginal_params, omit_multi_stats
-from daskgmm._placement import active_client, chunks_per_task_setting
+from daskgmm._placement import active_client, chunks_per_task_setting, kernel_setting
 from daskgmm._progress import FitProgress, VerboseLines
 from daskgmm._streaming import add, recenter
 
@@ -131,7 +131,16 @@ class DataPlan:
             None if self.weights is None else self.weights.to_delayed(optimize_graph=False).ravel()
         )
         self.token = self.X.name + ("" if self.weights is None else self.weights.name) + self.nan_policy
-        self.kernel, self.prepare = statistics_kernel(self.nan_policy)
+        self.kernel, self._estep = statistics_kernel(self.nan_policy)
+        self.kernel_choice = kernel_setting()  # read here, carried to the workers by the parameters
+
+    def prepare(self, params, covariance_type: str, dtype):
+        return self.choose_kernel(self._estep(params, covariance_type, dtype))
+
+    def choose_kernel(self, p):
+        if isinstance(p, EStepParams):
+            p.kernel = self.kernel_choice
+        return p
 
     def sources(self) -> TaskSources:
         """One task per group of consecutive chunks (dask config ``daskgmm.chunks_per_task``).
@@ -477,7 +486,7 @@ class Engine:
         """Start ``i``'s E-step parameters for the next pass (its model family's, or EM's)."""
         cfg, params = self.cfgs[i], self.states[i].params
         if cfg.family is not None:
-            return cfg.family.prepare(params, cfg.covariance_type, dtype)
+            return self.data.choose_kernel(cfg.family.prepare(params, cfg.covariance_type, dtype))
         return self.data.prepare(params, cfg.covariance_type, dtype)
 
     def _pass_record(self, live, records, seconds) -> dict:

@@ -230,6 +230,7 @@ class EStepParams:
         "n_features",
         "n_design",
         "stat_centers",
+        "kernel",
     )
 
     def __init__(self, weights, means, prec_chol, covariance_type, dtype, center=None, log_weights=None):
@@ -243,6 +244,9 @@ class EStepParams:
         self.n_components = n_components
         self.n_features = n_features
         self.n_design = design_rows(covariance_type, d)
+        #: which per-chunk kernel computes the statistics: "auto", "numba" or "numpy" (the dask
+        #: config ``daskgmm.kernel``, set by the engine; see :func:`daskgmm._kernels.chunk_stats`)
+        self.kernel = "auto"
         if center is None:
             w = np.asarray(weights, dtype=np.float64)
             center = (w / w.sum()) @ means if np.all(np.isfinite(w)) and w.sum() > 0 else means.mean(0)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from daskgmm import _compiled
 from daskgmm._gaussian import (
     EStepParams,
     design_rows,
@@ -57,6 +58,7 @@ def _blas_controllers() -> list:
     global _blas_libs
     if _blas_libs is None:
         try:
+            import scipy.linalg  # noqa: F401 - the compiled kernel's BLAS (numba's np.dot) is scipy's
             from threadpoolctl import ThreadpoolController
 
             _blas_libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
@@ -277,13 +279,35 @@ def _blocks(n: int, p: EStepParams):
             yield start, stop, F[:, : stop - start], W[:, : stop - start], center
 
 
+def use_compiled(p: EStepParams) -> bool:
+    """Whether :func:`chunk_stats` runs the compiled kernel (:mod:`daskgmm._compiled`) for ``p``.
+
+    ``p.kernel`` (the dask config ``daskgmm.kernel``): ``"auto"`` where numba imports and the
+    covariance type is one it computes (full, diag, spherical), ``"numba"`` the same but an
+    error where numba cannot import, ``"numpy"`` never.
+    """
+    kernel = getattr(p, "kernel", "auto")
+    if kernel == "numpy" or p.covariance_type not in _compiled.SUPPORTED:
+        return False
+    if _compiled.available():
+        return True
+    if kernel == "numba":
+        raise RuntimeError(
+            f"daskgmm.kernel is 'numba', but numba cannot be imported in this process "
+            f"({_compiled.IMPORT_ERROR}). Install numba (pip install numba) where the tasks run, "
+            "or set daskgmm.kernel to 'auto' or 'numpy'."
+        )
+    return False
+
+
 @in_task
 def chunk_stats(X: np.ndarray, p: EStepParams, sample_weight: np.ndarray | None = None) -> dict:
     """The fused per-chunk task: log-densities → responsibilities → statistics.
 
     Per block of rows: one product for the log-densities of all components, the
     log-sum-exp, one product for all the statistics. Returns the statistics dict
-    (float64) described in :mod:`daskgmm._gaussian`.
+    (float64) described in :mod:`daskgmm._gaussian`. The compiled kernel
+    (:mod:`daskgmm._compiled`, :func:`use_compiled`) does the same in one call per chunk.
     """
     X = np.asarray(X)
     n, d = X.shape
@@ -291,6 +315,15 @@ def chunk_stats(X: np.ndarray, p: EStepParams, sample_weight: np.ndarray | None 
     if n == 0:
         return out
     acc = _Moments(p)
+    if use_compiled(p):
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported below
+            M, loglik = _compiled.chunk_moments(X, p, sample_weight)
+        if not math.isfinite(loglik):
+            check_finite_block(X)
+        acc.M += M
+        out["n"] = float(n) if sample_weight is None else float(np.sum(sample_weight, dtype=np.float64))
+        out["loglik"] = loglik
+        return acc.into(out)
     loglik = 0.0
     total = 0.0
     for start, stop, F, W, center in _blocks(n, p):

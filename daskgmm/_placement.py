@@ -53,6 +53,33 @@ def chunks_per_task_setting():
     return dask.config.get("daskgmm.chunks_per_task", "auto")
 
 
+#: values of the dask config ``daskgmm.kernel`` (:func:`kernel_setting`)
+KERNELS = ("auto", "numba", "numpy")
+
+
+def kernel_setting() -> str:
+    """The dask config ``daskgmm.kernel``: which kernel computes a chunk's statistics.
+
+    ``"auto"`` (default): the compiled kernel (:mod:`daskgmm._compiled`) where numba imports and
+    the covariance type is full, diag or spherical, the numpy kernel elsewhere; ``"numba"``: the
+    same, but an error where numba cannot import; ``"numpy"``: always the numpy kernel.
+    """
+    from daskgmm import _compiled
+
+    value = dask.config.get("daskgmm.kernel", "auto")
+    if value not in KERNELS:
+        raise ValueError(
+            f"daskgmm.kernel must be one of {', '.join(map(repr, KERNELS))}, got {value!r}: for example "
+            "dask.config.set({'daskgmm.kernel': 'numpy'}), or DASK_DASKGMM__KERNEL=numpy in the environment."
+        )
+    if value == "numba" and not _compiled.available():
+        raise RuntimeError(
+            f"daskgmm.kernel is 'numba', but numba cannot be imported ({_compiled.IMPORT_ERROR}). "
+            "Install numba (pip install numba), or set daskgmm.kernel to 'auto' or 'numpy'."
+        )
+    return value
+
+
 def merge_for_cluster(X):
     """``X`` with consecutive chunks merged, as the statistics pass groups them, before it is
     held on a cluster.

@@ -19,10 +19,23 @@ from daskgmm._kernels import (
     predict_block,
     predict_output,
     single_threaded_blas,
+    use_compiled,
 )
 from tests.conftest import make_mixture
 
 TYPES = ("full", "tied", "diag", "spherical")
+#: the per-chunk kernels (``daskgmm.kernel``): numba's compiled one and the numpy one
+KERNELS = ("numba", "numpy")
+
+
+def _params(weights, means, prec_chol, covariance_type, dtype, kernel):
+    p = EStepParams(weights, means, prec_chol, covariance_type, dtype)
+    p.kernel = kernel
+    if kernel == "numba":  # tied has no compiled kernel: the numpy one runs
+        assert use_compiled(p) == (covariance_type != "tied")
+    else:
+        assert not use_compiled(p)
+    return p
 
 
 def _covariances(cov_full, covariance_type):
@@ -58,7 +71,7 @@ def _case(covariance_type, n=None, seed=0):
 def _reference(X, weights, means, cov_full, w=None):
     wlp = np.stack(
         [
-            np.log(weights[j]) + multivariate_normal(means[j], cov_full[j]).logpdf(X)
+            np.log(weights[j]) + np.atleast_1d(multivariate_normal(means[j], cov_full[j]).logpdf(X))
             for j in range(len(weights))
         ],
         axis=1,
@@ -70,11 +83,12 @@ def _reference(X, weights, means, cov_full, w=None):
     return wlp, resp, log_norm
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("covariance_type", TYPES)
-def test_chunk_stats_equal_direct_sums_across_blocks(covariance_type):
+def test_chunk_stats_equal_direct_sums_across_blocks(covariance_type, kernel):
     X, weights, means, cov_full, prec_chol = _case(covariance_type)
     w = np.random.RandomState(1).uniform(0.5, 2.0, size=len(X))
-    p = EStepParams(weights, means, prec_chol, covariance_type, np.float64)
+    p = _params(weights, means, prec_chol, covariance_type, np.float64, kernel)
     stats = chunk_stats(X, p, w)
     _, resp, log_norm = _reference(X, weights, means, cov_full, w)
     c = p.stat_centers
@@ -94,12 +108,13 @@ def test_chunk_stats_equal_direct_sums_across_blocks(covariance_type):
     assert stats["loglik"] == pytest.approx(np.dot(w, log_norm), rel=1e-12)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("covariance_type", TYPES)
-def test_float32_compute_accumulates_in_float64(covariance_type):
+def test_float32_compute_accumulates_in_float64(covariance_type, kernel):
     X, weights, means, _, prec_chol = _case(covariance_type)
-    s64 = chunk_stats(X, EStepParams(weights, means, prec_chol, covariance_type, np.float64))
+    s64 = chunk_stats(X, _params(weights, means, prec_chol, covariance_type, np.float64, kernel))
     s32 = chunk_stats(
-        X.astype(np.float32), EStepParams(weights, means, prec_chol, covariance_type, np.float32)
+        X.astype(np.float32), _params(weights, means, prec_chol, covariance_type, np.float32, kernel)
     )
     for key in ("nk", "u", "s2"):
         assert s32[key].dtype == np.float64
@@ -123,6 +138,75 @@ def test_predictions_equal_scipy(covariance_type):
     r, ln = log_resp_and_norm(weighted_log_prob(Xc, p))
     np.testing.assert_allclose(r, resp, atol=1e-11)
     np.testing.assert_allclose(ln, log_norm, rtol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 1000])
+def test_compiled_kernel_equals_direct_sums_for_any_number_of_rows(n, dtype):
+    # the compiled kernel runs blocks of 256 rows and a shorter last block: a chunk of one
+    # row, of one block less one, of exactly one block, and of several blocks and a remainder
+    X, weights, means, cov_full, prec_chol = _case("full", n=max(n, 4), seed=3)
+    X = X[:n]
+    p = _params(weights, means, prec_chol, "full", dtype, "numba")
+    stats = chunk_stats(X.astype(dtype), p)
+    _, resp, log_norm = _reference(X, weights, means, cov_full)
+    diff = X[None] - p.stat_centers[:, None]
+    tol = 1e-9 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(stats["nk"], resp.sum(axis=0), rtol=tol, atol=tol)
+    np.testing.assert_allclose(
+        stats["s2"], np.einsum("nk,kni,knj->kij", resp, diff, diff), rtol=tol, atol=tol * n
+    )
+    assert stats["n"] == n
+    assert stats["loglik"] == pytest.approx(log_norm.sum(), rel=tol)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_component_of_zero_weight_gets_exactly_zero_responsibility(kernel):
+    # log(0) = -inf: its responsibilities are exp(-inf) = 0, as scikit-learn's, not a tiny number
+    X, weights, means, cov_full, prec_chol = _case("full", n=700, seed=4)
+    weights = np.array([0.5, 0.0, 0.5])
+    p = _params(weights, means, prec_chol, "full", np.float64, kernel)
+    stats = chunk_stats(X, p)
+    assert stats["nk"][1] == 0.0 and not stats["u"][1].any() and not stats["s2"][1].any()
+    with np.errstate(divide="ignore"):
+        _, resp, log_norm = _reference(X, weights, means, cov_full)
+    np.testing.assert_allclose(stats["nk"], resp.sum(axis=0), rtol=1e-10)
+    assert stats["loglik"] == pytest.approx(log_norm.sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_bad_values_in_a_chunk_are_named_by_either_kernel(kernel):
+    X, weights, means, _, prec_chol = _case("full", n=700, seed=5)
+    X = X.copy()
+    X[600, 2] = np.nan  # in the last, partial block
+    p = _params(weights, means, prec_chol, "full", np.float64, kernel)
+    with pytest.raises(ValueError, match="contains NaN"):
+        chunk_stats(X, p)
+    X32 = X.astype(np.float32)
+    X32[600, 2] = -3.4e38  # GDAL's float32 nodata: its square overflows float32
+    p32 = _params(weights, means, prec_chol, "full", np.float32, kernel)
+    with pytest.raises(ValueError, match="so large that its square overflows"):
+        chunk_stats(X32, p32)
+
+
+def test_the_kernel_setting_is_checked_and_carried_by_every_pass():
+    import dask.array as da
+
+    from daskgmm._engine import DataPlan
+    from daskgmm._gaussian import Params
+    from daskgmm._placement import kernel_setting
+
+    X, weights, means, cov_full, prec_chol = _case("full", n=600)
+    params = Params(weights, means, cov_full, prec_chol)
+    assert kernel_setting() == "auto"
+    for choice in ("numpy", "numba"):
+        with dask.config.set({"daskgmm.kernel": choice}):
+            data = DataPlan(da.from_array(X, chunks=300))
+        # read on the driver when the fit starts, then carried by the parameters to the workers
+        assert data.prepare(params, "full", np.float64).kernel == choice
+    with dask.config.set({"daskgmm.kernel": "fortran"}):
+        with pytest.raises(ValueError, match="daskgmm.kernel must be one of 'auto', 'numba', 'numpy'"):
+            kernel_setting()
 
 
 def test_empty_chunk_gives_zero_statistics():

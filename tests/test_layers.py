@@ -31,6 +31,7 @@ LAYERS = {
     "_gaussian.py": 0,
     "_missing.py": 0,
     "_kernels.py": 0,
+    "_compiled.py": 0,  # issue 17: the fused kernel compiled with numba
     "_streaming.py": 0,
     "_bayesian.py": 0,
     # L1 plumbing
