@@ -29,6 +29,7 @@ file, or numba's user-wide cache where that is read-only), so later processes lo
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -77,6 +78,28 @@ else:  # pragma: no cover - never called: use_compiled() checks available()
 def available() -> bool:
     """Whether numba imported in this process."""
     return numba is not None
+
+
+def describe(setting: str = "auto") -> str:
+    """Which kernel a fit runs under the ``daskgmm.kernel`` setting, in words (benchmark reports)."""
+    if setting == "numpy":
+        return "numpy (daskgmm.kernel = 'numpy')"
+    if numba is None:
+        return f"numpy (numba cannot be imported: {IMPORT_ERROR})"
+    return f"compiled with numba {numba.__version__} for full, diag and spherical; numpy for tied"
+
+
+def warm() -> float:
+    """Seconds to make both dtypes' compiled kernel ready in this process: numba compiles it on
+    its first call, or loads the machine code from its disk cache."""
+    from daskgmm._gaussian import EStepParams
+
+    t0 = time.perf_counter()
+    X = np.linspace(-1.0, 1.0, 8).reshape(4, 2)
+    for dtype in (np.float64, np.float32):
+        p = EStepParams(np.full(2, 0.5), X[:2], np.stack([np.eye(2)] * 2), "full", dtype)
+        chunk_moments(X.astype(dtype), p)
+    return time.perf_counter() - t0
 
 
 def quadratic_rows(covariance_type: str, n_features: int) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,9 @@ def test_rows_cover_every_case(result):
     assert [row["chunks"] for row in result["rows"] if row["case"].endswith("chunks")] == [1, 4]
     assert result["gemm_peak_gflops"] > 0
     assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
+    # the compiled kernel ran (numba is a dependency), and its first call was kept out of the timings
+    assert result["machine"]["kernel"].startswith("compiled with numba")
+    assert result["kernel_first_call_seconds"] > 0
 
 
 def test_daskgmm_parameters_equal_sklearn_in_the_table(result):
@@ -84,6 +87,7 @@ def test_markdown_table_and_report(result):
     report = bench.format_report(result, "daskgmm bench --full --markdown")
     assert "GEMM peak" in report and "`daskgmm bench --full --markdown`" in report
     assert "float32 is" in report and "per chunk" in report
+    assert "per-chunk kernel: compiled with numba" in report and "first call in this process" in report
 
 
 def test_max_rel_diff_against_a_closed_form():
@@ -199,8 +203,9 @@ def test_cli_bench_profile_prints_every_phase(capsys):
     assert main(["bench", "--profile", "--shape", "3000,3,2"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| phase | 3,000×3 K=2 float64 | 3,000×3 K=2 float32 |"
-    assert [line.split(" | ")[0].lstrip("| ") for line in table[2:-1]] == [t for _, t in phases.PHASES]
-    assert "chunk_stats, one thread" in table[-1]
+    assert [line.split(" | ")[0].lstrip("| ") for line in table[2:-2]] == [t for _, t in phases.PHASES]
+    assert "numpy kernel, one thread" in table[-2]
+    assert "compiled kernel (numba, the default), one thread" in table[-1]
 
 
 def test_report_names_the_command_that_reproduces_the_run():

@@ -102,6 +102,8 @@ def machine_info() -> dict:
     import sklearn
 
     from daskgmm import __version__ as daskgmm_version
+    from daskgmm import _compiled
+    from daskgmm._placement import kernel_setting
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     mem = float("nan")
@@ -119,6 +121,7 @@ def machine_info() -> dict:
         "scikit-learn": sklearn.__version__,
         "dask": dask.__version__,
         "daskgmm": daskgmm_version,
+        "kernel": _compiled.describe(kernel_setting()),
         "load": tuple(round(v, 2) for v in load),
     }
 
@@ -334,6 +337,12 @@ def run_benchmark(
     say = progress or (lambda msg: logger.info(msg))
     t_start = time.perf_counter()
     info = machine_info()
+    from daskgmm import _compiled
+    from daskgmm._placement import kernel_setting
+
+    # the compiled kernel's first call (compile, or load from numba's disk cache) before any
+    # timing or memory watch: a fit's iterations never pay it again in this process
+    first_call = _compiled.warm() if kernel_setting() != "numpy" and _compiled.available() else None
     say(f"GEMM and exp rates: {gemm_n}x{gemm_n} matmul, np.exp of {exp_size} values per core ...")
     rates_start = measure_rates(info["cores"], gemm_n, exp_size)
     peak = rates_start["float64"]["gemm_flops"] / 1e9
@@ -450,6 +459,7 @@ def run_benchmark(
         "rows": rows,
         "chunk_overhead": overhead,
         "n_iter": n_iter,
+        "kernel_first_call_seconds": first_call,
         "seconds": time.perf_counter() - t_start,
     }
 
@@ -508,7 +518,7 @@ def format_report(result: dict, command: str = "daskgmm bench") -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; numpy {m['numpy']} with "
         f"{m['blas']}; Python {m['python']}, scikit-learn {m['scikit-learn']}, dask {m['dask']}, "
-        f"daskgmm {m['daskgmm']}. Load average (1 min) at the start: {m['load'][0]}, at the end: "
+        f"daskgmm {m['daskgmm']}; per-chunk kernel: {m.get('kernel', 'numpy')}. Load average (1 min) at the start: {m['load'][0]}, at the end: "
         f"{(result.get('load_end') or ('?',))[0]}. float64 GEMM peak "
         f"measured in the same run: {result['gemm_peak_gflops']:.0f} GFLOP/s. "
         f"{result['n_iter']} EM iterations per case, default (threaded) scheduler.",
@@ -531,6 +541,11 @@ def format_report(result: dict, command: str = "daskgmm bench") -> str:
             f"- Fixed cost per chunk: {1e3 * oh['per_chunk_seconds']:.2f} ms per iteration; the default "
             f"chunking ({oh['default_chunks']} chunks for N={oh['n']:,}) loses "
             f"{100 * oh['default_overhead_fraction']:.1f}% of an iteration to it."
+        )
+    if result.get("kernel_first_call_seconds") is not None:
+        lines.append(
+            f"- The compiled kernel's first call in this process took {result['kernel_first_call_seconds']:.2f} s "
+            "(numba compiles it, or loads it from its disk cache), before any timing."
         )
     lines.append(f"- Reproduce: `{command}` ({result['seconds']:.0f} s for this run).")
     return "\n".join(lines)

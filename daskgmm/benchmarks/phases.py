@@ -1,4 +1,6 @@
-"""Where the fused kernel's time goes (``daskgmm bench --profile``): its phases timed one by one.
+"""Where the fused kernel's time goes (``daskgmm bench --profile``): the numpy kernel's phases
+timed one by one, and the whole compiled kernel (:mod:`daskgmm._compiled`, one call per chunk whose
+phases cannot be clocked apart) next to it.
 
 The limit these phases are compared with is in :mod:`daskgmm.benchmarks.limit`.
 """
@@ -9,6 +11,7 @@ import time
 
 import numpy as np
 
+from daskgmm import _compiled
 from daskgmm._gaussian import (
     EStepParams,
     compute_precision_cholesky,
@@ -35,8 +38,9 @@ def phase_profile(n: int, d: int, k: int, dtype="float64", seed: int = 0, repeat
     Runs the steps of :func:`daskgmm._kernels.chunk_stats` (same functions, same blocks, one
     BLAS thread) with a clock between them (this thread's CPU time, so that a loaded machine
     disturbs the shares less than a wall clock would); returns ``{"total_s", "chunk_stats_s", "block_rows",
-    "phases": {name: seconds}}``, the best of ``repeats`` passes. ``chunk_stats_s`` is the
-    kernel itself, timed without the clocks.
+    "phases": {name: seconds}, "compiled_s"}``, the best of ``repeats`` passes. ``chunk_stats_s`` is the
+    numpy kernel itself, timed without the clocks; ``compiled_s`` the compiled kernel on the same
+    chunk (None where numba cannot import).
     """
     from threadpoolctl import threadpool_limits
 
@@ -44,6 +48,7 @@ def phase_profile(n: int, d: int, k: int, dtype="float64", seed: int = 0, repeat
     X = X.astype(dtype)
     prec_chol = compute_precision_cholesky(start["covariances"], "full")
     p = EStepParams(start["weights"], start["means"], prec_chol, "full", dtype)
+    p.kernel = "numpy"
     clock = time.thread_time  # CPU time of this thread: another process's load counts less
     best: dict | None = None
     with threadpool_limits(1, user_api="blas"):
@@ -79,7 +84,18 @@ def phase_profile(n: int, d: int, k: int, dtype="float64", seed: int = 0, repeat
             ph["other"] = max(total - sum(ph.values()), 0.0)
             if best is None or total < best["total_s"]:
                 best = {"total_s": total, "phases": ph}
+        compiled_s = None
+        if _compiled.available():
+            pc = EStepParams(start["weights"], start["means"], prec_chol, "full", dtype)
+            pc.kernel = "numba"
+            chunk_stats(X[:4], pc)  # compile, or load from numba's disk cache
+            compiled_s = float("inf")
+            for _ in range(repeats):
+                t0 = clock()
+                chunk_stats(X, pc)
+                compiled_s = min(compiled_s, clock() - t0)
     best["chunk_stats_s"] = kernel_s
+    best["compiled_s"] = compiled_s
     best["block_rows"] = block_rows(k, d, "full", np.dtype(dtype).itemsize)
     best.update(n=n, d=d, k=k, dtype=str(np.dtype(dtype)))
     return best
@@ -96,8 +112,14 @@ def format_profile(profiles: list[dict]) -> str:
             cells.append(f"{1e9 * s / p['n']:.0f} ns ({100 * s / p['total_s']:.0f}%)")
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines.append(
-        "| **chunk_stats, one thread** | "
+        "| **numpy kernel, one thread** | "
         + " | ".join(f"**{1e9 * p['chunk_stats_s'] / p['n']:.0f} ns/row**" for p in profiles)
         + " |"
     )
+    if all(p.get("compiled_s") is not None for p in profiles):
+        lines.append(
+            "| **compiled kernel (numba, the default), one thread** | "
+            + " | ".join(f"**{1e9 * p['compiled_s'] / p['n']:.0f} ns/row**" for p in profiles)
+            + " |"
+        )
     return "\n".join(lines)
