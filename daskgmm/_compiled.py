@@ -67,12 +67,16 @@ _LN2_LO32 = np.float32(-2.12194440e-4)
 #: below float64's largest value for any K < 2**32
 _LOG_RUN = 32
 
-if numba is not None:
-    _jit = numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-else:  # pragma: no cover - never called: use_compiled() checks available()
 
-    def _jit(func):
+def _jit(func):
+    """numba's ``njit`` without the GIL, with its disk cache where numba finds a writable place."""
+    if numba is None:  # pragma: no cover - never called: use_compiled() checks available()
         return func
+    options = dict(nogil=True, boundscheck=False, error_model="numpy")
+    try:
+        return numba.njit(cache=True, **options)(func)
+    except RuntimeError:  # no writable cache directory (say, a read-only image and home): compile per process
+        return numba.njit(**options)(func)
 
 
 def available() -> bool:
