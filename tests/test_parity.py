@@ -101,6 +101,20 @@ def test_given_init_matches_sklearn(dataset, covariance_type, kind):
     np.testing.assert_allclose(ours.aic(Xo), ref.aic(X), rtol=1e-10)
 
 
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+def test_the_numpy_kernel_matches_sklearn_as_the_compiled_one_does(dataset, covariance_type):
+    # the default (daskgmm.kernel = "auto") runs the compiled kernel for these types (the test
+    # above); "numpy" runs the numpy kernel, the fallback where numba cannot be imported
+    import dask
+
+    X, k = DATASETS[dataset]
+    init = initial_params(X, k, covariance_type)
+    with dask.config.set({"daskgmm.kernel": "numpy"}):
+        ref, ours = fit_both(X, uneven_dask(X), k, covariance_type, **init)
+    assert_same_params(ref, ours)
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPE)
 @pytest.mark.parametrize("init_params", INIT_PARAMS)
 def test_same_random_state_matches_sklearn(covariance_type, init_params):
