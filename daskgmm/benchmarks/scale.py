@@ -136,10 +136,15 @@ def synthetic_rows(n: int, means: np.ndarray, seed: int = 1, dtype="float64") ->
 
 
 def estep_params(k, d, covariance_type, dtype):
+    """E-step parameters of a synthetic mixture, set to run the kernel a fit would run now
+    (the dask config ``daskgmm.kernel``), and its means."""
     from daskgmm._gaussian import EStepParams
+    from daskgmm._placement import kernel_setting
 
     w, m, _, pc = synthetic_params(k, d, covariance_type)
-    return EStepParams(w, m, pc, covariance_type, np.dtype(dtype)), m
+    p = EStepParams(w, m, pc, covariance_type, np.dtype(dtype))
+    p.kernel = kernel_setting()
+    return p, m
 
 
 # --------------------------------------------------------------------------
