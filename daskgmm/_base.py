@@ -24,7 +24,7 @@ from daskgmm._graph import predict_rows
 from daskgmm._input import Input, to_dask, wrap_rows
 from daskgmm._interop import InteropMixin
 from daskgmm._missing import marginal_params
-from daskgmm._placement import active_client, hold, plan_data
+from daskgmm._placement import active_client, hold, kernel_setting, plan_data
 from daskgmm._typing import Output
 from daskgmm.io import save_model
 
@@ -90,6 +90,7 @@ class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):
                 X.dtype,
                 log_weights=log_weights,
             )
+            params.kernel = kernel_setting()  # daskgmm.kernel, read here for every worker
         token = dask.base.tokenize(f.weights, f.means, f.precisions_cholesky, X.dtype, policy, log_weights)
         out = predict_rows(
             X, params, what, self.n_components, token, nodata=np.nan if policy == "omit" else None

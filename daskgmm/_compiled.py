@@ -269,6 +269,93 @@ def _chunk_moments(X, center, coef, qi, qj, w, weighted, single, rows):
     return M, ll
 
 
+@_jit
+def _predict(X, center, coef, qi, qj, single, rows, want_norm, labels, probs, lognorm, conf):
+    """Per row of ``X``: the label (if ``labels`` has rows), and with ``want_norm`` the log
+    density, the responsibilities (if ``probs`` has rows) and the largest one (if ``conf``
+    has rows); returns whether every row's largest log-density was finite."""
+    n, D = X.shape
+    K, P = coef.shape
+    dt = coef.dtype
+    lin = qi.shape[0]
+    mx = np.empty(rows, dt)
+    sm = np.empty(rows, dt)
+    two_n = np.empty(rows, np.float64)
+    two_n32 = np.empty(rows, np.float32)
+    all_finite = True
+    for s in range(0, n, rows):
+        b = min(rows, n - s)
+        F = np.empty((P, b), dt)
+        W = np.empty((K, b), dt)
+        for r in range(b):
+            for i in range(D):
+                F[lin + i, r] = X[s + r, i] - center[i]
+        for o in range(lin):
+            i = qi[o]
+            j = qj[o]
+            for r in range(b):
+                F[o, r] = F[lin + i, r] * F[lin + j, r]
+        for r in range(b):
+            F[P - 1, r] = 1.0
+        np.dot(coef, F, W)
+        for r in range(b):
+            mx[r] = W[0, r]
+        if labels.shape[0] > 0:
+            for r in range(b):
+                labels[s + r] = 0
+            for k in range(1, K):
+                for r in range(b):
+                    if W[k, r] > mx[r]:  # the first largest, as numpy's argmax
+                        mx[r] = W[k, r]
+                        labels[s + r] = k
+        else:
+            for k in range(1, K):
+                for r in range(b):
+                    mx[r] = max(mx[r], W[k, r])
+        finite = True
+        for r in range(b):
+            if not math.isfinite(mx[r]):
+                finite = False
+        if not finite:
+            all_finite = False
+        if not want_norm:
+            continue
+        if finite:
+            for k in range(K):
+                for r in range(b):
+                    W[k, r] -= mx[r]
+            if single:
+                _exp32(W, b, two_n32)
+            else:
+                _exp64(W, b, two_n)
+        else:
+            for r in range(b):
+                if not math.isfinite(mx[r]):
+                    mx[r] = 0.0
+            for k in range(K):
+                for r in range(b):
+                    W[k, r] = math.exp(W[k, r] - mx[r])
+        for r in range(b):
+            sm[r] = 0.0
+        for k in range(K):
+            for r in range(b):
+                sm[r] += W[k, r]
+        for r in range(b):
+            lognorm[s + r] = math.log(sm[r]) + mx[r]
+            sm[r] = 1.0 / sm[r]
+        if probs.shape[0] > 0:
+            for r in range(b):
+                for k in range(K):
+                    probs[s + r, k] = W[k, r] * sm[r]
+        if conf.shape[0] > 0:
+            for r in range(b):
+                best = W[0, r]
+                for k in range(1, K):
+                    best = max(best, W[k, r])
+                conf[s + r] = best * sm[r]
+    return all_finite
+
+
 def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """``(M, loglik)`` of one chunk: the float64 design-matrix moments ``M = Σ F respᵀ``
     (design rows × K, the numpy kernel's ``_Moments.M``) and ``Σ w·log p(x)``.
@@ -290,3 +377,28 @@ def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> 
     rows = SMALL_DESIGN_ROWS if not single and p.n_design <= SMALL_DESIGN else BLOCK_ROWS
     M, ll = _chunk_moments(X, center, p.coef, qi, qj, w, weighted, single, rows)
     return M, float(ll)
+
+
+def predict_rows(X: np.ndarray, p, outputs) -> tuple[dict, bool]:
+    """The prediction kernel's E-step, compiled: ``({name: array}, finite)`` for the requested
+    ``outputs`` of :func:`daskgmm._kernels.predict_block` (labels int64, the float outputs in
+    ``p.dtype``), and whether every row's largest log-density was finite (False: a NaN or
+    infinite row, which the caller names).
+    """
+    X = np.asarray(X)
+    X = np.ascontiguousarray(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else p.dtype)
+    n, k = X.shape[0], p.n_components
+    qi, qj = quadratic_rows(p.covariance_type, p.n_features)
+    single = p.dtype == np.float32
+    rows = SMALL_DESIGN_ROWS if not single and p.n_design <= SMALL_DESIGN else BLOCK_ROWS
+    want = set(outputs)
+    labels = np.empty(n if "labels" in want else 0, np.int64)
+    probs = np.empty((n if "probabilities" in want else 0, k), p.dtype)
+    lognorm = np.empty(n if want - {"labels"} else 0, p.dtype)
+    conf = np.empty(n if "confidence" in want else 0, p.dtype)
+    center = p.center.astype(p.dtype)
+    finite = _predict(
+        X, center, p.coef, qi, qj, single, rows, bool(want - {"labels"}), labels, probs, lognorm, conf
+    )
+    out = {"labels": labels, "probabilities": probs, "log_density": lognorm, "confidence": conf}
+    return {name: out[name] for name in outputs}, bool(finite)

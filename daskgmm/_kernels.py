@@ -572,7 +572,14 @@ def predict_block(
         xv = rows[valid]
         parts = {name: a[valid] for name, a in out.items()}
     if len(xv):
-        if estep:
+        if estep and use_compiled(p):
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: named below
+                got, finite = _compiled.predict_rows(xv, p, outputs)
+            if input_name is not None and not finite:  # finite maxima: finite log-densities
+                check_finite_block(xv, input_name)
+            for name, a in got.items():
+                parts[name][...] = a
+        elif estep:
             for start, stop, F, W, center in _blocks(len(xv), p):
                 xb = xv[start:stop]
                 with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported in _write

@@ -27,6 +27,7 @@ from daskgmm._gaussian import EStepParams
 from daskgmm._graph import shared
 from daskgmm._input import Image, compute_dtype
 from daskgmm._kernels import predict_block, predict_output_spec
+from daskgmm._placement import kernel_setting
 from daskgmm._typing import OUTPUTS, Output
 
 ORDER_RULE = (
@@ -53,7 +54,7 @@ def model_params(model, image_dtype) -> EStepParams:
     """
     dtype = compute_dtype(image_dtype)
     log_weights = model._estep_log_weights() if hasattr(model, "_estep_log_weights") else None
-    return EStepParams(
+    p = EStepParams(
         model.weights_,
         model.means_,
         model.precisions_cholesky_,
@@ -61,6 +62,8 @@ def model_params(model, image_dtype) -> EStepParams:
         dtype,
         log_weights=log_weights,  # a BayesianGaussianMixture's variational terms
     )
+    p.kernel = kernel_setting()  # daskgmm.kernel, read here for every worker
+    return p
 
 
 def nodata_rule(nodata):

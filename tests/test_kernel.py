@@ -123,10 +123,11 @@ def test_float32_compute_accumulates_in_float64(covariance_type, kernel):
     assert s32["loglik"] == pytest.approx(s64["loglik"], rel=1e-5)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("covariance_type", TYPES)
-def test_predictions_equal_scipy(covariance_type):
+def test_predictions_equal_scipy(covariance_type, kernel):
     X, weights, means, cov_full, prec_chol = _case(covariance_type, n=5000, seed=2)
-    p = EStepParams(weights, means, prec_chol, covariance_type, np.float64)
+    p = _params(weights, means, prec_chol, covariance_type, np.float64, kernel)
     wlp, resp, log_norm = _reference(X, weights, means, cov_full)
     got = predict_block(X, p, ("labels", "probabilities", "log_density", "confidence"))
     np.testing.assert_allclose(got["log_density"], log_norm, rtol=1e-11)
@@ -187,6 +188,38 @@ def test_bad_values_in_a_chunk_are_named_by_either_kernel(kernel):
     p32 = _params(weights, means, prec_chol, "full", np.float32, kernel)
     with pytest.raises(ValueError, match="so large that its square overflows"):
         chunk_stats(X32, p32)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_each_prediction_output_alone_and_nodata_rows(kernel, dtype):
+    # every output on its own (the compiled kernel skips the exponentials for labels alone),
+    # rows around the block size, nodata rows left out and marked, a NaN row named
+    X, weights, means, cov_full, prec_chol = _case("full", n=1300, seed=6)
+    X = X.copy()
+    X[[3, 700, 1299]] = -9999.0  # nodata rows
+    p = _params(weights, means, prec_chol, "full", dtype, kernel)
+    ok = np.ones(len(X), bool)
+    ok[[3, 700, 1299]] = False
+    wlp, resp, log_norm = _reference(X[ok], weights, means, cov_full)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-4)
+    expected = {
+        "labels": wlp.argmax(axis=1),
+        "probabilities": resp,
+        "log_density": log_norm,
+        "confidence": resp.max(axis=1),
+    }
+    for name, want in expected.items():
+        got = predict_block(X.astype(dtype), p, (name,), nodata=-9999.0)[name]
+        if name == "labels":
+            np.testing.assert_array_equal(got[ok], want)
+            assert (got[~ok] == -1).all()
+        else:
+            np.testing.assert_allclose(got[ok], want, **tol)
+            assert np.isnan(got[~ok]).all()
+    X[10, 1] = np.nan
+    with pytest.raises(ValueError, match="contains NaN"):
+        predict_block(X.astype(dtype), p, ("labels",))
 
 
 def test_the_kernel_setting_is_checked_and_carried_by_every_pass():
