@@ -379,11 +379,13 @@ def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> 
     return M, float(ll)
 
 
-def predict_rows(X: np.ndarray, p, outputs) -> tuple[dict, bool]:
-    """The prediction kernel's E-step, compiled: ``({name: array}, finite)`` for the requested
-    ``outputs`` of :func:`daskgmm._kernels.predict_block` (labels int64, the float outputs in
-    ``p.dtype``), and whether every row's largest log-density was finite (False: a NaN or
-    infinite row, which the caller names).
+def predict_rows(X: np.ndarray, p, out: dict) -> bool:
+    """The prediction kernel's E-step, compiled: fills ``out`` (``{name: array}`` for the outputs
+    of :func:`daskgmm._kernels.predict_block`, one row per row of ``X``) and returns whether every
+    row's largest log-density was finite (False: a NaN or infinite row, which the caller names).
+
+    The kernel writes labels as int64 and the float outputs in ``p.dtype``: an array of ``out``
+    in that dtype is written in place, any other is filled from a copy.
     """
     X = np.asarray(X)
     X = np.ascontiguousarray(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else p.dtype)
@@ -391,14 +393,34 @@ def predict_rows(X: np.ndarray, p, outputs) -> tuple[dict, bool]:
     qi, qj = quadratic_rows(p.covariance_type, p.n_features)
     single = p.dtype == np.float32
     rows = SMALL_DESIGN_ROWS if not single and p.n_design <= SMALL_DESIGN else BLOCK_ROWS
-    want = set(outputs)
-    labels = np.empty(n if "labels" in want else 0, np.int64)
-    probs = np.empty((n if "probabilities" in want else 0, k), p.dtype)
-    lognorm = np.empty(n if want - {"labels"} else 0, p.dtype)
-    conf = np.empty(n if "confidence" in want else 0, p.dtype)
+    shapes = {"labels": (n,), "probabilities": (n, k), "log_density": (n,), "confidence": (n,)}
+    kinds = {"labels": np.dtype(np.int64)}
+    bufs = {}
+    for name, shape in shapes.items():
+        dtype = kinds.get(name, p.dtype)
+        target = out.get(name)
+        if target is not None and target.dtype == dtype and target.flags.c_contiguous:
+            bufs[name] = target
+        else:  # not asked for (empty), or asked for in another dtype (filled below)
+            bufs[name] = np.empty(shape if target is not None else (0,) * len(shape), dtype)
+    if "log_density" not in out and set(out) - {"labels"}:
+        bufs["log_density"] = np.empty(n, p.dtype)  # the exponentials' by-product
     center = p.center.astype(p.dtype)
     finite = _predict(
-        X, center, p.coef, qi, qj, single, rows, bool(want - {"labels"}), labels, probs, lognorm, conf
+        X,
+        center,
+        p.coef,
+        qi,
+        qj,
+        single,
+        rows,
+        bool(set(out) - {"labels"}),
+        bufs["labels"],
+        bufs["probabilities"],
+        bufs["log_density"],
+        bufs["confidence"],
     )
-    out = {"labels": labels, "probabilities": probs, "log_density": lognorm, "confidence": conf}
-    return {name: out[name] for name in outputs}, bool(finite)
+    for name, target in out.items():
+        if bufs[name] is not target:
+            target[...] = bufs[name]
+    return bool(finite)

@@ -574,11 +574,9 @@ def predict_block(
     if len(xv):
         if estep and use_compiled(p):
             with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: named below
-                got, finite = _compiled.predict_rows(xv, p, outputs)
+                finite = _compiled.predict_rows(xv, p, parts)
             if input_name is not None and not finite:  # finite maxima: finite log-densities
                 check_finite_block(xv, input_name)
-            for name, a in got.items():
-                parts[name][...] = a
         elif estep:
             for start, stop, F, W, center in _blocks(len(xv), p):
                 xb = xv[start:stop]
