@@ -166,14 +166,12 @@ def _exp32(W, b, two_n):
 
 
 @_jit
-def _block(X, s, b, center, coef, qi, qj, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32):
-    """One block of ``b`` rows from row ``s``: its moments added to ``M``; returns its Σ w·log p."""
+def _design(X, s, b, center, qi, qj, F):
+    """``F[:, :b]``: the design matrix of rows ``s .. s + b`` of ``X`` (as ``design_t`` builds it)."""
     P = F.shape[0]
-    K = coef.shape[0]
-    D = X.shape[1]
     lin = qi.shape[0]
     for r in range(b):  # centred rows, transposed: the design rows lin .. lin + D - 1
-        for i in range(D):
+        for i in range(X.shape[1]):
             F[lin + i, r] = X[s + r, i] - center[i]
     for o in range(lin):  # quadratic rows
         i = qi[o]
@@ -182,12 +180,17 @@ def _block(X, s, b, center, coef, qi, qj, w, weighted, single, F, W, Wt, Mb, M, 
             F[o, r] = F[lin + i, r] * F[lin + j, r]
     for r in range(b):
         F[P - 1, r] = 1.0
-    np.dot(coef, F, W)  # log w_k + log N(x | k), (K, b)
-    for r in range(b):
-        mx[r] = W[0, r]
-    for k in range(1, K):
-        for r in range(b):
-            mx[r] = max(mx[r], W[k, r])
+
+
+@_jit
+def _exp_sums(W, b, mx, sm, single, two_n, two_n32):
+    """``W[:, :b] = exp(W - mx)`` and ``sm = Σ_k W`` per row, for ``mx`` the rows' maxima.
+
+    A non-finite maximum (a NaN or infinite log-density) is taken as 0 and its block computed
+    value by value with ``math.exp``: the numpy kernel's arithmetic. Returns whether every
+    maximum was finite.
+    """
+    K = W.shape[0]
     finite = True
     for r in range(b):
         if not math.isfinite(mx[r]):
@@ -200,7 +203,7 @@ def _block(X, s, b, center, coef, qi, qj, w, weighted, single, F, W, Wt, Mb, M, 
             _exp32(W, b, two_n32)
         else:
             _exp64(W, b, two_n)
-    else:  # a NaN or infinite log-density: the numpy kernel's arithmetic, value by value
+    else:
         for r in range(b):
             if not math.isfinite(mx[r]):
                 mx[r] = 0.0
@@ -212,6 +215,22 @@ def _block(X, s, b, center, coef, qi, qj, w, weighted, single, F, W, Wt, Mb, M, 
     for k in range(K):
         for r in range(b):
             sm[r] += W[k, r]
+    return finite
+
+
+@_jit
+def _block(X, s, b, center, coef, qi, qj, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32):
+    """One block of ``b`` rows from row ``s``: its moments added to ``M``; returns its Σ w·log p."""
+    P = F.shape[0]
+    K = coef.shape[0]
+    _design(X, s, b, center, qi, qj, F)
+    np.dot(coef, F, W)  # log w_k + log N(x | k), (K, b)
+    for r in range(b):
+        mx[r] = W[0, r]
+    for k in range(1, K):
+        for r in range(b):
+            mx[r] = max(mx[r], W[k, r])
+    _exp_sums(W, b, mx, sm, single, two_n, two_n32)
     ll = 0.0
     if weighted:
         for r in range(b):
@@ -274,10 +293,9 @@ def _predict(X, center, coef, qi, qj, single, rows, want_norm, labels, probs, lo
     """Per row of ``X``: the label (if ``labels`` has rows), and with ``want_norm`` the log
     density, the responsibilities (if ``probs`` has rows) and the largest one (if ``conf``
     has rows); returns whether every row's largest log-density was finite."""
-    n, D = X.shape
+    n = X.shape[0]
     K, P = coef.shape
     dt = coef.dtype
-    lin = qi.shape[0]
     mx = np.empty(rows, dt)
     sm = np.empty(rows, dt)
     two_n = np.empty(rows, np.float64)
@@ -287,16 +305,7 @@ def _predict(X, center, coef, qi, qj, single, rows, want_norm, labels, probs, lo
         b = min(rows, n - s)
         F = np.empty((P, b), dt)
         W = np.empty((K, b), dt)
-        for r in range(b):
-            for i in range(D):
-                F[lin + i, r] = X[s + r, i] - center[i]
-        for o in range(lin):
-            i = qi[o]
-            j = qj[o]
-            for r in range(b):
-                F[o, r] = F[lin + i, r] * F[lin + j, r]
-        for r in range(b):
-            F[P - 1, r] = 1.0
+        _design(X, s, b, center, qi, qj, F)
         np.dot(coef, F, W)
         for r in range(b):
             mx[r] = W[0, r]
@@ -312,34 +321,13 @@ def _predict(X, center, coef, qi, qj, single, rows, want_norm, labels, probs, lo
             for k in range(1, K):
                 for r in range(b):
                     mx[r] = max(mx[r], W[k, r])
-        finite = True
-        for r in range(b):
-            if not math.isfinite(mx[r]):
-                finite = False
-        if not finite:
-            all_finite = False
         if not want_norm:
-            continue
-        if finite:
-            for k in range(K):
-                for r in range(b):
-                    W[k, r] -= mx[r]
-            if single:
-                _exp32(W, b, two_n32)
-            else:
-                _exp64(W, b, two_n)
-        else:
             for r in range(b):
                 if not math.isfinite(mx[r]):
-                    mx[r] = 0.0
-            for k in range(K):
-                for r in range(b):
-                    W[k, r] = math.exp(W[k, r] - mx[r])
-        for r in range(b):
-            sm[r] = 0.0
-        for k in range(K):
-            for r in range(b):
-                sm[r] += W[k, r]
+                    all_finite = False
+            continue
+        if not _exp_sums(W, b, mx, sm, single, two_n, two_n32):
+            all_finite = False
         for r in range(b):
             lognorm[s + r] = math.log(sm[r]) + mx[r]
             sm[r] = 1.0 / sm[r]
