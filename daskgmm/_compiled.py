@@ -79,6 +79,10 @@ def _jit(func):
         return numba.njit(**options)(func)
 
 
+#: chunks whose statistics this process computed with the compiled kernel (tests read it)
+chunks_computed = 0
+
+
 def available() -> bool:
     """Whether numba imported in this process."""
     return numba is not None
@@ -351,6 +355,8 @@ def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> 
     ``X`` (n, D) float32 or float64 (other dtypes are cast to ``p.dtype``); ``p`` an
     :class:`~daskgmm._gaussian.EStepParams` of a :data:`SUPPORTED` covariance type.
     """
+    global chunks_computed
+    chunks_computed += 1
     X = np.asarray(X)
     X = np.ascontiguousarray(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else p.dtype)
     qi, qj = quadratic_rows(p.covariance_type, p.n_features)

@@ -343,3 +343,37 @@ def test_worker_tasks_run_one_blas_thread_without_toggling_it(client):
             f"{worker} changed its BLAS threads {changes - start[worker][1]} times"
         )
         assert cached  # the threadpoolctl controller was made (once, then reused) by the fit's tasks
+
+
+def test_workers_run_the_kernel_the_driver_chose(client):
+    """``daskgmm.kernel`` is read on the driver and carried by each pass's parameters: worker
+    processes started with the default ("auto") run the numpy kernel when the driver says so,
+    and the compiled one otherwise; both fits equal scikit-learn's."""
+    import dask.array as da
+    from sklearn.mixture import GaussianMixture as SkGMM
+
+    from daskgmm import _compiled
+
+    def compiled_chunks(*_):
+        from daskgmm import _compiled
+
+        return _compiled.chunks_computed
+
+    X, _, _, _, _ = make_mixture(n_samples=6_000, n_features=3, n_components=2, seed=7, separation=5.0)
+    ref = SkGMM(2, max_iter=4, tol=0.0, random_state=0).fit(X)
+    fits = {}
+    for choice in ("numpy", "auto"):
+        before = client.run(compiled_chunks)
+        driver_before = _compiled.chunks_computed
+        with dask.config.set({"daskgmm.kernel": choice}):
+            fits[choice] = GaussianMixture(2, max_iter=4, tol=0.0, random_state=0).fit(
+                da.from_array(X, chunks=(1_000, 3))
+            )
+        ran = {w: n - before[w] for w, n in client.run(compiled_chunks).items()}
+        assert _compiled.chunks_computed == driver_before  # the passes ran on the workers
+        if choice == "numpy":
+            assert set(ran.values()) == {0}, ran
+        else:
+            assert sum(ran.values()) >= 4, ran  # at least one task per iteration (4) ran it
+        assert_allclose(fits[choice].means_, ref.means_, rtol=1e-8)
+        assert_allclose(fits[choice].covariances_, ref.covariances_, rtol=1e-8)
