@@ -20,8 +20,9 @@ vectorises; ``np.exp`` inside a numba loop calls libm once per value. Blocks hol
 infinite log-density take a scalar path with ``math.exp``, so every non-finite case gives what
 the numpy kernel gives.
 
-Covariance types ``full``, ``diag`` and ``spherical`` (their design matrices differ only in the
-quadratic rows); ``tied`` stays on the numpy kernel. numba compiles each dtype on its first call
+Every covariance type: ``full``, ``diag`` and ``spherical`` differ only in the design matrix's
+quadratic rows; ``tied`` has none, and subtracts the shared precision's ``½|Pᵀx|²`` from every
+component's log-density and accumulates the scatter ``Σ w x xᵀ`` as the numpy kernel does. numba compiles each dtype on its first call
 in a process (a few seconds) and caches the machine code on disk (``cache=True``: next to this
 file, or numba's user-wide cache where that is read-only), so later processes load it instead.
 """
@@ -50,7 +51,7 @@ BLOCK_ROWS = 256
 SMALL_DESIGN_ROWS = 1024
 SMALL_DESIGN = 32
 #: covariance types the compiled kernel computes
-SUPPORTED = ("full", "diag", "spherical")
+SUPPORTED = ("full", "tied", "diag", "spherical")
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01
@@ -94,7 +95,7 @@ def describe(setting: str = "auto") -> str:
         return "numpy (daskgmm.kernel = 'numpy')"
     if numba is None:
         return f"numpy (numba cannot be imported: {IMPORT_ERROR})"
-    return f"compiled with numba {numba.__version__} for full, diag and spherical; numpy for tied"
+    return f"compiled with numba {numba.__version__}"
 
 
 def warm() -> float:
@@ -114,6 +115,8 @@ def quadratic_rows(covariance_type: str, n_features: int) -> tuple[np.ndarray, n
     """``(qi, qj)``: design row ``o`` holds ``x[qi[o]] * x[qj[o]]`` (the order of ``design_t``)."""
     if covariance_type == "full":
         qi, qj = np.triu_indices(n_features)
+    elif covariance_type == "tied":  # no quadratic rows: the shared precision's term is apart
+        qi = qj = np.arange(0)
     else:
         qi = qj = np.arange(n_features)
     return np.ascontiguousarray(qi, dtype=np.int64), np.ascontiguousarray(qj, dtype=np.int64)
@@ -223,12 +226,31 @@ def _exp_sums(W, b, mx, sm, single, two_n, two_n32):
 
 
 @_jit
-def _block(X, s, b, center, coef, qi, qj, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32):
+def _tied_quadratic(tied_pt, F, W, b, D):
+    """``W -= ½|Pᵀx|²`` per row (tied covariances: the precision shared by the components; the
+    design matrix holds only the centred rows and the ones)."""
+    Y = np.empty((D, b), F.dtype)
+    np.dot(tied_pt, F[:D], Y)
+    for r in range(b):
+        q = 0.0
+        for i in range(D):
+            q += Y[i, r] * Y[i, r]
+        for k in range(W.shape[0]):
+            W[k, r] -= 0.5 * q
+
+
+@_jit
+def _block(
+    X, s, b, center, coef, qi, qj, tied_pt, S, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32
+):
     """One block of ``b`` rows from row ``s``: its moments added to ``M``; returns its Σ w·log p."""
     P = F.shape[0]
     K = coef.shape[0]
     _design(X, s, b, center, qi, qj, F)
     np.dot(coef, F, W)  # log w_k + log N(x | k), (K, b)
+    D = tied_pt.shape[0]
+    if D > 0:
+        _tied_quadratic(tied_pt, F, W, b, D)
     for r in range(b):
         mx[r] = W[0, r]
     for k in range(1, K):
@@ -257,15 +279,28 @@ def _block(X, s, b, center, coef, qi, qj, w, weighted, single, F, W, Wt, Mb, M, 
     for o in range(P):
         for k in range(K):
             M[o, k] += Mb[o, k]
+    if D > 0:  # tied: the scatter Σ w x xᵀ, each row weighted by its total responsibility
+        xs = F[:D]
+        if weighted:
+            xs = F[:D].copy()
+            for i in range(D):
+                for r in range(b):
+                    xs[i, r] *= w[s + r]
+        Sb = np.empty((D, D), F.dtype)
+        np.dot(xs, F[:D].T, Sb)
+        for i in range(D):
+            for j in range(D):
+                S[i, j] += Sb[i, j]
     return ll
 
 
 @_jit
-def _chunk_moments(X, center, coef, qi, qj, w, weighted, single, rows):
+def _chunk_moments(X, center, coef, qi, qj, tied_pt, w, weighted, single, rows):
     n = X.shape[0]
     K, P = coef.shape
     dt = coef.dtype
     M = np.zeros((P, K))
+    S = np.zeros((tied_pt.shape[0], tied_pt.shape[0]))
     Mb = np.empty((P, K), dt)
     mx = np.empty(rows, dt)
     sm = np.empty(rows, dt)
@@ -279,7 +314,27 @@ def _chunk_moments(X, center, coef, qi, qj, w, weighted, single, rows):
         Wt = np.empty((rows, K), dt)
         for s in range(0, full, rows):
             ll += _block(
-                X, s, rows, center, coef, qi, qj, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32
+                X,
+                s,
+                rows,
+                center,
+                coef,
+                qi,
+                qj,
+                tied_pt,
+                S,
+                w,
+                weighted,
+                single,
+                F,
+                W,
+                Wt,
+                Mb,
+                M,
+                mx,
+                sm,
+                two_n,
+                two_n32,
             )
     b = n - full
     if b > 0:  # the last rows: arrays of their own size (np.dot takes contiguous arrays)
@@ -287,13 +342,33 @@ def _chunk_moments(X, center, coef, qi, qj, w, weighted, single, rows):
         W = np.empty((K, b), dt)
         Wt = np.empty((b, K), dt)
         ll += _block(
-            X, full, b, center, coef, qi, qj, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32
+            X,
+            full,
+            b,
+            center,
+            coef,
+            qi,
+            qj,
+            tied_pt,
+            S,
+            w,
+            weighted,
+            single,
+            F,
+            W,
+            Wt,
+            Mb,
+            M,
+            mx,
+            sm,
+            two_n,
+            two_n32,
         )
-    return M, ll
+    return M, S, ll
 
 
 @_jit
-def _predict(X, center, coef, qi, qj, single, rows, want_norm, labels, probs, lognorm, conf):
+def _predict(X, center, coef, qi, qj, tied_pt, single, rows, want_norm, labels, probs, lognorm, conf):
     """Per row of ``X``: the label (if ``labels`` has rows), and with ``want_norm`` the log
     density, the responsibilities (if ``probs`` has rows) and the largest one (if ``conf``
     has rows); returns whether every row's largest log-density was finite."""
@@ -311,6 +386,8 @@ def _predict(X, center, coef, qi, qj, single, rows, want_norm, labels, probs, lo
         W = np.empty((K, b), dt)
         _design(X, s, b, center, qi, qj, F)
         np.dot(coef, F, W)
+        if tied_pt.shape[0] > 0:
+            _tied_quadratic(tied_pt, F, W, b, tied_pt.shape[0])
         for r in range(b):
             mx[r] = W[0, r]
         if labels.shape[0] > 0:
@@ -348,9 +425,18 @@ def _predict(X, center, coef, qi, qj, single, rows, want_norm, labels, probs, lo
     return all_finite
 
 
-def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """``(M, loglik)`` of one chunk: the float64 design-matrix moments ``M = Σ F respᵀ``
-    (design rows × K, the numpy kernel's ``_Moments.M``) and ``Σ w·log p(x)``.
+def _tied_pt(p) -> np.ndarray:
+    """Tied covariances: the transposed Cholesky factor of the shared precision (D, D) in the
+    compute dtype; an empty (0, 0) array for the other types."""
+    if p.covariance_type == "tied":
+        return p.tied_pt
+    return np.empty((0, 0), p.dtype)
+
+
+def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> tuple:
+    """``(M, S_tied, loglik)`` of one chunk: the float64 design-matrix moments ``M = Σ F respᵀ``
+    (design rows × K, the numpy kernel's ``_Moments.M``), for tied covariances the scatter
+    ``Σ w x xᵀ`` (``_Moments.S_tied``; None otherwise), and ``Σ w·log p(x)``.
 
     ``X`` (n, D) float32 or float64 (other dtypes are cast to ``p.dtype``); ``p`` an
     :class:`~daskgmm._gaussian.EStepParams` of a :data:`SUPPORTED` covariance type.
@@ -369,8 +455,8 @@ def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> 
     center = p.center.astype(p.dtype)
     single = p.dtype == np.float32
     rows = SMALL_DESIGN_ROWS if not single and p.n_design <= SMALL_DESIGN else BLOCK_ROWS
-    M, ll = _chunk_moments(X, center, p.coef, qi, qj, w, weighted, single, rows)
-    return M, float(ll)
+    M, S, ll = _chunk_moments(X, center, p.coef, qi, qj, _tied_pt(p), w, weighted, single, rows)
+    return M, (S if p.covariance_type == "tied" else None), float(ll)
 
 
 def predict_rows(X: np.ndarray, p, out: dict) -> bool:
@@ -406,6 +492,7 @@ def predict_rows(X: np.ndarray, p, out: dict) -> bool:
         p.coef,
         qi,
         qj,
+        _tied_pt(p),
         single,
         rows,
         bool(set(out) - {"labels"}),

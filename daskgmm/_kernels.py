@@ -282,9 +282,8 @@ def _blocks(n: int, p: EStepParams):
 def use_compiled(p: EStepParams) -> bool:
     """Whether :func:`chunk_stats` runs the compiled kernel (:mod:`daskgmm._compiled`) for ``p``.
 
-    ``p.kernel`` (the dask config ``daskgmm.kernel``): ``"auto"`` where numba imports and the
-    covariance type is one it computes (full, diag, spherical), ``"numba"`` the same but an
-    error where numba cannot import, ``"numpy"`` never.
+    ``p.kernel`` (the dask config ``daskgmm.kernel``): ``"auto"`` where numba imports,
+    ``"numba"`` the same but an error where numba cannot import, ``"numpy"`` never.
     """
     kernel = getattr(p, "kernel", "auto")
     if kernel == "numpy" or p.covariance_type not in _compiled.SUPPORTED:
@@ -317,10 +316,12 @@ def chunk_stats(X: np.ndarray, p: EStepParams, sample_weight: np.ndarray | None 
     acc = _Moments(p)
     if use_compiled(p):
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: reported below
-            M, loglik = _compiled.chunk_moments(X, p, sample_weight)
+            M, S_tied, loglik = _compiled.chunk_moments(X, p, sample_weight)
         if not math.isfinite(loglik):
             check_finite_block(X)
         acc.M += M
+        if S_tied is not None:
+            acc.S_tied += S_tied
         out["n"] = float(n) if sample_weight is None else float(np.sum(sample_weight, dtype=np.float64))
         out["loglik"] = loglik
         return acc.into(out)

@@ -31,10 +31,7 @@ KERNELS = ("numba", "numpy")
 def _params(weights, means, prec_chol, covariance_type, dtype, kernel):
     p = EStepParams(weights, means, prec_chol, covariance_type, dtype)
     p.kernel = kernel
-    if kernel == "numba":  # tied has no compiled kernel: the numpy one runs
-        assert use_compiled(p) == (covariance_type != "tied")
-    else:
-        assert not use_compiled(p)
+    assert use_compiled(p) == (kernel == "numba")
     return p
 
 

@@ -102,10 +102,10 @@ def test_given_init_matches_sklearn(dataset, covariance_type, kind):
 
 
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
-@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPE)
 def test_the_numpy_kernel_matches_sklearn_as_the_compiled_one_does(dataset, covariance_type):
-    # the default (daskgmm.kernel = "auto") runs the compiled kernel for these types (the test
-    # above); "numpy" runs the numpy kernel, the fallback where numba cannot be imported
+    # the default (daskgmm.kernel = "auto") runs the compiled kernel (the test above); "numpy"
+    # runs the numpy kernel, the fallback where numba cannot be imported
     import dask
 
     X, k = DATASETS[dataset]
