@@ -99,8 +99,9 @@ def describe(setting: str = "auto") -> str:
 
 
 def warm() -> float:
-    """Seconds to make both dtypes' compiled kernel ready in this process: numba compiles it on
-    its first call, or loads the machine code from its disk cache."""
+    """Seconds to make both dtypes' compiled kernels (statistics and prediction) ready in this
+    process: numba compiles them on their first call, or loads the machine code from its disk
+    cache."""
     from daskgmm._gaussian import EStepParams
 
     t0 = time.perf_counter()
@@ -108,6 +109,7 @@ def warm() -> float:
     for dtype in (np.float64, np.float32):
         p = EStepParams(np.full(2, 0.5), X[:2], np.stack([np.eye(2)] * 2), "full", dtype)
         chunk_moments(X.astype(dtype), p)
+        predict_rows(X.astype(dtype), p, {"labels": np.empty(4, np.int64)})
     return time.perf_counter() - t0
 
 
