@@ -2,10 +2,11 @@
 
 The numpy kernel (:func:`daskgmm._kernels.chunk_stats`) builds a 4 MiB design matrix per block
 and makes about 35 numpy calls per block. Measured on 2 cores (500,000×16, K=16, full, 8 chunks
-on 2 threads): its blocks live in L3, not in a core's L2, and two threads handing the GIL to each
-other at every call scale 1.3-1.5x instead of 2x. This kernel does the same arithmetic on blocks
-of 256 rows that stay in L2 (the design matrix ``F``, the log-densities ``W``), in one compiled
-call per chunk that releases the GIL (``nogil``):
+on 2 threads): its blocks live in L3, not in a core's L2, and its two threads ran 1.3-1.5x one
+thread, not 2x, switching context 376 times per pass (none on one thread): they hand the GIL to
+each other between numpy calls. This kernel does the same arithmetic on blocks of 256 rows that
+stay in L2 (the design matrix ``F``, the log-densities ``W``), in one compiled call per chunk
+that releases the GIL (``nogil``):
 
 * the design matrix ``F`` (design rows × 256) of the block, built row by row as
   :func:`daskgmm._gaussian.design_t` builds it (quadratic rows, centred rows, a row of ones);
@@ -14,17 +15,19 @@ call per chunk that releases the GIL (``nogil``):
 * ``Mb = F @ respᵀ`` (BLAS), added to the float64 moments ``M``. In float32 a block's product
   sums 256 rows in float32 before the float64 sum, as the numpy kernel does (``_F32_SUM_ROWS``).
 
-``exp`` is a Cody-Waite reduction and a degree-13 Taylor polynomial computed in float64 (relative
-error below 2e-16 on the range the log-sum-exp uses, ``x <= 0``), which the compiler
-vectorises; ``np.exp`` inside a numba loop calls libm once per value. Blocks holding a NaN or an
-infinite log-density take a scalar path with ``math.exp``, so every non-finite case gives what
-the numpy kernel gives.
+``exp`` is a Cody-Waite reduction and a Taylor polynomial, which the compiler vectorises (degree
+13 in float64: relative error below 2e-16 on the range the log-sum-exp uses, ``x <= 0``; degree 7
+in float32 arithmetic for float32); ``np.exp`` inside a numba loop calls libm once per value.
+Blocks holding a NaN or an infinite log-density take a scalar path with ``math.exp``, so every
+non-finite case gives what the numpy kernel gives.
 
 Every covariance type: ``full``, ``diag`` and ``spherical`` differ only in the design matrix's
-quadratic rows; ``tied`` has none, and subtracts the shared precision's ``½|Pᵀx|²`` from every
-component's log-density and accumulates the scatter ``Σ w x xᵀ`` as the numpy kernel does. numba compiles each dtype on its first call
-in a process (a few seconds) and caches the machine code on disk (``cache=True``: next to this
-file, or numba's user-wide cache where that is read-only), so later processes load it instead.
+quadratic rows; ``tied`` has none, subtracts the shared precision's ``½|Pᵀx|²`` from every
+component's log-density, and accumulates the scatter ``Σ w x xᵀ`` as the numpy kernel does.
+numba compiles each kernel and dtype on its first call in a process (a few seconds) and caches
+the machine code on disk (``cache=True``: next to this file, or numba's user-wide cache where
+that is read-only), so later processes load it instead. The prediction kernel (:func:`predict_rows`)
+shares the design matrix and the exponentials.
 """
 
 from __future__ import annotations
@@ -87,6 +90,14 @@ chunks_computed = 0
 def available() -> bool:
     """Whether numba imported in this process."""
     return numba is not None
+
+
+def unavailable_error() -> RuntimeError:
+    """The error of ``daskgmm.kernel = "numba"`` where numba cannot be imported."""
+    return RuntimeError(
+        f"daskgmm.kernel is 'numba', but numba cannot be imported in this process ({IMPORT_ERROR}). "
+        "Install numba (pip install numba) where the tasks run, or set daskgmm.kernel to 'auto' or 'numpy'."
+    )
 
 
 def describe(setting: str = "auto") -> str:

@@ -244,8 +244,8 @@ class EStepParams:
         self.n_components = n_components
         self.n_features = n_features
         self.n_design = design_rows(covariance_type, d)
-        #: which per-chunk kernel computes the statistics: "auto", "numba" or "numpy" (the dask
-        #: config ``daskgmm.kernel``, set by the engine; see :func:`daskgmm._kernels.chunk_stats`)
+        #: which kernel computes the statistics and predictions: "auto", "numba" or "numpy" (the dask
+        #: config ``daskgmm.kernel``, set where a fit or a prediction starts; see ``_kernels.use_compiled``)
         self.kernel = "auto"
         if center is None:
             w = np.asarray(weights, dtype=np.float64)

@@ -291,11 +291,7 @@ def use_compiled(p: EStepParams) -> bool:
     if _compiled.available():
         return True
     if kernel == "numba":
-        raise RuntimeError(
-            f"daskgmm.kernel is 'numba', but numba cannot be imported in this process "
-            f"({_compiled.IMPORT_ERROR}). Install numba (pip install numba) where the tasks run, "
-            "or set daskgmm.kernel to 'auto' or 'numpy'."
-        )
+        raise _compiled.unavailable_error()
     return False
 
 

@@ -60,9 +60,9 @@ KERNELS = ("auto", "numba", "numpy")
 def kernel_setting() -> str:
     """The dask config ``daskgmm.kernel``: which kernel computes a chunk's statistics.
 
-    ``"auto"`` (default): the compiled kernel (:mod:`daskgmm._compiled`) where numba imports and
-    the covariance type is full, diag or spherical, the numpy kernel elsewhere; ``"numba"``: the
-    same, but an error where numba cannot import; ``"numpy"``: always the numpy kernel.
+    ``"auto"`` (default): the compiled kernel (:mod:`daskgmm._compiled`) where numba imports, the
+    numpy kernel elsewhere; ``"numba"``: the same, but an error where numba cannot import;
+    ``"numpy"``: always the numpy kernel. Read on the driver; the parameters of every pass carry it.
     """
     from daskgmm import _compiled
 
@@ -73,10 +73,7 @@ def kernel_setting() -> str:
             "dask.config.set({'daskgmm.kernel': 'numpy'}), or DASK_DASKGMM__KERNEL=numpy in the environment."
         )
     if value == "numba" and not _compiled.available():
-        raise RuntimeError(
-            f"daskgmm.kernel is 'numba', but numba cannot be imported ({_compiled.IMPORT_ERROR}). "
-            "Install numba (pip install numba), or set daskgmm.kernel to 'auto' or 'numpy'."
-        )
+        raise _compiled.unavailable_error()
     return value
 
 
