@@ -320,63 +320,17 @@ def _chunk_moments(X, center, coef, qi, qj, tied_pt, w, weighted, single, rows):
     two_n = np.empty(rows, np.float64)
     two_n32 = np.empty(rows, np.float32)
     ll = 0.0
-    full = n - n % rows
-    if full > 0:
-        F = np.empty((P, rows), dt)
-        W = np.empty((K, rows), dt)
-        Wt = np.empty((rows, K), dt)
-        for s in range(0, full, rows):
-            ll += _block(
-                X,
-                s,
-                rows,
-                center,
-                coef,
-                qi,
-                qj,
-                tied_pt,
-                S,
-                w,
-                weighted,
-                single,
-                F,
-                W,
-                Wt,
-                Mb,
-                M,
-                mx,
-                sm,
-                two_n,
-                two_n32,
-            )
-    b = n - full
-    if b > 0:  # the last rows: arrays of their own size (np.dot takes contiguous arrays)
-        F = np.empty((P, b), dt)
-        W = np.empty((K, b), dt)
-        Wt = np.empty((b, K), dt)
-        ll += _block(
-            X,
-            full,
-            b,
-            center,
-            coef,
-            qi,
-            qj,
-            tied_pt,
-            S,
-            w,
-            weighted,
-            single,
-            F,
-            W,
-            Wt,
-            Mb,
-            M,
-            mx,
-            sm,
-            two_n,
-            two_n32,
-        )
+    F = np.empty((P, rows), dt)
+    W = np.empty((K, rows), dt)
+    Wt = np.empty((rows, K), dt)
+    for s in range(0, n, rows):
+        b = min(rows, n - s)
+        if b < rows:  # the last rows: arrays of their own size (np.dot takes contiguous arrays)
+            F = np.empty((P, b), dt)
+            W = np.empty((K, b), dt)
+            Wt = np.empty((b, K), dt)
+        args = (tied_pt, S, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32)
+        ll += _block(X, s, b, center, coef, qi, qj, *args)
     return M, S, ll
 
 
