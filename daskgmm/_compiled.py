@@ -400,6 +400,20 @@ def _tied_pt(p) -> np.ndarray:
     return np.empty((0, 0), p.dtype)
 
 
+def _arguments(X, p) -> tuple:
+    """``(X, (center, coef, qi, qj, tied_pt), single, rows)``: what both compiled kernels take.
+
+    ``X`` C-contiguous, float32 or float64 (other dtypes cast to ``p.dtype``); the centre in the
+    compute dtype, so the subtraction runs in the wider of the two dtypes, as the numpy kernel's.
+    """
+    X = np.asarray(X)
+    X = np.ascontiguousarray(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else p.dtype)
+    qi, qj = quadratic_rows(p.covariance_type, p.n_features)
+    single = p.dtype == np.float32
+    rows = SMALL_DESIGN_ROWS if not single and p.n_design <= SMALL_DESIGN else BLOCK_ROWS
+    return X, (p.center.astype(p.dtype), p.coef, qi, qj, _tied_pt(p)), single, rows
+
+
 def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> tuple:
     """``(M, S_tied, loglik)`` of one chunk: the float64 design-matrix moments ``M = Σ F respᵀ``
     (design rows × K, the numpy kernel's ``_Moments.M``), for tied covariances the scatter
@@ -410,19 +424,12 @@ def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> 
     """
     global chunks_computed
     chunks_computed += 1
-    X = np.asarray(X)
-    X = np.ascontiguousarray(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else p.dtype)
-    qi, qj = quadratic_rows(p.covariance_type, p.n_features)
+    X, prm, single, rows = _arguments(X, p)
     if sample_weight is None:
         w, weighted = np.empty(0), False
     else:
         w, weighted = np.ascontiguousarray(sample_weight, dtype=np.float64), True
-    # centred as the numpy kernel does: the centre in the compute dtype, the subtraction in the
-    # wider of the two dtypes
-    center = p.center.astype(p.dtype)
-    single = p.dtype == np.float32
-    rows = SMALL_DESIGN_ROWS if not single and p.n_design <= SMALL_DESIGN else BLOCK_ROWS
-    M, S, ll = _chunk_moments(X, center, p.coef, qi, qj, _tied_pt(p), w, weighted, single, rows)
+    M, S, ll = _chunk_moments(X, *prm, w, weighted, single, rows)
     return M, (S if p.covariance_type == "tied" else None), float(ll)
 
 
@@ -434,12 +441,8 @@ def predict_rows(X: np.ndarray, p, out: dict) -> bool:
     The kernel writes labels as int64 and the float outputs in ``p.dtype``: an array of ``out``
     in that dtype is written in place, any other is filled from a copy.
     """
-    X = np.asarray(X)
-    X = np.ascontiguousarray(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else p.dtype)
+    X, prm, single, rows = _arguments(X, p)
     n, k = X.shape[0], p.n_components
-    qi, qj = quadratic_rows(p.covariance_type, p.n_features)
-    single = p.dtype == np.float32
-    rows = SMALL_DESIGN_ROWS if not single and p.n_design <= SMALL_DESIGN else BLOCK_ROWS
     shapes = {"labels": (n,), "probabilities": (n, k), "log_density": (n,), "confidence": (n,)}
     kinds = {"labels": np.dtype(np.int64)}
     bufs = {}
@@ -452,14 +455,9 @@ def predict_rows(X: np.ndarray, p, out: dict) -> bool:
             bufs[name] = np.empty(shape if target is not None else (0,) * len(shape), dtype)
     if "log_density" not in out and set(out) - {"labels"}:
         bufs["log_density"] = np.empty(n, p.dtype)  # the exponentials' by-product
-    center = p.center.astype(p.dtype)
     finite = _predict(
         X,
-        center,
-        p.coef,
-        qi,
-        qj,
-        _tied_pt(p),
+        *prm,
         single,
         rows,
         bool(set(out) - {"labels"}),
