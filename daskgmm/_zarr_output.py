@@ -16,6 +16,10 @@ store without it. How the stamp comes last depends on where the store lives:
   ``overwrite`` may replace; a prefix that is neither stamped nor marked as daskgmm's is never
   touched.
 
+A failed write is cleaned up only once no chunk write of it is still running (dask raises at
+the first error while other tasks run on): on the local schedulers each target is gated, and
+on a cluster every chunk's future is awaited, so no chunk comes back after the cleanup.
+
 Consolidated metadata (:func:`zarr.consolidate_metadata`) is written with the stamp, so
 ``xarray.open_zarr`` opens the output without a warning. Zarr chunks are the dask chunks of
 the arrays, so each task writes whole Zarr chunks and no two tasks write the same chunk.
@@ -23,11 +27,14 @@ the arrays, so each task writes whole Zarr chunks and no two tasks write the sam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -176,14 +183,80 @@ def write_zarr(
     return path
 
 
+class _Gate:
+    """A store target that :meth:`close` shuts: it waits for the writes in flight, and drops
+    any write after it. A failed local compute raises at its first error while the other
+    threads' tasks run on; without the gate, a chunk they write after the cleanup would
+    bring the removed directory back. It pickles as its target (other processes write
+    ungated; a cluster's writes are awaited in :func:`_store_all` instead)."""
+
+    def __init__(self, target):
+        self.target = target
+        self._cond = threading.Condition()
+        self._open = True
+        self._writing = 0
+
+    def __setitem__(self, key, value):
+        with self._cond:
+            if not self._open:
+                return
+            self._writing += 1
+        try:
+            self.target[key] = value
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._open = False
+            self._cond.wait_for(lambda: self._writing == 0)
+
+    def __reduce__(self):
+        return _identity, (self.target,)
+
+
+def _identity(value):
+    return value
+
+
 def _store_all(sources, targets, names) -> None:
+    """Store every array; when it fails, return only once no write of it is still running,
+    so the caller's cleanup is final."""
     import dask.array as da
 
-    from daskgmm._progress import compute
+    from daskgmm import _progress
 
     t0 = time.perf_counter()
-    compute(da.store(sources, targets, lock=False, compute=False))  # a progress bar on a terminal
+    client = _progress._current_client()
+    if client is None:
+        gates = [_Gate(t) for t in targets]
+        try:  # a progress bar on a terminal
+            _progress.compute(da.store(sources, gates, lock=False, compute=False))
+        except BaseException:
+            for gate in gates:
+                gate.close()
+            raise
+    else:
+        _store_on_cluster(client, da.store(sources, targets, lock=False, compute=False))
     logger.info("wrote %s in %.1fs", list(names), time.perf_counter() - t0)
+
+
+def _store_on_cluster(client, stored) -> None:
+    """One future per stored chunk, all awaited (written or failed) before the first error is
+    raised: a worker goes on with its task after another task failed."""
+    import dask
+    from distributed import futures_of, progress, wait
+
+    futures = futures_of(client.persist(list(stored) if isinstance(stored, tuple) else [stored]))
+    if dask.config.get("daskgmm.progress", False):
+        with contextlib.redirect_stdout(sys.stderr):
+            progress(futures, notebook=False)
+    wait(futures)
+    for future in futures:
+        if future.status == "error":
+            future.result()  # raises the task's error
 
 
 def _write_local(path, arrays, dims, coords, array_attrs, meta, *, source, overwrite) -> None:

@@ -10,6 +10,7 @@ multi-process cluster.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 import warnings
 
@@ -205,6 +206,42 @@ def test_model_file_and_checkpoint_on_an_object_store_are_whole_objects(url):
 
 def _fail(block):
     raise RuntimeError("a task failed")
+
+
+def _fail_first_slow_second(block, block_info=None):
+    """Block 0 fails at once; block 1 is still being computed when it does, and returns later."""
+    if block_info[0]["chunk-location"][0] == 0:
+        raise RuntimeError("a task failed")
+    time.sleep(0.5)
+    return block
+
+
+def _late_write_arrays():
+    labels = da.arange(20, chunks=10, dtype=np.int32)
+    return {"labels": labels.map_blocks(_fail_first_slow_second, dtype=np.int32)}
+
+
+def _assert_nothing_left(tmp_path):
+    assert os.listdir(tmp_path) == []
+    time.sleep(1.0)  # the slow block has finished by now: its chunk must not have come back
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_local_write_is_not_brought_back_by_a_task_still_running(tmp_path):
+    """dask's threaded scheduler raises at the first error while its other thread runs on."""
+    import dask
+
+    with dask.config.set(scheduler="threads", num_workers=2):
+        with pytest.raises(RuntimeError, match="a task failed"):
+            write_zarr(tmp_path / "seg.zarr", _late_write_arrays(), dims={"labels": ["x"]})
+    _assert_nothing_left(tmp_path)
+
+
+def test_failed_write_on_a_cluster_is_not_brought_back_by_a_task_still_running(client, tmp_path):
+    """On a real 2-process cluster: the other worker's task is awaited before the cleanup."""
+    with pytest.raises(RuntimeError, match="a task failed"):
+        write_zarr(tmp_path / "seg.zarr", _late_write_arrays(), dims={"labels": ["x"]})
+    _assert_nothing_left(tmp_path)
 
 
 def test_object_store_write_that_fails_leaves_nothing_new(url):
