@@ -33,13 +33,15 @@ def plan_fit_data(inp: Input, w, *, persist, nan_policy: str, split_every: int, 
     """``(X, w, DataPlan)`` of a fit: the data held in (cluster) memory or streamed every pass
     (:func:`~daskgmm._placement.plan_data`; ``merge`` groups held chunks as the coarse tasks
     read them), and the weights held chunked like the held data."""
-    X, bytes_per_pass, to_hold = plan_data(inp.data, persist, inp.kind == "numpy", merge=merge)
+    X, bytes_per_pass, to_hold, leaf_rows = plan_data(
+        inp.data, persist, inp.kind == "numpy", merge=merge, split_every=split_every
+    )
     if w is not None and active_client() is not None:
         w = w.rechunk((X.chunks[0],))  # chunked like the held data, held next to its rows
         X, w = hold(X, w) if to_hold else (X, hold(w)[0])
     elif to_hold:
         (X,) = hold(X)
-    return X, w, DataPlan(X, w, nan_policy, bytes_per_pass, inp.n_samples, split_every)
+    return X, w, DataPlan(X, w, nan_policy, bytes_per_pass, inp.n_samples, split_every, leaf_rows)
 
 
 class BaseMixture(InteropMixin, DensityMixin, BaseEstimator):

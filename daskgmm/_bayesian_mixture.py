@@ -201,8 +201,9 @@ class BayesianGaussianMixture(BaseMixture):
                 "Use nan_policy='omit' (rows with NaN are left out) or impute them first."
             )
 
-    def _prior(self, X, w, n_features: int):
-        """The priors (scikit-learn's ``_check_parameters``) and the data's total weight: one pass."""
+    def _prior(self, X, w, n_features: int, leaf_rows=None):
+        """The priors (scikit-learn's ``_check_parameters``) and the data's total weight: one pass
+        (``leaf_rows``: those of held chunks bundling leaves)."""
         ct = self.covariance_type
         mean_prior = (
             None if self.mean_prior is None else _check_array(self.mean_prior, (n_features,), "means")
@@ -212,7 +213,7 @@ class BayesianGaussianMixture(BaseMixture):
             if self.covariance_prior is None
             else check_covariance_prior(self.covariance_prior, ct, n_features)
         )
-        total, mean, cov = data_moments(X, w, ct, self.split_every)
+        total, mean, cov = data_moments(X, w, ct, self.split_every, leaf_rows)
         prior = default_priors(
             self.n_components,
             n_features,
@@ -298,7 +299,8 @@ class BayesianGaussianMixture(BaseMixture):
             inp, w, persist=self.persist, nan_policy=self.nan_policy, split_every=self.split_every
         )
         rows = complete_rows(X, w, self.nan_policy, self.n_components)
-        prior, total = self._prior(rows[0], rows[1], inp.n_features)
+        leaves = data.leaf_rows if rows[0] is X else None
+        prior, total = self._prior(rows[0], rows[1], inp.n_features, leaves)
         family = VariationalFamily(prior)
         ct, dtype = self.covariance_type, inp.dtype
         random_state = check_random_state(self.random_state)
@@ -312,7 +314,15 @@ class BayesianGaussianMixture(BaseMixture):
                 self.split_every,
             )
             make = start_factory(
-                spec, X, w, inp, (None, None, None), random_state, self.nan_policy, rows=rows
+                spec,
+                X,
+                w,
+                inp,
+                (None, None, None),
+                random_state,
+                self.nan_policy,
+                rows=rows,
+                leaf_rows=data.leaf_rows,
             )
             init_total = float(rows[2]) if rows[1] is None else total
 

@@ -120,6 +120,8 @@ class DataPlan:
     #: rows of the data (a component holding less than one row's worth of weight is dead)
     n_rows: int = 0
     split_every: int = 16
+    #: the rows of each leaf when held chunks bundle several (:func:`daskgmm._placement.merge_for_cluster`)
+    leaf_rows: tuple | None = None
     #: the coarse tasks of a full pass, fixed at the fit's first pass (:meth:`sources`)
     _sources: TaskSources | None = field(default=None, init=False, repr=False)
 
@@ -143,15 +145,12 @@ class DataPlan:
         return p
 
     def sources(self) -> TaskSources:
-        """One task per group of consecutive chunks (dask config ``daskgmm.chunks_per_task``).
-
-        Fixed at the first call, so every pass of a fit sums in the same order. Data held on a
-        cluster was merged into the same groups when it was persisted
-        (:func:`daskgmm._placement.merge_for_cluster`): one task per held chunk, so no task
-        fetches chunks from other workers.
-        """
+        """One task per group of consecutive chunks (dask config ``daskgmm.chunks_per_task``), fixed
+        at the first call, so every pass sums in the same order. Data held on a cluster: one task
+        per held chunk (:func:`daskgmm._placement.merge_for_cluster`), leaf by leaf in it."""
         if self._sources is None:
-            self._sources = pass_sources(self.X, self.blocks, self.weight_blocks, chunks_per_task_setting())
+            args = (chunks_per_task_setting(), self.leaf_rows, self.split_every)
+            self._sources = pass_sources(self.X, self.blocks, self.weight_blocks, *args)
         return self._sources
 
 

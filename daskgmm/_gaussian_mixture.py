@@ -277,7 +277,16 @@ class GaussianMixture(BaseMixture):
         random_state = check_random_state(self.random_state)
         if do_init:
             inits = [
-                start_factory(self._init_spec(), X, w, inp, given, random_state, self.nan_policy)
+                start_factory(
+                    self._init_spec(),
+                    X,
+                    w,
+                    inp,
+                    given,
+                    random_state,
+                    self.nan_policy,
+                    leaf_rows=data.leaf_rows,
+                )
             ] * self.n_init
         else:
             fitted = EMState(params=self._fitted_params(), lower_bound=self.lower_bound_)

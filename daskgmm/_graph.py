@@ -141,6 +141,57 @@ def chunks_per_task(setting, chunk_rows: Sequence[int], row_bytes: int) -> int:
     return int(max(1, min(want, n // MIN_TASKS)))
 
 
+#: a chunk held on a cluster that bundles several leaves is at most this large
+HELD_CHUNK_BYTES = 256 * 2**20
+
+
+def leaves_per_task(n_leaves: int, slots: int, leaf_bytes: float, split_every: int) -> int:
+    """Leaves per task for data held on a cluster of ``slots`` threads.
+
+    A *leaf* is one automatic group of storage chunks (:func:`chunks_per_task`). The fixed tree of
+    a pass sums the leaves. This picks the power of two that ends a pass in the fewest rounds of
+    leaves per thread (ties: the fewest tasks), at most :data:`HELD_CHUNK_BYTES` per task.
+
+    A power of two aligns every task with that tree (``split_every`` a power of two). So a task sums
+    its own whole subtrees and hands the rest on (:func:`fold_leaves`), and a pass's numbers do not
+    depend on the cluster. On 2 one-thread workers, 16 leaves make 2 tasks, not 16: each task costs
+    the scheduler a round of messages. The result is 1 when ``split_every`` is not a power of two.
+    """
+    if n_leaves <= 1 or slots < 1 or split_every < 2 or split_every & (split_every - 1):
+        return 1
+    cap = max(1, int(HELD_CHUNK_BYTES // max(leaf_bytes, 1.0)))
+    best, best_key = 1, None
+    t = 1
+    while t <= cap and t < 2 * n_leaves:
+        tasks = -(-n_leaves // t)
+        key = (-(-tasks // slots) * t, tasks)  # leaves on the busiest thread, then fewest tasks
+        if best_key is None or key < best_key:
+            best, best_key = t, key
+        t *= 2
+    return best
+
+
+def fold_levels(per_task: int, split_every: int) -> int:
+    """How many levels of the leaves' tree lie wholly inside a task of ``per_task`` leaves."""
+    levels, span = 0, split_every
+    while per_task > 1 and span <= per_task:
+        levels, span = levels + 1, span * split_every
+    return levels
+
+
+def fold_leaves(outs: list, levels: int, split_every: int) -> list:
+    """``levels`` levels of the fixed tree over consecutive ``outs`` (the sums a tree node of
+    :func:`tree_reduce` would make, in the same order): the task's *bundle* of partial sums."""
+    for _ in range(levels):
+        outs = [combine_lists(outs[i : i + split_every]) for i in range(0, len(outs), split_every)]
+    return outs
+
+
+def fold_bundles(bundles: list) -> list:
+    """One tree node over consecutive bundles: their partial sums added in order."""
+    return combine_lists([item for bundle in bundles for item in bundle])
+
+
 def task_groups(n_chunks: int, per_task: int) -> list[range]:
     """Consecutive chunk indices, ``per_task`` to a task (the last group may be shorter)."""
     per_task = max(int(per_task), 1)
@@ -155,6 +206,11 @@ class TaskSources:
     w: list | None
     graph: dict  # what those nodes depend on (culled once: an iteration's graph has only its tasks)
     groups: list
+    #: per task, the rows of each leaf in it (held chunks bundling leaves), else None
+    leaves: list | None = None
+    #: leaves per task (all but the last) and the tree levels each task sums itself
+    per_task: int = 1
+    levels: int = 0
 
     def __len__(self) -> int:
         return len(self.x)
@@ -232,45 +288,115 @@ def held_on_cluster(block) -> bool:
     return node.__name__ == "Future" and node.__module__.startswith("distributed")
 
 
-def pass_sources(X, blocks: Sequence, weight_blocks: Sequence | None, setting) -> TaskSources:
+def pass_sources(
+    X,
+    blocks: Sequence,
+    weight_blocks: Sequence | None,
+    setting,
+    leaf_rows: Sequence[int] | None = None,
+    split_every: int = 16,
+) -> TaskSources:
     """The groups of a pass over ``X`` (its chunks ``blocks``): ``setting`` chunks per task
     (:func:`chunks_per_task`), one per task where the chunks are held on a cluster (they were
-    merged into those groups when persisted) or their sizes are unknown."""
+    merged into those groups when persisted) or their sizes are unknown.
+
+    ``leaf_rows``: the rows of each leaf when the held chunks bundle several leaves
+    (:func:`daskgmm._placement.merge_for_cluster`); each task then works leaf by leaf."""
     rows = X.chunks[0]
     per = 1
     if len(blocks) and not held_on_cluster(blocks[0]) and not any(math.isnan(r) for r in rows):
         per = chunks_per_task(setting, rows, X.shape[1] * X.dtype.itemsize)
-    return task_sources(blocks, weight_blocks, task_groups(len(blocks), per))
+    sources = task_sources(blocks, weight_blocks, task_groups(len(blocks), per))
+    if leaf_rows is not None and per == 1:
+        sources.leaves = _leaves_of(rows, leaf_rows)
+        sources.per_task = len(sources.leaves[0])
+        sources.levels = fold_levels(sources.per_task, split_every)
+    return sources
 
 
-def group_stats(kernel: Callable, ps, xs: list, ws: list | None = None) -> list:
+def _leaves_of(rows: Sequence[int], leaf_rows: Sequence[int]) -> list[tuple]:
+    """The leaves in each of the chunks ``rows`` (which bundle whole leaves, the same number in
+    each but the last)."""
+    out, it = [], iter(leaf_rows)
+    for n in rows:
+        mine, total = [], 0
+        while total < n:
+            mine.append(int(next(it)))
+            total += mine[-1]
+        if total != n:
+            raise RuntimeError(
+                f"held chunks of {tuple(rows)} rows do not bundle whole leaves {tuple(leaf_rows)}"
+            )
+        out.append(tuple(mine))
+    if any(len(m) != len(out[0]) for m in out[:-1]) or len(out[-1]) > len(out[0]):
+        raise RuntimeError(f"held chunks bundle unequal numbers of leaves: {[len(m) for m in out]}")
+    return out
+
+
+def group_stats(
+    kernel: Callable,
+    ps,
+    xs: list,
+    ws: list | None = None,
+    leaves: tuple | None = None,
+    levels: int = 0,
+    split_every: int = 16,
+) -> list:
     """The statistics of one coarse task: the kernel on its chunks as one block of rows.
 
     The chunks are concatenated (or were read as one span), so a group's arithmetic is that of
     one chunk of its rows: the same whether the rows were grouped here, read as one span, or
     merged into one chunk held on a cluster (:func:`daskgmm._placement.merge_for_cluster`).
+    With ``leaves`` (a held chunk bundling several leaves), the kernel runs on each leaf's rows
+    and the task returns its bundle (:func:`fold_leaves`): the numbers of one task per leaf.
     """
     X = xs[0] if len(xs) == 1 else np.concatenate([np.asarray(x) for x in xs])
     w = None
     if ws is not None:
         w = ws[0] if len(ws) == 1 else np.concatenate([np.asarray(v) for v in ws])
-    return kernel(X, ps, w)
+    if leaves is None:
+        return kernel(X, ps, w)
+    outs, start = [], 0
+    for n in leaves:
+        outs.append(kernel(X[start : start + n], ps, None if w is None else w[start : start + n]))
+        start += n
+    return fold_leaves(outs, levels, split_every)
 
 
-def _grouped_graph(kernel, sources: TaskSources, ps, name: str, split_every: int) -> list[Delayed]:
+def _grouped_graph(
+    kernel, sources: TaskSources, ps, name: str, split_every: int
+) -> tuple[list[Delayed], bool]:
     """The pass's outputs: one task per group, and a fixed-order tree on the workers down to at
-    most ``split_every`` partial sums, which the driver adds (:class:`Passes`)."""
+    most ``split_every`` partial sums, which the driver adds (:class:`Passes`). The flag: whether
+    those outputs are bundles (lists of partial sums, :func:`fold_leaves`) to be flattened first."""
     deps: dict = {}
     pkey = _task_arg(ps, deps)
     dsk: dict = dict(sources.graph)
     keys = []
+    bundled = sources.leaves is not None
     for i, xs in enumerate(sources.x):
         key = (name, i)
         args = [kernel, TaskRef(pkey), List(*xs)]
-        if sources.w is not None:
-            args.append(List(*sources.w[i]))
+        if sources.w is not None or bundled:
+            args.append(None if sources.w is None else List(*sources.w[i]))
+        if bundled:
+            args += [sources.leaves[i], sources.levels, split_every]
         dsk[key] = Task(key, group_stats, *args)
         keys.append(key)
+    if bundled:
+        span = split_every**sources.levels  # leaves in one partial sum of a bundle
+        items = sum(-(-len(leaves) // span) for leaves in sources.leaves)
+        if items <= split_every:  # the driver adds them all
+            graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a for _, a in deps.values()])
+            return [Delayed(k, graph, layer=name) for k in keys], True
+        # the next tree level: each node takes the bundles holding its split_every partial sums
+        per_node = split_every // -(-sources.per_task // span)
+        level = []
+        for j, i in enumerate(range(0, len(keys), per_node)):
+            key = (f"{name}-combine-bundles", j)
+            dsk[key] = Task(key, fold_bundles, List(*map(TaskRef, keys[i : i + per_node])))
+            level.append(key)
+        keys = level
     keys = tree_reduce(  # the tree's last level runs on the driver
         dsk,
         keys,
@@ -280,7 +406,7 @@ def _grouped_graph(kernel, sources: TaskSources, ps, name: str, split_every: int
         split_every,
     )
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a for _, a in deps.values()])
-    return [Delayed(k, graph, layer=name) for k in keys]
+    return [Delayed(k, graph, layer=name) for k in keys], False
 
 
 class Passes:
@@ -368,7 +494,8 @@ def statistics_pass(
         passes = Passes() if passes is None else passes
         pkey = passes.params(list(ps), token)
         try:
-            parts = passes.compute(_grouped_graph(kernel, sources, pkey, f"{name}-{token}", split_every))
+            outs, bundles = _grouped_graph(kernel, sources, pkey, f"{name}-{token}", split_every)
+            parts = passes.compute(outs)
         except CancelledError as e:
             # Scattered parameters have no lineage: dask's broadcast scatter puts them on one
             # worker and has the others copy them, so a worker lost before the copies (a killed
@@ -379,9 +506,10 @@ def statistics_pass(
                 raise
             logger.warning("pass %s: parameters lost with a worker (%s); running the pass again", token, e)
             pkey = passes.params(list(ps), token, scatter=False)
-            parts = passes.compute(
-                _grouped_graph(kernel, sources, pkey, f"{name}-{token}-again", split_every)
-            )
+            outs, bundles = _grouped_graph(kernel, sources, pkey, f"{name}-{token}-again", split_every)
+            parts = passes.compute(outs)
+        if bundles:
+            parts = [item for bundle in parts for item in bundle]
         return parts[0] if len(parts) == 1 else combine_lists(parts)
     ps = shared(list(ps), name=f"gmm-params-{token}")
 

@@ -144,13 +144,15 @@ def _given_resp_stats(XR, args: list, w=None) -> list:
     return [chunk_stats_given_resp(XR[:, :d].astype(p.dtype), XR[:, d:], p, w)]
 
 
-def _grouped_pass(kernel, X, blocks, wblocks, args: list, token: str, split_every: int) -> dict:
+def _grouped_pass(
+    kernel, X, blocks, wblocks, args: list, token: str, split_every: int, leaf_rows=None
+) -> dict:
     """One pass of ``kernel`` over ``X`` in the statistics passes' groups of chunks (coarse
-    tasks, :func:`daskgmm._graph.pass_sources`), as the EM iterations run: keys
-    ``gmm-<token>`` (``gmm-init-…``, ``gmm-moments-…``)."""
+    tasks, :func:`daskgmm._graph.pass_sources`; ``leaf_rows`` those of held chunks bundling
+    leaves), as the EM iterations run: keys ``gmm-<token>`` (``gmm-init-…``, ``gmm-moments-…``)."""
     from daskgmm._placement import chunks_per_task_setting
 
-    sources = pass_sources(X, blocks, wblocks, chunks_per_task_setting())
+    sources = pass_sources(X, blocks, wblocks, chunks_per_task_setting(), leaf_rows, split_every)
     (stats,) = statistics_pass(
         kernel,
         blocks,
@@ -180,8 +182,10 @@ def initialize(
     split_every: int = 16,
     token: str = "",
     sample_cache: dict | None = None,
+    leaf_rows=None,
 ):
-    """Return initial ``(weights, means, covariances)`` (float64) for one EM start."""
+    """Return initial ``(weights, means, covariances)`` (float64) for one EM start (``leaf_rows``:
+    those of held chunks bundling leaves, :func:`daskgmm._placement.merge_for_cluster`)."""
     dtype = X.dtype
     blocks = X.to_delayed(optimize_graph=False).ravel()
     wblocks = sample_weight.to_delayed(optimize_graph=False).ravel() if sample_weight is not None else None
@@ -212,7 +216,10 @@ def initialize(
         )
         centers = km.cluster_centers_.astype(np.float64)
         p = _stats_params(centers, covariance_type, dtype)
-        stats = _grouped_pass(_nearest_stats, X, blocks, wblocks, [centers, p], f"init-{token}", split_every)
+        args = [centers, p]
+        stats = _grouped_pass(
+            _nearest_stats, X, blocks, wblocks, args, f"init-{token}", split_every, leaf_rows
+        )
         logger.debug("k-means init on %d sampled rows; one pass for initial statistics", len(sample))
         return _params_from_stats(stats, p, total, reg_covar, covariance_type, dtype)
 
@@ -243,7 +250,14 @@ def initialize(
         XR = da.concatenate([X.astype(np.float64), R.astype(np.float64)], axis=1).rechunk({1: -1})
         xr_blocks = XR.to_delayed(optimize_graph=False).ravel()
         stats = _grouped_pass(
-            _given_resp_stats, XR, xr_blocks, wblocks, [X.shape[1], p], f"init-{token}", split_every
+            _given_resp_stats,
+            XR,
+            xr_blocks,
+            wblocks,
+            [X.shape[1], p],
+            f"init-{token}",
+            split_every,
+            leaf_rows,
         )
         return _params_from_stats(stats, p, total, reg_covar, covariance_type, dtype)
 
@@ -275,6 +289,7 @@ def initial_params(
     given: tuple = (None, None, None),
     reseed=None,
     sample_cache: dict | None = None,
+    leaf_rows=None,
 ) -> Params:
     """Initial :class:`~daskgmm._gaussian.Params` of one EM start.
 
@@ -300,6 +315,7 @@ def initial_params(
             split_every=spec.split_every,
             token=dask.base.tokenize(X.name),  # keys read 'gmm-init-<hash>' on the dashboard
             sample_cache=sample_cache,
+            leaf_rows=leaf_rows,
         )
     if weights_init is not None:
         weights = weights_init
@@ -350,13 +366,15 @@ def start_factory(
     nan_policy: str = "raise",
     sample_cache: dict | None = None,
     rows=None,
+    leaf_rows=None,
 ):
     """The initialisation of one start, as the engine calls it: ``make(reseed) -> Params``.
 
     One factory serves every start of a candidate (called once per start, in order,
     so the random draws are scikit-learn's). ``rows`` is ``(X, sample_weight, n)`` of
     the rows initialisation sees when already known (:func:`complete_rows`);
-    otherwise they are found once here.
+    otherwise they are found once here. ``leaf_rows``: those of ``X``'s held chunks when they
+    bundle leaves (used where initialisation sees all of ``X``'s rows).
     """
     if rows is None:
         if any(g is None for g in given):
@@ -364,6 +382,7 @@ def start_factory(
         else:
             rows = (X, sample_weight, inp.n_samples)
     X0, w0, n0 = rows
+    leaves = leaf_rows if X0 is X else None
 
     def make(reseed):
         return initial_params(
@@ -376,13 +395,14 @@ def start_factory(
             given=given,
             reseed=reseed,
             sample_cache=sample_cache,
+            leaf_rows=leaves,
         )
 
     return make
 
 
 def data_moments(
-    X: da.Array, sample_weight: da.Array | None, covariance_type: str, split_every: int = 16
+    X: da.Array, sample_weight: da.Array | None, covariance_type: str, split_every: int = 16, leaf_rows=None
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """``(total weight, mean, unbiased covariance)`` of the rows, in one pass (float64).
 
@@ -400,7 +420,7 @@ def data_moments(
     blocks = X.to_delayed(optimize_graph=False).ravel()
     wblocks = sample_weight.to_delayed(optimize_graph=False).ravel() if sample_weight is not None else None
     token = dask.base.tokenize(X.name, p, None if sample_weight is None else sample_weight.name)
-    stats = _grouped_pass(_moment_stats, X, blocks, wblocks, [p], f"moments-{token}", split_every)
+    stats = _grouped_pass(_moment_stats, X, blocks, wblocks, [p], f"moments-{token}", split_every, leaf_rows)
     total = float(stats["nk"][0])
     u = stats["u"][0]
     mean = guess + u / total

@@ -77,24 +77,38 @@ def kernel_setting() -> str:
     return value
 
 
-def merge_for_cluster(X):
-    """``X`` with consecutive chunks merged, as the statistics pass groups them, before it is
-    held on a cluster.
+def merge_for_cluster(X, split_every: int = 16):
+    """``X`` with consecutive chunks merged before it is held on a cluster, and the rows of the
+    statistics pass's *leaves* in it (None: each held chunk is one leaf).
 
     Held chunks stay where they were computed, so a task that read several of them would move
-    data between workers every iteration; instead each held chunk is one task's group of storage
-    chunks (:func:`daskgmm._graph.chunks_per_task`, the dask config ``daskgmm.chunks_per_task``).
-    The spans are those the pass groups on a local scheduler, so the result is the same.
+    data between workers every iteration; instead each held chunk is one task's rows. A leaf is
+    one automatic group of storage chunks (:func:`daskgmm._graph.chunks_per_task`, the dask
+    config ``daskgmm.chunks_per_task``), the spans the pass groups on a local scheduler. A held
+    chunk bundles a power of two of leaves, about one chunk per thread of the cluster
+    (:func:`daskgmm._graph.leaves_per_task`), and its task works leaf by leaf, so the result is
+    the same as on a local scheduler or on any other cluster.
     """
-    from daskgmm._graph import chunks_per_task
+    from daskgmm._graph import chunks_per_task, leaves_per_task
 
     rows = X.chunks[0]
-    per = chunks_per_task(chunks_per_task_setting(), rows, X.shape[1] * X.dtype.itemsize)
-    if per <= 1:
-        return X
-    merged = tuple(sum(rows[i : i + per]) for i in range(0, len(rows), per))
-    logger.info("holding the data in %d chunks of %d storage chunks each", len(merged), per)
-    return X.rechunk({0: merged})
+    row_bytes = X.shape[1] * X.dtype.itemsize
+    per = chunks_per_task(chunks_per_task_setting(), rows, row_bytes)
+    leaves = tuple(sum(rows[i : i + per]) for i in range(0, len(rows), per))
+    client = active_client()
+    slots = 0
+    if client is not None:
+        slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    t = leaves_per_task(len(leaves), slots, X.nbytes / max(len(leaves), 1), split_every)
+    merged = tuple(sum(leaves[i : i + t]) for i in range(0, len(leaves), t))
+    if t > 1:
+        logger.info(
+            "holding the data in %d chunks of %d leaves (of %d storage chunks each)", len(merged), t, per
+        )
+    elif per > 1:
+        logger.info("holding the data in %d chunks of %d storage chunks each", len(merged), per)
+    out = X if merged == tuple(rows) else X.rechunk({0: merged})
+    return out, (leaves if t > 1 else None)
 
 
 def memory_budget(client) -> tuple[int, str]:
@@ -121,7 +135,7 @@ def _gb(n: float) -> str:
     return f"{n:.3g} TiB"  # pragma: no cover
 
 
-def plan_data(X, persist, in_memory: bool, merge: bool = True):
+def plan_data(X, persist, in_memory: bool, merge: bool = True, split_every: int = 16):
     """Decide whether the data is held in (cluster) memory across iterations.
 
     Parameters
@@ -148,23 +162,27 @@ def plan_data(X, persist, in_memory: bool, merge: bool = True):
         Bytes read from storage by one pass: ``X.nbytes`` when streamed, else 0.
     to_hold : bool
         Whether the caller holds ``X`` in memory (:func:`hold`, with its weights).
+    leaf_rows : tuple of int or None
+        The rows of each leaf of the statistics pass when the held chunks bundle several
+        (:func:`merge_for_cluster`), else None.
     """
     client = active_client()
     nbytes = int(X.nbytes)
     if in_memory:
         if client is None:
             logger.info("in-memory input (%s): computed in this process, nothing to persist", _gb(nbytes))
-            return X, 0, False
+            return X, 0, False, None
         if persist is False:
             logger.info(
                 "persist=False: the in-memory input (%s) is sent to the cluster with every iteration",
                 _gb(nbytes),
             )
-            return X, 0, False
+            return X, 0, False, None
         logger.info(
             "in-memory input (%s): sent to the workers once and held there across iterations", _gb(nbytes)
         )
-        return (merge_for_cluster(X) if merge else X), 0, True
+        X, leaf_rows = merge_for_cluster(X, split_every) if merge else (X, None)
+        return X, 0, True, leaf_rows
     budget, where = memory_budget(client)
     if persist == "auto" and client is None:
         # the local scheduler: persisting would cost a pass of its own, and the
@@ -174,7 +192,7 @@ def plan_data(X, persist, in_memory: bool, merge: bool = True):
             "iteration (persist=True loads them into this process's memory instead)",
             _gb(nbytes),
         )
-        return X, nbytes, False
+        return X, nbytes, False, None
     if persist == "auto":
         do = nbytes <= PERSIST_FRACTION * budget
         if do:
@@ -205,8 +223,11 @@ def plan_data(X, persist, in_memory: bool, merge: bool = True):
             _gb(budget),
         )
     if do:
-        return (merge_for_cluster(X) if merge and client is not None else X), 0, True
-    return X, nbytes, False
+        if merge and client is not None:
+            X, leaf_rows = merge_for_cluster(X, split_every)
+            return X, 0, True, leaf_rows
+        return X, 0, True, None
+    return X, nbytes, False, None
 
 
 def _owners(n: int, threads: dict) -> list:

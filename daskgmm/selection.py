@@ -181,7 +181,7 @@ def select_model(
             est.feature_names_in_ = template.feature_names_in_
         rs = shared_rs if shared_rs is not None else check_random_state(seed)
         make = start_factory(
-            est._init_spec(), X_, w, inp, (None, None, None), rs, est.nan_policy, cache, rows
+            est._init_spec(), X_, w, inp, (None, None, None), rs, est.nan_policy, cache, rows, data.leaf_rows
         )
         ests.append(est)
         plan.append(
