@@ -140,3 +140,27 @@ def test_bayesian_mixture_held_in_bundles_has_the_streamed_numbers(client, store
     assert held.lower_bounds_ == streamed.lower_bounds_
     sk = SKBayesian(**kw).fit(store["X"])
     assert_allclose(np.sort(held.means_, axis=0), np.sort(sk.means_, axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_parameters_travel_inside_a_few_tasks_and_are_scattered_for_many(client):
+    """The rule of :class:`daskgmm._graph.Passes`: pickled size times tasks against 1 MiB."""
+    import pickle
+
+    from dask._task_spec import DataNode
+    from dask.delayed import Delayed
+    from distributed import Future
+
+    from daskgmm._graph import INLINE_PARAMS_BYTES, Passes
+    from daskgmm._init import _stats_params
+
+    ps = [_stats_params(np.zeros((16, 16)), "full", np.float64)]
+    size = len(pickle.dumps(ps, protocol=5))
+    few = INLINE_PARAMS_BYTES // size
+    passes = Passes(client)
+    inline = passes.params(ps, "few", tasks=few)
+    assert isinstance(inline, DataNode) and inline.value is ps
+    scattered = passes.params(ps, "many", tasks=few + 1)
+    assert isinstance(scattered, Delayed) and scattered.key == "gmm-params-many"
+    assert isinstance(dict(scattered.dask)[scattered.key], Future)  # held on the workers
+    assert isinstance(Passes(None).params(ps, "local", tasks=1), Delayed)  # the local schedulers: a key
+    passes.close()

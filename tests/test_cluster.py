@@ -244,7 +244,7 @@ def test_a_pass_whose_scattered_parameters_died_with_their_worker_runs_again(cli
     made: list = []
 
     class OneCopy(Passes):
-        def params(self, ps, token, scatter=True):
+        def params(self, ps, token, scatter=True, tasks=1):
             made.append(scatter)
             if not scatter:
                 return super().params(ps, token, scatter=False)
