@@ -70,6 +70,14 @@ _LN2_LO32 = np.float32(-2.12194440e-4)
 #: rows whose sums ``Σ_k exp(·)`` (each in [1, K]) are multiplied before one log: K**32 stays
 #: below float64's largest value for any K < 2**32
 _LOG_RUN = 32
+#: 1.5 * 2**52: y + _SHIFT rounds y to an integer n held in the low bits of the result's bit
+#: pattern (_SHIFT_BITS + n), so 2**n is built with integer adds and shifts only (AVX2 has no
+#: vector float64->int64 conversion: ``np.int64(math.floor(...))`` kept the loop scalar there,
+#: 7.5 ns per exp against 1-2 with the trick, on an AMD EPYC Zen 3); likewise in float32
+_SHIFT = 6755399441055744.0
+_SHIFT_BITS = np.int64(0x4338000000000000)
+_SHIFT32 = np.float32(12582912.0)
+_SHIFT_BITS32 = np.int32(0x4B400000)
 
 
 def _jit(func):
@@ -137,13 +145,19 @@ def quadratic_rows(covariance_type: str, n_features: int) -> tuple[np.ndarray, n
 
 @_jit
 def _exp64(W, b, two_n):
-    """``W[:, :b] = exp(W[:, :b])`` for finite ``W <= 0`` (the log-densities less their maximum)."""
+    """``W[:, :b] = exp(W[:, :b])`` for finite ``W <= 0`` (the log-densities less their maximum).
+
+    Three loops per row of ``W``, each over one view of its memory so that it vectorises: the
+    reduction and polynomial (with ``t``, whose bits hold ``n``, kept in ``two_n``), ``2**n``
+    built from those bits as integers, and the product.
+    """
     bits = two_n.view(np.int64)
     for k in range(W.shape[0]):
         for r in range(b):
             x = np.float64(W[k, r])
             y = max(x, _EXP_ZERO)
-            n = math.floor(y * _LOG2E + 0.5)
+            t = y * _LOG2E + _SHIFT  # n = round(y / ln 2) in t's low bits, no float->int conversion
+            n = t - _SHIFT
             y = y - n * _LN2_HI - n * _LN2_LO  # |y| <= ln(2)/2
             p = 1.0 / 6227020800  # Taylor coefficients 1/13! ... 1/0!, by Horner's rule
             p = p * y + 1.0 / 479001600
@@ -159,8 +173,12 @@ def _exp64(W, b, two_n):
             p = p * y + 0.5
             p = p * y + 1.0
             p = p * y + 1.0
-            bits[r] = (np.int64(n) + 1023) << 52  # 2**n
-            W[k, r] = p * two_n[r] if x > _EXP_ZERO else 0.0
+            W[k, r] = p if x > _EXP_ZERO else 0.0
+            two_n[r] = t
+        for r in range(b):
+            bits[r] = (bits[r] - _SHIFT_BITS + 1023) << 52  # 2**n
+        for r in range(b):
+            W[k, r] *= two_n[r]
 
 
 @_jit
@@ -171,7 +189,8 @@ def _exp32(W, b, two_n):
         for r in range(b):
             x = np.float32(W[k, r])
             y = max(x, _EXP_ZERO32)
-            n = np.float32(math.floor(y * _LOG2E32 + np.float32(0.5)))
+            t = y * _LOG2E32 + _SHIFT32
+            n = t - _SHIFT32
             y = y - n * _LN2_HI32 - n * _LN2_LO32
             p = np.float32(1.0 / 5040)
             p = p * y + np.float32(1.0 / 720)
@@ -181,8 +200,12 @@ def _exp32(W, b, two_n):
             p = p * y + np.float32(0.5)
             p = p * y + np.float32(1.0)
             p = p * y + np.float32(1.0)
-            bits[r] = (np.int32(n) + 127) << 23
-            W[k, r] = p * two_n[r] if x > _EXP_ZERO32 else np.float32(0.0)
+            W[k, r] = p if x > _EXP_ZERO32 else np.float32(0.0)
+            two_n[r] = t
+        for r in range(b):
+            bits[r] = (bits[r] - _SHIFT_BITS32 + np.int32(127)) << np.int32(23)
+        for r in range(b):
+            W[k, r] *= two_n[r]
 
 
 @_jit

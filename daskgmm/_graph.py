@@ -294,44 +294,28 @@ def pass_sources(
     blocks: Sequence,
     weight_blocks: Sequence | None,
     setting,
-    leaf_rows: Sequence[int] | None = None,
+    leaf_rows: Sequence[Sequence[int]] | None = None,
     split_every: int = 16,
 ) -> TaskSources:
     """The groups of a pass over ``X`` (its chunks ``blocks``): ``setting`` chunks per task
     (:func:`chunks_per_task`), one per task where the chunks are held on a cluster (they were
     merged into those groups when persisted) or their sizes are unknown.
 
-    ``leaf_rows``: the rows of each leaf when the held chunks bundle several leaves
-    (:func:`daskgmm._placement.merge_for_cluster`); each task then works leaf by leaf."""
+    ``leaf_rows``: per held chunk, the rows of each leaf in it when the held chunks bundle
+    several leaves (:func:`daskgmm._placement.merge_for_cluster`); each task then works leaf by
+    leaf."""
     rows = X.chunks[0]
     per = 1
     if len(blocks) and not held_on_cluster(blocks[0]) and not any(math.isnan(r) for r in rows):
         per = chunks_per_task(setting, rows, X.shape[1] * X.dtype.itemsize)
     sources = task_sources(blocks, weight_blocks, task_groups(len(blocks), per))
     if leaf_rows is not None and per == 1:
-        sources.leaves = _leaves_of(rows, leaf_rows)
+        if [sum(leaves) for leaves in leaf_rows] != list(rows):
+            raise RuntimeError(f"held chunks of {tuple(rows)} rows do not bundle the leaves {leaf_rows}")
+        sources.leaves = [tuple(leaves) for leaves in leaf_rows]
         sources.per_task = len(sources.leaves[0])
         sources.levels = fold_levels(sources.per_task, split_every)
     return sources
-
-
-def _leaves_of(rows: Sequence[int], leaf_rows: Sequence[int]) -> list[tuple]:
-    """The leaves in each of the chunks ``rows`` (which bundle whole leaves, the same number in
-    each but the last)."""
-    out, it = [], iter(leaf_rows)
-    for n in rows:
-        mine, total = [], 0
-        while total < n:
-            mine.append(int(next(it)))
-            total += mine[-1]
-        if total != n:
-            raise RuntimeError(
-                f"held chunks of {tuple(rows)} rows do not bundle whole leaves {tuple(leaf_rows)}"
-            )
-        out.append(tuple(mine))
-    if any(len(m) != len(out[0]) for m in out[:-1]) or len(out[-1]) > len(out[0]):
-        raise RuntimeError(f"held chunks bundle unequal numbers of leaves: {[len(m) for m in out]}")
-    return out
 
 
 def group_stats(

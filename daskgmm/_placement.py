@@ -79,7 +79,7 @@ def kernel_setting() -> str:
 
 def merge_for_cluster(X, split_every: int = 16):
     """``X`` with consecutive chunks merged before it is held on a cluster, and the rows of the
-    statistics pass's *leaves* in it (None: each held chunk is one leaf).
+    statistics pass's *leaves* in each of its chunks (None: each held chunk is one leaf).
 
     Held chunks stay where they were computed, so a task that read several of them would move
     data between workers every iteration; instead each held chunk is one task's rows. A leaf is
@@ -108,7 +108,7 @@ def merge_for_cluster(X, split_every: int = 16):
     elif per > 1:
         logger.info("holding the data in %d chunks of %d storage chunks each", len(merged), per)
     out = X if merged == tuple(rows) else X.rechunk({0: merged})
-    return out, (leaves if t > 1 else None)
+    return out, (tuple(leaves[i : i + t] for i in range(0, len(leaves), t)) if t > 1 else None)
 
 
 def memory_budget(client) -> tuple[int, str]:
@@ -162,9 +162,9 @@ def plan_data(X, persist, in_memory: bool, merge: bool = True, split_every: int 
         Bytes read from storage by one pass: ``X.nbytes`` when streamed, else 0.
     to_hold : bool
         Whether the caller holds ``X`` in memory (:func:`hold`, with its weights).
-    leaf_rows : tuple of int or None
-        The rows of each leaf of the statistics pass when the held chunks bundle several
-        (:func:`merge_for_cluster`), else None.
+    leaf_rows : tuple of tuples of int, or None
+        Per held chunk, the rows of each leaf of the statistics pass in it when the held chunks
+        bundle several (:func:`merge_for_cluster`), else None.
     """
     client = active_client()
     nbytes = int(X.nbytes)

@@ -54,7 +54,8 @@ def test_bundled_tasks_sum_the_leaves_in_the_fixed_tree_order(n_leaves, per_task
     values = _values(n_leaves)
     X = da.from_array(values[:, None], chunks=(per_task, 1))  # held chunks of per_task one-row leaves
     blocks = X.to_delayed().ravel()
-    sources = pass_sources(X, blocks, None, 1, (1,) * n_leaves, split_every)
+    leaf_rows = tuple((1,) * n for n in X.chunks[0])
+    sources = pass_sources(X, blocks, None, 1, leaf_rows, split_every)
     assert sources.per_task == min(per_task, n_leaves) and len(sources) == len(blocks)
     with dask.config.set(scheduler="sync"):
         (out,) = statistics_pass(_first_row, blocks, None, [None], "t", split_every, sources=sources)
