@@ -279,6 +279,13 @@ def test_cost_model_against_its_closed_form():
     p = predict(_constants(read_rate=None), 500_000, 50, workers=4, chunks_per_task=625)
     assert p["terms"]["read"] == 0.0 and p["waves"] == 4
     assert p["terms"]["kernel"] == pytest.approx(4 * (31_250 * 5e-7 + 2e-4))
+    # held on a distributed cluster: the 16 groups in 2 tasks of 8 (one per slot), the kernel's
+    # fixed cost still once per group, one wave, the tree's one level (16 sums on the driver)
+    p = predict(_constants(read_rate=None, distributed=True), 500_000, 50, chunks_per_task=625)
+    assert (p["leaves_per_task"], p["tasks"], p["waves"], p["levels"]) == (8, 2, 1, 1)
+    assert p["rows_per_task"] == 250_000
+    assert p["terms"]["kernel"] == pytest.approx(250_000 * 5e-7 + 8 * 2e-4)
+    assert p["terms"]["dispatch"] == pytest.approx(3e-3)
     # many tiny tasks: the scheduler's throughput bounds the pass (10,000 tasks x 2 ms = 20 s
     # against 5,000 waves x (50 x 0.5 us + 0.2 ms + 6,400 B / 20 MB/s + 3 ms) = 17.725 s)
     p = predict(c, 500_000, 50, chunks_per_task=1)
@@ -417,15 +424,18 @@ def test_plan_command_on_a_local_cluster(cluster, client, capsys):
     # the model's arithmetic, from the printed constants
     n_chunks = math.ceil(rows / chunk_rows)
     assert p["workers"] == 2 and p["threads"] == 1 and p["slots"] == 2
-    tasks = math.ceil(n_chunks / p["chunks_per_task"])
+    # held on the cluster: 80 chunks in 16 groups of 5, held as 2 chunks of 8 groups (one per thread)
+    leaves = math.ceil(n_chunks / p["chunks_per_task"])
+    assert c["distributed"] and (leaves, p["leaves_per_task"]) == (16, 8)
+    tasks = math.ceil(leaves / 8)
     waves = math.ceil(tasks / 2)
-    levels = math.ceil(math.log(tasks, 16)) if tasks > 1 else 0
-    rpt = p["chunks_per_task"] * chunk_rows
+    levels = 1  # 16 sums added on the driver
+    rpt = p["chunks_per_task"] * 8 * chunk_rows
     assert (p["tasks"], p["waves"], p["levels"]) == (tasks, waves, levels)
-    # the kernel runs once per task (its fixed cost c_task once, whatever the chunks per task)
+    # the kernel runs once per group (its fixed cost c_task once, whatever the chunks per group)
     busy = max(waves / c["sharing"], tasks / 2)  # shared cores: the last, partial wave runs faster
     assert c["sharing"] >= 1.0
-    assert terms["kernel"] == pytest.approx(busy * (rpt * c["c_row"] + c["c_task"]))
+    assert terms["kernel"] == pytest.approx(busy * (rpt * c["c_row"] + 8 * c["c_task"]))
     assert terms["dispatch"] == pytest.approx(waves * c["c_wave"])
     threads_time = terms["kernel"] + terms["dispatch"]
     assert terms["scheduler"] == pytest.approx(max(tasks * c["c_sched"] - threads_time, 0.0), abs=1e-12)

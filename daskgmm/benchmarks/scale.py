@@ -104,6 +104,9 @@ class Constants:
     #: how much slower the kernel runs with every thread busy than on one thread alone (>= 1:
     #: the threads share cores, with each other or with other jobs)
     sharing: float = 1.0
+    #: measured on a distributed cluster: data held there runs about one task per thread
+    #: (:func:`daskgmm._graph.leaves_per_task`)
+    distributed: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -354,6 +357,7 @@ def measure_constants(
         split_every,
         read_span,
         sharing,
+        client is not None,
     )
 
 
@@ -430,15 +434,21 @@ def predict(
 
 
 def _terms(c: Constants, rows, chunk_rows, n_chunks, per, slots, itemsize) -> dict:
-    tasks = -(-n_chunks // per)
-    rows_per_task = min(per * chunk_rows, rows)
+    from daskgmm._graph import fold_levels, leaves_per_task
+
+    leaves = -(-n_chunks // per)  # the pass's groups of chunks
+    bundle = 1  # leaves per task: held on a cluster, about one task per thread
+    if c.read_rate is None and c.distributed:
+        bundle = leaves_per_task(leaves, slots, per * chunk_rows * c.n_features * itemsize, c.split_every)
+    tasks = -(-leaves // bundle)
+    rows_per_task = min(per * bundle * chunk_rows, rows)
     waves = -(-tasks // slots)
-    levels = _levels(tasks, c.split_every)
+    levels = max(_levels(leaves, c.split_every) - fold_levels(bundle, c.split_every), 0)
     bytes_per_task = rows_per_task * c.n_features * itemsize
     # task-times (at the speed of every thread busy) the busiest thread computes: its ``waves``
     # tasks, faster when fewer threads run (sharing > 1), but not less than an even share
     busy = max(waves / c.sharing, tasks / slots)
-    kernel = busy * (rows_per_task * c.c_row + c.c_task)  # the kernel runs once per task
+    kernel = busy * (rows_per_task * c.c_row + bundle * c.c_task)  # the kernel runs once per leaf
     read = busy * bytes_per_task / c.read_rate if c.read_rate else 0.0
     dispatch = waves * c.c_wave
     terms = {
@@ -456,6 +466,7 @@ def _terms(c: Constants, rows, chunk_rows, n_chunks, per, slots, itemsize) -> di
         "terms": terms,
         "dominant": max(terms, key=terms.get),
         "chunks_per_task": per,
+        "leaves_per_task": bundle,
         "tasks": tasks,
         "waves": waves,
         "busy_tasks": busy,
@@ -484,7 +495,9 @@ def format_prediction(c: Constants, pred: dict) -> str:
         f"  t_fixed   {c.t_fixed * 1e3:12.2f} ms per iteration (submit, first tasks' start, gather)",
         f"  t_mstep   {c.t_mstep * 1e3:12.2f} ms per iteration (driver)",
         f"prediction for {pred['rows']:,} rows in {pred['chunks']:,} chunks of {pred['chunk_rows']:,} rows, "
-        f"{pred['chunks_per_task']} chunk(s) per task = {pred['tasks']:,} tasks on {pred['workers']} worker(s) x "
+        f"{pred['chunks_per_task']} chunk(s) per task"
+        + (f" held {pred['leaves_per_task']} groups to a task" if pred.get("leaves_per_task", 1) > 1 else "")
+        + f" = {pred['tasks']:,} tasks on {pred['workers']} worker(s) x "
         f"{pred['threads']} thread(s) ({pred['slots']} running at once, {pred['waves']} wave(s), "
         f"{pred['levels']} reduction level(s)):",
     ]
