@@ -13,7 +13,10 @@ Consecutive reads of one array (``from_zarr``, ``from_array``) become one read o
 their span, which Zarr serves with its chunks fetched concurrently. A group's task
 runs the kernel once on its rows (concatenated), so a grouping gives the result of the
 data chunked by groups; the automatic grouping depends on the data's chunks only, so the
-result does not depend on the cluster (another grouping changes only the rounding).
+result does not depend on the cluster (another grouping changes only the rounding). Data held on
+a cluster is one task per thread: each holds several groups (*leaves*), runs the kernel leaf by
+leaf and sums only the whole subtrees of the fixed tree inside it (:func:`leaves_per_task`), so
+its numbers are those of one task per leaf.
 """
 
 from __future__ import annotations
