@@ -158,6 +158,33 @@ def test_compiled_kernel_equals_direct_sums_for_any_number_of_rows(n, dtype):
     assert stats["loglik"] == pytest.approx(log_norm.sum(), rel=tol)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "rtol", "zero"), [(np.float64, 2.5e-16, -708.0), (np.float32, 2e-7, -87.0)]
+)
+def test_compiled_exponential_equals_numpy_exp(dtype, rtol, zero):
+    """The compiled kernel's own exp (2**n from the rounding shifter's bits) against ``np.exp`` in
+    float64 of the same inputs, on the log-sum-exp's range: 0, tiny, the ties of the rounding
+    (k·ln(2)/2), down to where it returns exactly 0."""
+    from daskgmm import _compiled
+
+    if not _compiled.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            -np.abs(rng.normal(size=700)) * 10.0 ** rng.uniform(-3, 2.5, size=700),
+            [0.0, -1e-300, -np.log(2) / 2, -3 * np.log(2) / 2, zero + 0.5, zero - 0.5, zero - 50.0],
+        ]
+    ).reshape(7, 101)
+    W = x.astype(dtype)
+    ref = np.exp(W.astype(np.float64))
+    live = W.astype(np.float64) > zero
+    f = _compiled._exp64 if dtype == np.float64 else _compiled._exp32
+    f(W, W.shape[1], np.empty(W.shape[1], dtype))
+    np.testing.assert_allclose(W[live], ref[live], rtol=rtol, atol=0)
+    assert np.all(W[~live] == 0) and (~live).sum() >= 2  # below the cut-off: exactly 0
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_a_component_of_zero_weight_gets_exactly_zero_responsibility(kernel):
     # log(0) = -inf: its responsibilities are exp(-inf) = 0, as scikit-learn's, not a tiny number
