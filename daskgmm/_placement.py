@@ -103,7 +103,10 @@ def merge_for_cluster(X, split_every: int = 16):
     merged = tuple(sum(leaves[i : i + t]) for i in range(0, len(leaves), t))
     if t > 1:
         logger.info(
-            "holding the data in %d chunks of %d leaves (of %d storage chunks each)", len(merged), t, per
+            "holding the data in %d chunks (one task per thread), each %d groups of %d storage chunk(s)",
+            len(merged),
+            t,
+            per,
         )
     elif per > 1:
         logger.info("holding the data in %d chunks of %d storage chunks each", len(merged), per)
