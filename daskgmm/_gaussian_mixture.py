@@ -94,7 +94,9 @@ class GaussianMixture(BaseMixture):
         ``daskgmm`` logger (``True`` without a distributed scheduler loads the data
         into this process's memory). In-memory (numpy) input on a
         distributed cluster is sent to the workers once, whatever this setting says
-        (except ``False``, which sends it with every iteration).
+        (except ``False``, which sends it with every iteration). Data held on a cluster
+        is about one chunk per worker thread, and each pass one task per chunk; the
+        numbers are the same as streamed or on the threaded scheduler.
     checkpoint : str or os.PathLike, default=None
         File where the EM state is saved, atomically and without pickle, after the
         initialisation and after every iteration (see :mod:`daskgmm.checkpoint`).
