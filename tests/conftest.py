@@ -34,7 +34,7 @@ Tiers
 
         pytest -m "not slow and not system"   # fast tier: numerics and API, in-process
         pytest -m "system and not slow"       # system tier
-        pytest -m "not slow"                  # both (what .ci/run runs)
+        pytest -m "not slow" -n 2 --dist loadfile   # both (what .ci/run runs)
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ SKIP = {
     "daskgmm segment s3://bucket/tile.zarr s3://bucket/out/seg.zarr -k 6 --probabilities \\": "needs an S3 bucket and credentials; tests/test_storage.py runs the same against a moto S3 server",
     # README.md
     "python3 -m venv .venv && . .venv/bin/activate && pip install . && daskgmm demo": "creates a virtual environment and installs from the network; tests/test_cli.py runs the demo",
-    'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test]" && pytest -m "not slow"': "creates a virtual environment, installs from the network and runs this test suite",
+    'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test]" && pytest -m "not slow" -n 2 --dist loadfile': "creates a virtual environment, installs from the network and runs this test suite",
     "daskgmm fit store.zarr --array pixels -k 8 --scheduler tcp://scheduler:8786": "needs a scheduler at tcp://scheduler:8786; tests/test_cluster.py fits through a real one",
     "daskgmm segment scene.zarr classes.zarr -k 6 --array reflectance --feature-axis 0 --scheduler "
     "tcp://scheduler:8786": "needs a scheduler at tcp://scheduler:8786; tests/test_image.py segments through a real cluster",
