@@ -100,7 +100,8 @@ def merge_for_cluster(X, split_every: int = 16):
     if client is not None:
         slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
     t = leaves_per_task(len(leaves), slots, X.nbytes / max(len(leaves), 1), split_every)
-    merged = tuple(sum(leaves[i : i + t]) for i in range(0, len(leaves), t))
+    bundles = tuple(leaves[i : i + t] for i in range(0, len(leaves), t))
+    merged = tuple(map(sum, bundles))
     if t > 1:
         logger.info(
             "holding the data in %d chunks (one task per thread), each %d groups of %d storage chunk(s)",
@@ -111,7 +112,7 @@ def merge_for_cluster(X, split_every: int = 16):
     elif per > 1:
         logger.info("holding the data in %d chunks of %d storage chunks each", len(merged), per)
     out = X if merged == tuple(rows) else X.rechunk({0: merged})
-    return out, (tuple(leaves[i : i + t] for i in range(0, len(leaves), t)) if t > 1 else None)
+    return out, (bundles if t > 1 else None)
 
 
 def memory_budget(client) -> tuple[int, str]:

@@ -87,13 +87,18 @@ def compute(*collections):
 
         with ProgressBar(minimum=0.5, out=sys.stderr):
             return dask.compute(*collections)
+    futures = client.compute(list(collections))
+    cluster_progress(futures)
+    return tuple(client.gather(futures))
+
+
+def cluster_progress(futures) -> None:
+    """distributed's text bar for ``futures``, until they finish, on standard error (the bar
+    writes to standard output, which is kept for results)."""
     from distributed import progress
 
-    futures = client.compute(list(collections))
-    # distributed's text bar writes to standard output: keep that for results
     with contextlib.redirect_stdout(sys.stderr):
         progress(futures, notebook=False)
-    return tuple(client.gather(futures))
 
 
 def _change(value: float) -> str:

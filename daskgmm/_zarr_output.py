@@ -27,13 +27,11 @@ the arrays, so each task writes whole Zarr chunks and no two tasks write the sam
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -247,12 +245,13 @@ def _store_on_cluster(client, stored) -> None:
     """One future per stored chunk, all awaited (written or failed) before the first error is
     raised: a worker goes on with its task after another task failed."""
     import dask
-    from distributed import futures_of, progress, wait
+    from distributed import futures_of, wait
+
+    from daskgmm._progress import cluster_progress
 
     futures = futures_of(client.persist(list(stored) if isinstance(stored, tuple) else [stored]))
     if dask.config.get("daskgmm.progress", False):
-        with contextlib.redirect_stdout(sys.stderr):
-            progress(futures, notebook=False)
+        cluster_progress(futures)
     wait(futures)
     for future in futures:
         if future.status == "error":
