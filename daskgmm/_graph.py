@@ -455,9 +455,7 @@ class Passes:
     def compute(self, outs: list[Delayed]) -> list:
         """The values of ``outs`` (one compute)."""
         if self.client is None:
-            from daskgmm._progress import compute
-
-            return list((compute if self.progress else dask.compute)(*outs))
+            return _local_compute(outs, self.progress and dask.config.get("daskgmm.progress", False))
         futures = self.client.compute(outs)
         held, self._held = self._held, list(futures)  # released after the graph went out
         del held
@@ -466,6 +464,24 @@ class Passes:
     def close(self) -> None:
         """Release what the last pass kept on the cluster."""
         self._held = []
+
+
+def _local_compute(outs: list[Delayed], progress: bool) -> list:
+    """``dask.compute(*outs)`` on the local scheduler it would use, called with the pass's one
+    graph culled to ``outs``, as ``Delayed``'s own optimisation does. ``dask.compute`` also
+    wraps the collections as expressions first: 3.5-6 ms of an iteration's 100-120 ms (measured,
+    500,000×16, K=16, float32, 2 threads), with the scheduler's threads idle. dask's progress
+    bar (``progress``: the config key ``daskgmm.progress``) is the same callback either way."""
+    graph = outs[0].dask
+    if any(o.dask is not graph for o in outs):
+        graph = HighLevelGraph.merge(*(o.dask for o in outs))
+    keys = [o.key for o in outs]
+    schedule = dask.base.get_scheduler(collections=outs)
+    dsk = Delayed.__dask_optimize__(graph, keys)
+    from daskgmm._progress import local_bar
+
+    with local_bar(progress):
+        return list(schedule(dsk, keys))
 
 
 def statistics_pass(

@@ -83,13 +83,21 @@ def compute(*collections):
         return dask.compute(*collections)
     client = _current_client()
     if client is None:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(minimum=0.5, out=sys.stderr):
+        with local_bar():
             return dask.compute(*collections)
     futures = client.compute(list(collections))
     cluster_progress(futures)
     return tuple(client.gather(futures))
+
+
+def local_bar(enabled: bool = True):
+    """dask's progress bar for computations on a local scheduler, on standard error (a context;
+    a no-op when not ``enabled``)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from dask.diagnostics import ProgressBar
+
+    return ProgressBar(minimum=0.5, out=sys.stderr)
 
 
 def cluster_progress(futures) -> None:

@@ -136,3 +136,46 @@ def test_unnamed_shared_objects_and_container_arguments_get_gmm_keys():
     g = map_reduce(chunk_stats, [(b, [p]) for b in blocks], "gmm-em-stats-test", 4)
     own = set(g.__dask_graph__()) - set(da.ones((20, 2), chunks=(10, 2)).__dask_graph__())
     assert all(dask.base.key_split(k).startswith("gmm-") for k in own), own
+
+
+def test_a_local_pass_runs_on_the_configured_scheduler_and_only_what_it_needs(capsys):
+    """``Passes.compute`` without a client calls the local scheduler dask would pick (the config's
+    ``scheduler``) on the pass's graph culled to its outputs: the same values as ``dask.compute``;
+    a key nothing asks for is not run; dask's bar only under ``daskgmm.progress``."""
+    import threading
+    import time
+
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    from daskgmm._graph import Passes
+
+    ran = []
+
+    def where(x):
+        ran.append(threading.get_ident())
+        time.sleep(0.3)
+        return x * 2
+
+    def never():
+        raise AssertionError("a key no output needs was run")
+
+    dsk = {("w", i): (where, i) for i in range(4)}
+    dsk["unused"] = (never,)
+    graph = HighLevelGraph.from_collections("w", dsk)
+    outs = [Delayed(("w", i), graph, layer="w") for i in range(4)]
+    expected = list(dask.compute(*outs))
+    ran.clear()
+    main = threading.get_ident()
+    with dask.config.set(scheduler="sync"):
+        assert Passes().compute(outs) == expected == [0, 2, 4, 6]
+    assert ran == [main] * 4
+    ran.clear()
+    with dask.config.set(scheduler="threads"):
+        assert Passes(progress=True).compute(outs) == expected
+    assert len(ran) == 4 and main not in ran
+    assert capsys.readouterr().err == ""  # progress asked for by the pass, not by the config
+    with dask.config.set({"scheduler": "threads", "daskgmm.progress": True}):
+        assert Passes(progress=True).compute(outs) == expected
+        assert Passes().compute(outs) == expected
+    assert capsys.readouterr().err.count("100% Completed") == 1

@@ -158,6 +158,45 @@ def test_compiled_kernel_equals_direct_sums_for_any_number_of_rows(n, dtype):
     assert stats["loglik"] == pytest.approx(log_norm.sum(), rel=tol)
 
 
+@pytest.mark.parametrize(("covariance_type", "d"), [("full", 8), ("diag", 16), ("spherical", 17)])
+@pytest.mark.parametrize("n", [1, 255, 257, 1000])
+def test_float32_rows_major_layout_equals_scipy(covariance_type, d, n):
+    # float32 with more than 32 design rows lays the log-densities out one row per data row
+    # (daskgmm._compiled.ROWS_MAJOR): weighted sums, a partial last block, a component of zero
+    # weight (exactly zero responsibility), against scipy in float64
+    from daskgmm import _compiled
+
+    if not _compiled.available():
+        pytest.skip("numba is not installed")
+    k = 3
+    X, _, _, means, cov = make_mixture(n_samples=max(n, 4), n_features=d, n_components=k, seed=7)
+    X = X[:n] + 10.0
+    means = means + 10.3
+    weights = np.array([0.6, 0.0, 0.4])
+    cov = _covariances(cov * 1.3, covariance_type)
+    prec_chol = compute_precision_cholesky(cov, covariance_type)
+    p = _params(weights, means, prec_chol, covariance_type, np.float32, "numba")
+    assert _compiled.rows_major(p)
+    w = np.random.RandomState(2).uniform(0.5, 2.0, size=n)
+    stats = chunk_stats(X.astype(np.float32), p, w)
+    with np.errstate(divide="ignore"):
+        _, resp, log_norm = _reference(X, weights, means, _as_full(cov, covariance_type, k, d), w)
+    assert stats["nk"][1] == 0.0 and not stats["u"][1].any() and not stats["s2"][1].any()
+    tol = 2e-4
+    np.testing.assert_allclose(stats["nk"], resp.sum(axis=0), rtol=tol, atol=tol)
+    c = p.stat_centers
+    np.testing.assert_allclose(stats["u"], resp.T @ X - resp.sum(axis=0)[:, None] * c, rtol=tol, atol=tol * n)
+    diff = X[None] - c[:, None]
+    s2 = np.einsum("nk,kni,knj->kij", resp, diff, diff)
+    s2 = s2 if covariance_type == "full" else np.einsum("kii->ki", s2)
+    np.testing.assert_allclose(stats["s2"], s2, rtol=tol, atol=tol * n)
+    assert stats["loglik"] == pytest.approx(np.dot(w, log_norm), rel=tol)
+    X32 = X.astype(np.float32)
+    X32[n // 2, 1] = -3.4e38  # its square overflows float32: the rows' maxima are not finite
+    with pytest.raises(ValueError, match="so large that its square overflows"):
+        chunk_stats(X32, p)
+
+
 @pytest.mark.parametrize(
     ("dtype", "rtol", "zero"), [(np.float64, 2.5e-16, -708.0), (np.float32, 2e-7, -87.0)]
 )
