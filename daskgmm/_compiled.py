@@ -87,11 +87,20 @@ _SHIFT32 = np.float32(12582912.0)
 _SHIFT_BITS32 = np.int32(0x4B400000)
 
 
-def _jit(func):
-    """numba's ``njit`` without the GIL, with its disk cache where numba finds a writable place."""
+def _jit(func=None, *, contract: bool = False):
+    """numba's ``njit`` without the GIL, with its disk cache where numba finds a writable place.
+
+    ``contract``: a multiply and an add may be fused into one FMA instruction (one rounding
+    instead of two, so never less accurate), the only fast-math freedom allowed; the
+    exponentials' polynomial took 2.1 ns per value in float64 with it against 3.3 without, and
+    0.8 against 1.1 ns in float32 (AMD EPYC Zen 3, AVX2)."""
+    if func is None:
+        return lambda f: _jit(f, contract=contract)
     if numba is None:  # pragma: no cover - never called: use_compiled() checks available()
         return func
     options = dict(nogil=True, boundscheck=False, error_model="numpy")
+    if contract:
+        options["fastmath"] = {"contract"}
     try:
         return numba.njit(cache=True, **options)(func)
     except RuntimeError:  # no writable cache directory (say, a read-only image and home): compile per process
@@ -150,7 +159,7 @@ def quadratic_rows(covariance_type: str, n_features: int) -> tuple[np.ndarray, n
     return np.ascontiguousarray(qi, dtype=np.int64), np.ascontiguousarray(qj, dtype=np.int64)
 
 
-@_jit
+@_jit(contract=True)
 def _exp64(W, b, two_n):
     """``W[:, :b] = exp(W[:, :b])`` for finite ``W <= 0`` (the log-densities less their maximum).
 
@@ -188,7 +197,7 @@ def _exp64(W, b, two_n):
             W[k, r] *= two_n[r]
 
 
-@_jit
+@_jit(contract=True)
 def _exp32(W, b, two_n):
     """:func:`_exp64` in float32 arithmetic (degree 7: truncation below 6e-9, under float32's 6e-8)."""
     bits = two_n.view(np.int32)
