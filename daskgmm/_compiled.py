@@ -53,13 +53,6 @@ else:
 BLOCK_ROWS = 256
 SMALL_DESIGN_ROWS = 1024
 SMALL_DESIGN = 32
-#: float32 with more design rows than :data:`SMALL_DESIGN` (and not tied) computes the
-#: log-densities one row per data row, ``Fᵀ @ coefᵀ`` (rows × K), not ``coef @ F`` (K × rows):
-#: OpenBLAS's sgemm took 77-106 ns per row for the first against 124-137 for the second (256×153
-#: by 153×16, one thread, AMD EPYC Zen 3, AVX2), and the responsibilities are then already in the
-#: layout of the moments' product, with no transposition. float64's dgemm was not faster that way
-#: (170-213 against 164-252 ns), nor were small design matrices (10 rows).
-ROWS_MAJOR = "float32, more than SMALL_DESIGN design rows, not tied"
 #: covariance types the compiled kernel computes
 SUPPORTED = ("full", "tied", "diag", "spherical")
 
@@ -356,10 +349,11 @@ def _block(
 ):
     """One block of ``b`` rows from row ``s``: its moments added to ``M``; returns its Σ w·log p.
 
-    ``W`` with no columns (:data:`ROWS_MAJOR`): the log-densities are computed straight into
+    ``W`` with no columns (:func:`rows_major`): the log-densities are computed straight into
     ``Wt`` (``Fᵀ @ coefᵀ``, ``coef`` given transposed), one row per data row."""
     P = F.shape[0]
     K = Wt.shape[1]
+    D = tied_pt.shape[0]  # tied covariances: the features; 0 otherwise
     _design(X, s, b, center, qi, qj, F)
     if W.shape[1] == 0:
         np.dot(F.T, coef, Wt)  # (b, K): coef is coefᵀ here
@@ -370,7 +364,6 @@ def _block(
                 Wt[r, k] *= sm[r]
     else:
         np.dot(coef, F, W)  # log w_k + log N(x | k), (K, b)
-        D = tied_pt.shape[0]
         if D > 0:
             _tied_quadratic(tied_pt, F, W, b, D)
         for r in range(b):
@@ -387,7 +380,6 @@ def _block(
     for o in range(P):
         for k in range(K):
             M[o, k] += Mb[o, k]
-    D = tied_pt.shape[0]
     if D > 0:  # tied: the scatter Σ w x xᵀ, each row weighted by its total responsibility
         xs = F[:D]
         if weighted:
@@ -514,8 +506,14 @@ def _arguments(X, p) -> tuple:
 
 
 def rows_major(p) -> bool:
-    """Whether :func:`chunk_moments` lays the log-densities out one row per data row
-    (:data:`ROWS_MAJOR`)."""
+    """Whether :func:`chunk_moments` computes the log-densities one row per data row,
+    ``Fᵀ @ coefᵀ`` (rows × K), rather than ``coef @ F`` (K × rows): float32 with more design rows
+    than :data:`SMALL_DESIGN`, not tied.
+
+    OpenBLAS's sgemm took 77-106 ns per row for the first against 124-137 for the second (256×153
+    by 153×16, one thread, AMD EPYC Zen 3, AVX2), and the responsibilities are then already in the
+    layout of the moments' product, with no transposition. float64's dgemm was not faster that way
+    (170-213 against 164-252 ns), nor were small design matrices (10 rows)."""
     return p.dtype == np.float32 and p.n_design > SMALL_DESIGN and p.covariance_type != "tied"
 
 

@@ -162,7 +162,7 @@ def test_compiled_kernel_equals_direct_sums_for_any_number_of_rows(n, dtype):
 @pytest.mark.parametrize("n", [1, 255, 257, 1000])
 def test_float32_rows_major_layout_equals_scipy(covariance_type, d, n):
     # float32 with more than 32 design rows lays the log-densities out one row per data row
-    # (daskgmm._compiled.ROWS_MAJOR): weighted sums, a partial last block, a component of zero
+    # (daskgmm._compiled.rows_major): weighted sums, a partial last block, a component of zero
     # weight (exactly zero responsibility), against scipy in float64
     from daskgmm import _compiled
 
