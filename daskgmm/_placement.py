@@ -34,13 +34,16 @@ def active_client():
     return client if uses_client else None
 
 
+def cluster_threads(client) -> int:
+    """The threads of the cluster's workers, added up (0 while it has no workers)."""
+    return sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+
+
 def total_threads(client=None) -> int:
     """Threads that run tasks: the cluster's total, or the local scheduler's."""
     if client is not None:
         try:
-            return max(
-                1, sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
-            )
+            return max(1, cluster_threads(client))
         except Exception:  # pragma: no cover - defensive
             return 1
     from dask.system import CPU_COUNT
@@ -96,9 +99,7 @@ def merge_for_cluster(X, split_every: int = 16):
     per = chunks_per_task(chunks_per_task_setting(), rows, row_bytes)
     leaves = tuple(sum(rows[i : i + per]) for i in range(0, len(rows), per))
     client = active_client()
-    slots = 0
-    if client is not None:
-        slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    slots = 0 if client is None else cluster_threads(client)
     t = leaves_per_task(len(leaves), slots, X.nbytes / max(len(leaves), 1), split_every)
     bundles = tuple(leaves[i : i + t] for i in range(0, len(leaves), t))
     merged = tuple(map(sum, bundles))

@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 
+from daskgmm._placement import cluster_threads
 from daskgmm.benchmarks.scale import (
     auto_chunks_per_task,
     estep_params,
@@ -83,7 +84,7 @@ def fit_seconds(
     seconds = float(np.median(laps)) if len(laps) else math.nan
     out = {"seconds": seconds, "iterations": len(stamps)}
     if client is not None and ts is not None:
-        slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        slots = cluster_threads(client)
         busy = sum(
             s["stop"] - s["start"]
             for t in ts.data
