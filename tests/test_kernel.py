@@ -197,6 +197,55 @@ def test_float32_rows_major_layout_equals_scipy(covariance_type, d, n):
         chunk_stats(X32, p)
 
 
+@pytest.mark.parametrize(("dtype", "spread"), [(np.float32, 12.0), (np.float64, 60.0)])
+@pytest.mark.parametrize("n", [1, 255, 257, 3000])
+def test_sparse_moments_equal_scipy(n, dtype, spread):
+    # well-separated components: most rows have one nonzero responsibility (float32's exp is 0
+    # below -87, float64's below -708), so every block takes the sparse moments
+    # (daskgmm._compiled.sparse_moments): buckets filled and added mid-chunk (3,000 rows), the
+    # rest added at the chunk's end, a partial last block, weights with zeros, a component of
+    # zero weight, and rows halfway between two means (two nonzero responsibilities)
+    from daskgmm import _compiled
+
+    if not _compiled.available():
+        pytest.skip("numba is not installed")
+    k, d = 8, 16
+    X, labels, _, means, cov = make_mixture(
+        n_samples=max(n, 4), n_features=d, n_components=k, seed=11, separation=spread, ridge=0.5
+    )
+    X = X[:n] + 20.0
+    cov[1] = cov[0]
+    X[: min(n, 5)] = (means[0] + means[1]) / 2 + 20.0  # as likely under component 0 as under 1
+    means = means + 20.0
+    weights = np.array([0.2, 0.2, 0.0, 0.1, 0.1, 0.2, 0.1, 0.1])
+    prec_chol = compute_precision_cholesky(cov * 1.1, "full")
+    p = _params(weights, means, prec_chol, "full", dtype, "numba")
+    assert _compiled.sparse_moments(p)[1] > 0
+    w = np.random.RandomState(3).uniform(0.5, 2.0, size=n)
+    w[3::7] = 0.0
+    before = _compiled.sparse_blocks
+    stats = chunk_stats(X.astype(dtype), p, w)
+    blocks = -(-n // _compiled.BLOCK_ROWS)
+    assert _compiled.sparse_blocks - before == blocks
+    with np.errstate(divide="ignore"):
+        _, resp, log_norm = _reference(X, weights, means, cov * 1.1, w)
+    if n > 1:
+        np.testing.assert_allclose(resp[1:5, :2], np.repeat(w[1:5, None] / 2, 2, axis=1))
+    assert stats["nk"][2] == 0.0 and not stats["u"][2].any() and not stats["s2"][2].any()
+    tol = 2e-4 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(stats["nk"], resp.sum(axis=0), rtol=tol, atol=tol)
+    c = p.stat_centers
+    np.testing.assert_allclose(stats["u"], resp.T @ X - resp.sum(axis=0)[:, None] * c, rtol=tol, atol=tol * n)
+    diff = X[None] - c[:, None]
+    s2 = np.einsum("nk,kni,knj->kij", resp, diff, diff)
+    np.testing.assert_allclose(stats["s2"], s2, rtol=tol, atol=tol * n)
+    assert stats["loglik"] == pytest.approx(np.dot(w, log_norm), rel=tol)
+    Xb = X.astype(dtype)
+    Xb[n // 2, 1] = np.finfo(dtype).min  # its square overflows: the rows' maxima are not finite
+    with pytest.raises(ValueError, match="so large that its square overflows"):
+        chunk_stats(Xb, p)
+
+
 @pytest.mark.parametrize(
     ("dtype", "rtol", "zero"), [(np.float64, 2.5e-16, -708.0), (np.float32, 2e-7, -87.0)]
 )
