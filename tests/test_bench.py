@@ -88,6 +88,9 @@ def test_markdown_table_and_report(result):
     assert "GEMM peak" in report and "`daskgmm bench --full --markdown`" in report
     assert "float32 is" in report and "per chunk" in report
     assert "per-chunk kernel: compiled with numba" in report and "first call in this process" in report
+    # the tiny shapes' dense products are below daskgmm._compiled.SPARSE_MIN_PRODUCT: no block is sparse
+    assert [r["sparse_share"] for r in result["rows"] if r["case"] in ("full", "float32")] == [0.0] * 4
+    assert "0% of the compiled kernel's blocks take the sparse moments" in report
 
 
 def test_max_rel_diff_against_a_closed_form():
@@ -223,3 +226,36 @@ def test_report_names_the_command_that_reproduces_the_run():
     assert cli_bench._command(args) == (
         "daskgmm bench --shape 500000,16,16 --chunks none --no-other-types --markdown"
     )
+
+
+def test_sparse_block_share_counts_blocks_whose_responsibilities_are_mostly_zero():
+    # 10 blocks of 256 rows: the first 3 lie halfway between two components (2 of the 4
+    # responsibilities nonzero: over the 25% the sparse moments take), the other 7 in one
+    # component each; the expected share comes from scipy's densities and float32's exp cut-off
+    from scipy.stats import multivariate_normal
+
+    from daskgmm import _compiled
+    from daskgmm._gaussian import compute_precision_cholesky
+    from daskgmm.datasets import make_mixture
+
+    if not _compiled.available():
+        pytest.skip("numba is not installed")
+    k, d, n = 4, 32, 2560
+    X, _, _, means, cov = make_mixture(n, d, k, seed=5, separation=15.0, ridge=0.5)
+    cov[1] = cov[0]
+    X[:768] = (means[0] + means[1]) / 2
+    weights = np.full(k, 1 / k)
+    model = SimpleNamespace(
+        weights_=weights,
+        means_=means,
+        precisions_cholesky_=compute_precision_cholesky(cov, "full"),
+        covariance_type="full",
+    )
+    wlp = np.stack(
+        [np.log(weights[j]) + multivariate_normal(means[j], cov[j]).logpdf(X) for j in range(k)], axis=1
+    )
+    nonzero = (wlp - wlp.max(axis=1, keepdims=True)) > -87.0
+    per_block = nonzero.reshape(-1, 256, k).sum(axis=(1, 2))
+    expected = np.mean(per_block <= _compiled.SPARSE_SHARE * 256 * k)
+    assert expected == pytest.approx(0.7)
+    assert bench.sparse_block_share(X.astype(np.float32), model) == pytest.approx(expected)
