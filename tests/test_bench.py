@@ -90,7 +90,9 @@ def test_markdown_table_and_report(result):
     assert "per-chunk kernel: compiled with numba" in report and "first call in this process" in report
     # the tiny shapes' dense products are below daskgmm._compiled.SPARSE_MIN_PRODUCT: no block is sparse
     assert [r["sparse_share"] for r in result["rows"] if r["case"] in ("full", "float32")] == [0.0] * 4
-    assert "0% of the compiled kernel's blocks take the sparse moments" in report
+    assert (
+        "take the sparse moments at the fitted parameters" in report and "float32 3,000×3 K=3: 0%" in report
+    )
 
 
 def test_max_rel_diff_against_a_closed_form():

@@ -567,14 +567,17 @@ def format_report(result: dict, command: str = "daskgmm bench") -> str:
                 f"D={row['d']}, K={row['k']}; its parameters are within {row['max_rel_diff']:.0e} "
                 "(relative) of the float64 fit (statistics accumulate in float64)."
             )
-    for row in result["rows"]:
-        if row.get("sparse_share") is not None and row["case"] in ("full", "float32"):
-            lines.append(
-                f"- {row['dtype']} on N={row['n']:,}, D={row['d']}, K={row['k']}: "
-                f"{100 * row['sparse_share']:.0f}% of the compiled kernel's blocks take the sparse "
-                "moments at the fitted parameters (most responsibilities exactly 0: the M-step adds "
-                "each row to its components' buckets instead of the dense product)."
-            )
+    shares = [
+        f"{r['dtype']} {r['n']:,}×{r['d']} K={r['k']}: {100 * r['sparse_share']:.0f}%"
+        for r in result["rows"]
+        if r.get("sparse_share") is not None and r["case"] in ("full", "float32")
+    ]
+    if shares:
+        lines.append(
+            "- Blocks that take the sparse moments at the fitted parameters (most responsibilities "
+            "exactly 0: the M-step adds each row to its components' buckets instead of the dense "
+            f"product): {'; '.join(shares)}."
+        )
     oh = result.get("chunk_overhead") or {}
     if oh:
         lines.append(
