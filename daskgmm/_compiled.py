@@ -467,21 +467,6 @@ def _flush_all(buckets, M, qi, qj):
 
 
 @_jit
-def _sparse(Wt, b, share):
-    """Whether at most ``share`` of the block's ``b·K`` responsibilities are nonzero (counting
-    stops once more are)."""
-    limit = share * b * Wt.shape[1]
-    nz = 0
-    for r in range(b):
-        for k in range(Wt.shape[1]):
-            if Wt[r, k] != 0:
-                nz += 1
-        if nz > limit:
-            return False
-    return True
-
-
-@_jit
 def _block(
     X,
     s,
@@ -518,13 +503,16 @@ def _block(
     K = Wt.shape[1]
     D = tied_pt.shape[0]  # tied covariances: the features; 0 otherwise
     _design(X, s, b, center, qi, qj, F)
+    nz = 0  # the nonzero responsibilities
     if W.shape[1] == 0:
         np.dot(F.T, coef, Wt)  # (b, K): coef is coefᵀ here
         _exp_sums_rows(Wt, b, mx, sm, single, two_n, two_n32)
         ll = _loglik(s, b, mx, sm, w, weighted)
         for r in range(b):
             for k in range(K):
-                Wt[r, k] *= sm[r]
+                v = Wt[r, k] * sm[r]
+                Wt[r, k] = v
+                nz += v != 0
     else:
         np.dot(coef, F, W)  # log w_k + log N(x | k), (K, b)
         if D > 0:
@@ -538,8 +526,10 @@ def _block(
         ll = _loglik(s, b, mx, sm, w, weighted)
         for r in range(b):
             for k in range(K):
-                Wt[r, k] = W[k, r] * sm[r]  # responsibilities (times the weights), (b, K)
-    sparse = sparse_share > 0 and _sparse(Wt, b, sparse_share)
+                v = W[k, r] * sm[r]  # responsibilities (times the weights), (b, K)
+                Wt[r, k] = v
+                nz += v != 0
+    sparse = sparse_share > 0 and nz <= sparse_share * b * K
     if sparse:
         _scatter(X, s, b, center, Wt, buckets, M, qi, qj)
     else:
