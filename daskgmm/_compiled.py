@@ -490,14 +490,14 @@ def _block(
     two_n,
     two_n32,
     buckets,
-    sparse_share,
+    share,
 ):
     """One block of ``b`` rows from row ``s``: its moments added to ``M``; returns its Σ w·log p
     and whether it took the sparse moments.
 
     ``W`` with no columns (:func:`rows_major`): the log-densities are computed straight into
     ``Wt`` (``Fᵀ @ coefᵀ``, ``coef`` given transposed), one row per data row. A block whose
-    nonzero responsibilities are at most ``sparse_share`` of its ``b·K`` takes the sparse
+    nonzero responsibilities are at most ``share`` of its ``b·K`` takes the sparse
     moments (:func:`_scatter`) instead of the product ``F @ respᵀ``."""
     P = F.shape[0]
     K = Wt.shape[1]
@@ -529,7 +529,7 @@ def _block(
                 v = W[k, r] * sm[r]  # responsibilities (times the weights), (b, K)
                 Wt[r, k] = v
                 nz += v != 0
-    sparse = sparse_share > 0 and nz <= sparse_share * b * K
+    sparse = share > 0 and nz <= share * b * K
     if sparse:
         _scatter(X, s, b, center, Wt, buckets, M, qi, qj)
     else:
@@ -589,25 +589,8 @@ def _chunk_moments(
             F = np.empty((P, b), dt)
             W = np.empty((K, 0 if rows_major else b), dt)
             Wt = np.empty((b, K), dt)
-        args = (
-            tied_pt,
-            S,
-            w,
-            weighted,
-            single,
-            F,
-            W,
-            Wt,
-            Mb,
-            M,
-            mx,
-            sm,
-            two_n,
-            two_n32,
-            buckets,
-            sparse_share,
-        )
-        block_ll, sparse = _block(X, s, b, center, coef_t, qi, qj, *args)
+        args = (tied_pt, S, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32)
+        block_ll, sparse = _block(X, s, b, center, coef_t, qi, qj, *args, buckets, sparse_share)
         ll += block_ll
         n_sparse += sparse
     if cap > 0:
