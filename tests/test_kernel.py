@@ -253,7 +253,7 @@ def test_compiled_exponential_equals_numpy_exp(dtype, rtol, zero):
     """The compiled kernel's own exp (2**n from the rounding shifter's bits) against ``np.exp`` in
     float64 of the same inputs, on the log-sum-exp's range: 0, tiny, the ties of the rounding
     (k·ln(2)/2), down to where it returns exactly 0."""
-    from daskgmm import _compiled
+    from daskgmm import _compiled, _numba
 
     if not _compiled.available():
         pytest.skip("numba is not installed")
@@ -267,7 +267,7 @@ def test_compiled_exponential_equals_numpy_exp(dtype, rtol, zero):
     W = x.astype(dtype)
     ref = np.exp(W.astype(np.float64))
     live = W.astype(np.float64) > zero
-    f = _compiled._exp64 if dtype == np.float64 else _compiled._exp32
+    f = _numba._exp64 if dtype == np.float64 else _numba._exp32
     f(W, W.shape[1], np.empty(W.shape[1], dtype))
     np.testing.assert_allclose(W[live], ref[live], rtol=rtol, atol=0)
     assert np.all(W[~live] == 0) and (~live).sum() >= 2  # below the cut-off: exactly 0

@@ -15,6 +15,7 @@ depends on the package itself, ``daskgmm/__init__.py``, which is layer 3.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ LAYERS = {
     "_missing.py": 0,
     "_kernels.py": 0,
     "_compiled.py": 0,  # issue 17: the fused kernel compiled with numba
+    "_numba.py": 0,  # everything numba compiles for it, in one file (its disk cache)
     "_streaming.py": 0,
     "_bayesian.py": 0,
     # L1 plumbing
@@ -357,6 +359,20 @@ def test_no_file_is_over_the_line_limit():
         if n > MAX_LINES:
             long.append(f"daskgmm/{path.relative_to(PACKAGE_DIR).as_posix()}: {n} lines")
     _fail_if(long, f"files in daskgmm/ over {MAX_LINES} lines (split them)")
+
+
+def test_every_numba_function_is_in_one_file():
+    """numba's disk cache keys a compiled function on the content of its own file, and the cached
+    machine code includes every function it calls: a callee in another file could change without
+    invalidating it (daskgmm/_numba.py says more)."""
+    pattern = re.compile(r"@_jit\b|\bnjit\(|\bnumba\.jit\b|@jit\b")
+    offenders = [
+        f"daskgmm/{path.relative_to(PACKAGE_DIR).as_posix()}"
+        for path in FILES.values()
+        if path.name != "_numba.py" and pattern.search(path.read_text())
+    ]
+    _fail_if(offenders, "files other than daskgmm/_numba.py that compile functions with numba")
+    assert pattern.search((PACKAGE_DIR / "_numba.py").read_text())
 
 
 def test_the_collector_sees_every_kind_of_import():
