@@ -85,6 +85,8 @@ def fit_seconds(
     out = {"seconds": seconds, "iterations": len(stamps)}
     if client is not None and ts is not None:
         slots = cluster_threads(client)
+        if not slots:
+            raise RuntimeError(f"the cluster at {client.scheduler.address} has no workers left after the fit")
         busy = sum(
             s["stop"] - s["start"]
             for t in ts.data
