@@ -129,6 +129,12 @@ def _tied_pt(p) -> np.ndarray:
     return np.empty((0, 0), p.dtype)
 
 
+def rows_per_block(p) -> int:
+    """The compiled kernel's rows per block for ``p``: :data:`BLOCK_ROWS`, or
+    :data:`SMALL_DESIGN_ROWS` in float64 with at most :data:`SMALL_DESIGN` design rows."""
+    return SMALL_DESIGN_ROWS if p.dtype != np.float32 and p.n_design <= SMALL_DESIGN else BLOCK_ROWS
+
+
 def _arguments(X, p) -> tuple:
     """``(X, (center, coef, qi, qj, tied_pt), single, rows)``: what both compiled kernels take.
 
@@ -139,8 +145,7 @@ def _arguments(X, p) -> tuple:
     X = np.ascontiguousarray(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else p.dtype)
     qi, qj = quadratic_rows(p.covariance_type, p.n_features)
     single = p.dtype == np.float32
-    rows = SMALL_DESIGN_ROWS if not single and p.n_design <= SMALL_DESIGN else BLOCK_ROWS
-    return X, (p.center.astype(p.dtype), p.coef, qi, qj, _tied_pt(p)), single, rows
+    return X, (p.center.astype(p.dtype), p.coef, qi, qj, _tied_pt(p)), single, rows_per_block(p)
 
 
 def rows_major(p) -> bool:

@@ -225,7 +225,7 @@ def test_sparse_moments_equal_scipy(n, dtype, spread):
     w[3::7] = 0.0
     before = _compiled.sparse_blocks
     stats = chunk_stats(X.astype(dtype), p, w)
-    blocks = -(-n // _compiled.BLOCK_ROWS)
+    blocks = -(-n // _compiled.rows_per_block(p))
     assert _compiled.sparse_blocks - before == blocks
     with np.errstate(divide="ignore"):
         _, resp, log_norm = _reference(X, weights, means, cov * 1.1, w)

@@ -289,10 +289,9 @@ def sparse_block_share(X, model) -> float | None:
     p = EStepParams(model.weights_, model.means_, model.precisions_cholesky_, model.covariance_type, X.dtype)
     if p.covariance_type not in _compiled.SUPPORTED:
         return None
-    block = _compiled._arguments(X[:1], p)[3]
     before = _compiled.sparse_blocks
     _compiled.chunk_moments(X, p)
-    return (_compiled.sparse_blocks - before) / -(-len(X) // block)
+    return (_compiled.sparse_blocks - before) / -(-len(X) // _compiled.rows_per_block(p))
 
 
 def full_flops(n: int, d: int, k: int) -> float:
