@@ -167,9 +167,9 @@ def sparse_moments(p) -> tuple[int, float]:
 
     Full covariances only, and only where the dense product ``F @ respᵀ`` has at least
     :data:`SPARSE_MIN_PRODUCT` design rows × components: below that, and for the other types'
-    short design matrices, it costs no more than the buckets. The buckets (components × features × rows) take at most :data:`SPARSE_BUCKET_BYTES`,
-    with at most :data:`BLOCK_ROWS` rows (a float32 run summed in float32 stays as long as the
-    dense product's) and at least 16."""
+    short design matrices, it costs no more than the buckets. The buckets (components ×
+    features × rows) take at most :data:`SPARSE_BUCKET_BYTES`, with at most :data:`BLOCK_ROWS`
+    rows (a float32 run summed in float32 stays as long as the dense product's) and at least 16."""
     if p.covariance_type != "full" or p.n_design * p.n_components < SPARSE_MIN_PRODUCT:
         return 0, 0.0
     per_row = p.n_components * (-(-p.n_features // 4) * 4) * np.dtype(p.dtype).itemsize

@@ -460,12 +460,11 @@ def _chunk_moments(
     K, P = coef.shape
     dt = coef.dtype
     Dp = -(-X.shape[1] // 4) * 4  # the buckets' rows: the features padded with zeros to a multiple of 4
-    cap = bucket_rows if sparse_share > 0 else 0
-    buckets = (
-        np.zeros((K, Dp, cap), dt),
-        np.empty((K, cap), dt),
+    buckets = (  # no rows where no block takes the sparse moments (bucket_rows 0)
+        np.zeros((K, Dp, bucket_rows), dt),
+        np.empty((K, bucket_rows), dt),
         np.zeros(K, np.int64),
-        np.zeros((Dp, cap), dt),
+        np.zeros((Dp, bucket_rows), dt),
         np.empty((Dp, Dp), dt),
     )
     M = np.zeros((P, K))
@@ -493,8 +492,7 @@ def _chunk_moments(
         block_ll, sparse = _block(X, s, b, center, coef_t, qi, qj, *args, buckets, sparse_share)
         ll += block_ll
         n_sparse += sparse
-    if cap > 0:
-        _flush_all(buckets, M, qi, qj)
+    _flush_all(buckets, M, qi, qj)
     return M, S, ll, n_sparse
 
 
