@@ -4,16 +4,19 @@ The numpy kernel (:func:`daskgmm._kernels.chunk_stats`) builds a 4 MiB design ma
 and makes about 35 numpy calls per block. Measured on 2 cores (500,000×16, K=16, full, 8 chunks
 on 2 threads): its blocks live in L3, not in a core's L2, and its two threads ran 1.3-1.5x one
 thread, not 2x, switching context 376 times per pass (none on one thread): they hand the GIL to
-each other between numpy calls. This kernel does the same arithmetic on blocks of 256 rows that
+each other between numpy calls. This kernel does the same arithmetic on blocks of 240 rows that
 stay in L2 (the design matrix ``F``, the log-densities ``W``), in one compiled call per chunk
 that releases the GIL (``nogil``):
 
-* the design matrix ``F`` (design rows × 256) of the block, built row by row as
+* the design matrix ``F`` (design rows × 240) of the block, built row by row as
   :func:`daskgmm._gaussian.design_t` builds it (quadratic rows, centred rows, a row of ones);
-* ``W = coef @ F`` (BLAS, through numba's ``np.dot``), the log-sum-exp over the components, the
-  responsibilities (times the sample weights);
-* ``Mb = F @ respᵀ`` (BLAS), added to the float64 moments ``M``. In float32 a block's product
-  sums 256 rows in float32 before the float64 sum, as the numpy kernel does (``_F32_SUM_ROWS``).
+* ``W = coef @ F`` (daskgmm's own tiled product, :func:`daskgmm._numba._product`: 4 components
+  × 16 float32 or 8 float64 rows held in vector registers along the design rows, where BLAS
+  spent much of a product this small packing its operands), the log-sum-exp over the
+  components, the responsibilities (times the sample weights);
+* ``Mb = F @ respᵀ`` (BLAS, through numba's ``np.dot``), added to the float64 moments ``M``. In
+  float32 a block's product sums its rows in float32 before the float64 sum, as the numpy
+  kernel does (``_F32_SUM_ROWS``).
 * or, where most responsibilities are exactly 0 (full covariances, float32's exp underflows
   below -87, so well-separated components leave one nonzero responsibility in most rows; see
   :func:`sparse_moments`), the sparse moments: each row goes, centred, into the bucket of each
@@ -44,13 +47,15 @@ import numpy as np
 
 from daskgmm._numba import IMPORT_ERROR, _chunk_moments, _predict, numba
 
-#: rows per block: 256 keeps F (153 rows at D=16) and W in a core's L2, and it is the float32
-#: products' run of rows summed in float32 (``daskgmm._kernels._F32_SUM_ROWS``). Measured on 2
-#: threads (8 chunks): 500,000×16, K=16 float64 took 68 ms with 256 rows, 110 with 1,024, 138
-#: with 4,096; 2,000,000×3, K=8 (10 design rows) 37, 30 and 34 ms: small design matrices take
-#: 1,024 rows in float64 (float32 keeps 256 for its sums).
-BLOCK_ROWS = 256
-SMALL_DESIGN_ROWS = 1024
+#: rows per block: 240 keeps F (153 rows at D=16) and W in a core's L2, and a float32 product's
+#: run of rows summed in float32 no longer than the numpy kernel's (``_F32_SUM_ROWS``, 256). Not
+#: 256: rows of F and W 1 KiB (float32) or 2 KiB apart fall in 4 or 2 of L1's 64 sets, so a
+#: tile of the product (:func:`daskgmm._numba._product`, 16 rows of F by up to 256 design rows)
+#: could not stay in L1. Measured on 2 threads (8 chunks): 500,000×16, K=16 float64 took 68 ms
+#: with 256 rows, 110 with 1,024, 138 with 4,096; 2,000,000×3, K=8 (10 design rows) 37, 30 and
+#: 34 ms: small design matrices take about 1,000 rows in float64.
+BLOCK_ROWS = 240
+SMALL_DESIGN_ROWS = 1008
 SMALL_DESIGN = 32
 #: the sparse moments (:func:`sparse_moments`): a block takes them when at most this share of its
 #: responsibilities is nonzero (float32 underflows exp(x) to exactly 0 below x = -87: well
@@ -61,8 +66,10 @@ SPARSE_SHARE = 0.25
 #: against 69-80 dense; D=64, K=32 331 against 563; D=16, K=8 (1,224) 45 against 51; D=12, K=16
 #: (1,456) even; D=8, K=16 (720) and K=8 slower; diag D=16 with K=16 or 64 even or slower
 SPARSE_MIN_PRODUCT = 1024
-#: the most memory the sparse moments' buckets take per chunk call
+#: the most memory the sparse moments' buckets take per chunk call, and the most rows a bucket
+#: holds (a float32 run summed in float32, as the numpy kernel's ``_F32_SUM_ROWS``)
 SPARSE_BUCKET_BYTES = 1 << 20
+SPARSE_BUCKET_ROWS = 256
 #: covariance types the compiled kernel computes
 SUPPORTED = ("full", "tied", "diag", "spherical")
 
@@ -148,18 +155,6 @@ def _arguments(X, p) -> tuple:
     return X, (p.center.astype(p.dtype), p.coef, qi, qj, _tied_pt(p)), single, rows_per_block(p)
 
 
-def rows_major(p) -> bool:
-    """Whether :func:`chunk_moments` computes the log-densities one row per data row,
-    ``Fᵀ @ coefᵀ`` (rows × K), rather than ``coef @ F`` (K × rows): float32 with more design rows
-    than :data:`SMALL_DESIGN`, not tied.
-
-    OpenBLAS's sgemm took 77-106 ns per row for the first against 124-137 for the second (256×153
-    by 153×16, one thread, AMD EPYC Zen 3, AVX2), and the responsibilities are then already in the
-    layout of the moments' product, with no transposition. float64's dgemm was not faster that way
-    (170-213 against 164-252 ns), nor were small design matrices (10 rows)."""
-    return p.dtype == np.float32 and p.n_design > SMALL_DESIGN and p.covariance_type != "tied"
-
-
 def sparse_moments(p) -> tuple[int, float]:
     """``(bucket_rows, share)``: a block whose nonzero responsibilities are at most ``share`` of
     its rows × K takes the sparse moments, with buckets of ``bucket_rows`` rows per component;
@@ -168,12 +163,12 @@ def sparse_moments(p) -> tuple[int, float]:
     Full covariances only, and only where the dense product ``F @ respᵀ`` has at least
     :data:`SPARSE_MIN_PRODUCT` design rows × components: below that, and for the other types'
     short design matrices, it costs no more than the buckets. The buckets (components ×
-    features × rows) take at most :data:`SPARSE_BUCKET_BYTES`, with at most :data:`BLOCK_ROWS`
-    rows (a float32 run summed in float32 stays as long as the dense product's) and at least 16."""
+    features × rows) take at most :data:`SPARSE_BUCKET_BYTES`, with at most
+    :data:`SPARSE_BUCKET_ROWS` rows and at least 16."""
     if p.covariance_type != "full" or p.n_design * p.n_components < SPARSE_MIN_PRODUCT:
         return 0, 0.0
     per_row = p.n_components * (-(-p.n_features // 4) * 4) * np.dtype(p.dtype).itemsize
-    rows = min(BLOCK_ROWS, SPARSE_BUCKET_BYTES // per_row)
+    rows = min(SPARSE_BUCKET_ROWS, SPARSE_BUCKET_BYTES // per_row)
     if rows < 16:
         return 0, 0.0
     return 1 << (int(rows).bit_length() - 1), SPARSE_SHARE
@@ -194,7 +189,7 @@ def chunk_moments(X: np.ndarray, p, sample_weight: np.ndarray | None = None) -> 
         w, weighted = np.empty(0), False
     else:
         w, weighted = np.ascontiguousarray(sample_weight, dtype=np.float64), True
-    M, S, ll, n_sparse = _chunk_moments(X, *prm, w, weighted, single, rows, rows_major(p), *sparse_moments(p))
+    M, S, ll, n_sparse = _chunk_moments(X, *prm, w, weighted, single, rows, *sparse_moments(p))
     sparse_blocks += n_sparse
     return M, (S if p.covariance_type == "tied" else None), float(ll)
 

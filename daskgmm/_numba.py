@@ -1,8 +1,9 @@
 """Everything numba compiles for :mod:`daskgmm._compiled` (which holds the Python side: when each
 path applies, the arguments, the entry points): the import (which may fail: numba is a
 dependency, but one that cannot load, say for a numpy it does not support yet, leaves the numpy
-kernel in place), the compile options (:func:`_jit`), the exponentials, the blocks, the sparse
-moments and the prediction kernel.
+kernel in place), the compile options (:func:`_jit`), the exponentials, the tiled product (its
+inner tile written in LLVM IR, :func:`_tile`), the blocks, the sparse moments and the
+prediction kernel.
 
 One file on purpose: numba's disk cache keys a kernel on the content of the file that defines
 it, and a cached kernel holds the machine code of every function it calls. A function it calls
@@ -22,9 +23,13 @@ import numpy as np
 
 try:  # numba is a dependency; a numba that cannot load (say, a numpy it does not support yet)
     import numba  # leaves the numpy kernel in place (daskgmm.kernel = "auto")
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
 except Exception as exc:  # pragma: no cover - exercised only where numba cannot import
     numba = None
     IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
+    intrinsic = lambda func: func  # noqa: E731 - never compiled: use_compiled() checks available()
 else:
     IMPORT_ERROR = None
 
@@ -50,6 +55,12 @@ _SHIFT_BITS32 = np.int32(0x4B400000)
 #: rows whose sums ``Σ_k exp(·)`` (each in [1, K]) are multiplied before one log: K**32 stays
 #: below float64's largest value for any K < 2**32
 _LOG_RUN = 32
+#: the tiled product (:func:`_product`): components per tile (the coefficients packed in panels of
+#: this many), vectors of rows per tile (8 float32 or 4 float64 rows each: 32-byte AVX registers,
+#: so a tile's 4×2 sums fill 8 of 16), and design rows per pass (a tile's rows of ``F`` stay in L1)
+TILE_COMPONENTS = 4
+TILE_VECTORS = 2
+TILE_DEPTH = 256
 
 
 def _jit(func=None, *, contract: bool = False, reassoc: bool = False):
@@ -140,6 +151,106 @@ def _exp32(W, b, two_n):
             W[k, r] *= two_n[r]
 
 
+@intrinsic
+def _tile(typingctx, panel, F, W, k0, r0, p0, p1, add):
+    """``W[k0 + m, r0 : r0 + n] (+)= Σ_{p0 <= p < p1} panel[p, m]·F[p, r0 : r0 + n]``, for each
+    ``m < TILE_COMPONENTS`` with ``k0 + m < W.shape[0]`` and ``n`` the tile's rows: its
+    ``TILE_COMPONENTS × TILE_VECTORS`` sums are vectors held in registers along ``p`` (numba has no
+    vector type, and LLVM vectorises only innermost loops, so its own code for this tile is scalar:
+    LLVM IR, written here). ``add``: start from ``W`` (a later pass over ``p``) instead of 0."""
+    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in (panel, F, W)):
+        return None
+    if panel.dtype != F.dtype or W.dtype != F.dtype or F.dtype not in (types.float32, types.float64):
+        return None
+    lanes = 256 // F.dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        arrays = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3])]
+        k0, r0, p0, p1, add = args[3:]
+        vec = ir.VectorType(context.get_value_type(F.dtype), lanes)
+        intp = context.get_value_type(types.intp)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.v{lanes}f{F.dtype.bitwidth}"
+        )
+        n_k, ld_w = cgutils.unpack_tuple(builder, arrays[2].shape, 2)
+        ld_f = cgutils.unpack_tuple(builder, arrays[1].shape, 2)[1]
+
+        def at(array, index, offset, vector=True):  # pointer to array.data[index + offset]
+            ptr = builder.gep(array.data, [builder.add(index, ir.Constant(intp, offset))])
+            return builder.bitcast(ptr, vec.as_pointer()) if vector else ptr
+
+        zero = ir.Constant(vec, None)
+        sums = [
+            [cgutils.alloca_once_value(builder, zero) for _ in range(TILE_VECTORS)]
+            for _ in range(TILE_COMPONENTS)
+        ]
+        rows = [
+            builder.add(builder.mul(builder.add(k0, ir.Constant(intp, m)), ld_w), r0)
+            for m in range(TILE_COMPONENTS)
+        ]
+        inside = [
+            builder.icmp_signed("<", builder.add(k0, ir.Constant(intp, m)), n_k)
+            for m in range(TILE_COMPONENTS)
+        ]
+        for m in range(TILE_COMPONENTS):
+            with builder.if_then(builder.and_(add, inside[m])):
+                for v in range(TILE_VECTORS):
+                    builder.store(builder.load(at(arrays[2], rows[m], v * lanes), align=4), sums[m][v])
+        undef = ir.Constant(vec, ir.Undefined)
+        first = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        with cgutils.for_range_slice(builder, p0, p1, ir.Constant(intp, 1)) as (p, _):
+            f_row = builder.add(builder.mul(p, ld_f), r0)
+            f = [builder.load(at(arrays[1], f_row, v * lanes), align=4) for v in range(TILE_VECTORS)]
+            c_row = builder.mul(p, ir.Constant(intp, TILE_COMPONENTS))
+            for m in range(TILE_COMPONENTS):
+                c = builder.load(at(arrays[0], c_row, m, vector=False))
+                c = builder.shuffle_vector(
+                    builder.insert_element(undef, c, ir.Constant(ir.IntType(32), 0)), undef, first
+                )
+                for v in range(TILE_VECTORS):
+                    builder.store(builder.call(fma, [f[v], c, builder.load(sums[m][v])]), sums[m][v])
+        for m in range(TILE_COMPONENTS):
+            with builder.if_then(inside[m], likely=True):
+                for v in range(TILE_VECTORS):
+                    builder.store(builder.load(sums[m][v]), at(arrays[2], rows[m], v * lanes), align=4)
+        return context.get_dummy_value()
+
+    return types.void(panel, F, W, types.intp, types.intp, types.intp, types.intp, types.boolean), codegen
+
+
+@_jit
+def _panels(coef):
+    """``coef`` (K, P) packed for :func:`_product`: (⌈K/TILE_COMPONENTS⌉, P, TILE_COMPONENTS), zero
+    past component K."""
+    K, P = coef.shape
+    panels = np.zeros((-(-K // TILE_COMPONENTS), P, TILE_COMPONENTS), coef.dtype)
+    for k in range(K):
+        panels[k // TILE_COMPONENTS, :, k % TILE_COMPONENTS] = coef[k]
+    return panels
+
+
+@_jit
+def _product(panels, F, W, b):
+    """``W[:, :b] = coef @ F[:, :b]`` in tiles (:func:`_tile`) of ``TILE_COMPONENTS`` components
+    by ``TILE_VECTORS`` vectors of rows; the rows past the last whole tile (at most 15) one by one.
+    ``coef`` given as :func:`_panels`."""
+    T, P, _ = panels.shape
+    step = TILE_VECTORS * 32 // F.itemsize
+    whole = b - b % step
+    for r0 in range(0, whole, step):
+        for p0 in range(0, P, TILE_DEPTH):
+            for t in range(T):
+                _tile(panels[t], F, W, t * TILE_COMPONENTS, r0, p0, min(P, p0 + TILE_DEPTH), p0 > 0)
+    for r in range(whole, b):
+        for k in range(W.shape[0]):
+            panel = panels[k // TILE_COMPONENTS]
+            m = k % TILE_COMPONENTS
+            acc = panel[0, m] * F[0, r]
+            for p in range(1, P):
+                acc += panel[p, m] * F[p, r]
+            W[k, r] = acc
+
+
 @_jit
 def _design(X, s, b, center, qi, qj, F):
     """``F[:, :b]``: the design matrix of rows ``s .. s + b`` of ``X`` (as ``design_t`` builds it)."""
@@ -190,43 +301,6 @@ def _exp_sums(W, b, mx, sm, single, two_n, two_n32):
     for k in range(K):
         for r in range(b):
             sm[r] += W[k, r]
-    return finite
-
-
-@_jit
-def _exp_sums_rows(V, b, mx, sm, single, two_n, two_n32):
-    """:func:`_exp_sums` for log-densities laid out one row per data row, ``V`` (rows, K): the
-    maxima and sums run along each row, the exponentials over the block's ``b·K`` values as one
-    run."""
-    K = V.shape[1]
-    finite = True
-    for r in range(b):
-        m = V[r, 0]
-        for k in range(1, K):
-            m = max(m, V[r, k])
-        mx[r] = m
-        if not math.isfinite(m):
-            finite = False
-    if finite:
-        for r in range(b):
-            for k in range(K):
-                V[r, k] -= mx[r]
-        run = V[:b].reshape(1, b * K)
-        if single:
-            _exp32(run, b * K, two_n32)
-        else:
-            _exp64(run, b * K, two_n)
-    else:
-        for r in range(b):
-            if not math.isfinite(mx[r]):
-                mx[r] = 0.0
-            for k in range(K):
-                V[r, k] = math.exp(V[r, k] - mx[r])
-    for r in range(b):
-        t = V[r, 0]
-        for k in range(1, K):
-            t += V[r, k]
-        sm[r] = t
     return finite
 
 
@@ -367,68 +441,32 @@ def _flush_all(buckets, M, qi, qj):
 
 
 @_jit
-def _block(
-    X,
-    s,
-    b,
-    center,
-    coef,
-    qi,
-    qj,
-    tied_pt,
-    S,
-    w,
-    weighted,
-    single,
-    F,
-    W,
-    Wt,
-    Mb,
-    M,
-    mx,
-    sm,
-    two_n,
-    two_n32,
-    buckets,
-    share,
-):
+def _block(X, s, b, prm, work, buckets, share):
     """One block of ``b`` rows from row ``s``: its moments added to ``M``; returns its Σ w·log p
-    and whether it took the sparse moments.
-
-    ``W`` with no columns (:func:`rows_major`): the log-densities are computed straight into
-    ``Wt`` (``Fᵀ @ coefᵀ``, ``coef`` given transposed), one row per data row. A block whose
-    nonzero responsibilities are at most ``share`` of its ``b·K`` takes the sparse
-    moments (:func:`_scatter`) instead of the product ``F @ respᵀ``."""
+    and whether it took the sparse moments: a block whose nonzero responsibilities are at most
+    ``share`` of its ``b·K`` takes them (:func:`_scatter`) instead of the product ``F @ respᵀ``."""
+    center, panels, qi, qj, tied_pt = prm
+    S, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32 = work
     P = F.shape[0]
     K = Wt.shape[1]
     D = tied_pt.shape[0]  # tied covariances: the features; 0 otherwise
     _design(X, s, b, center, qi, qj, F)
+    _product(panels, F, W, b)  # log w_k + log N(x | k), (K, b)
+    if D > 0:
+        _tied_quadratic(tied_pt, F, W, b, D)
+    for r in range(b):
+        mx[r] = W[0, r]
+    for k in range(1, K):
+        for r in range(b):
+            mx[r] = max(mx[r], W[k, r])
+    _exp_sums(W, b, mx, sm, single, two_n, two_n32)
+    ll = _loglik(s, b, mx, sm, w, weighted)
     nz = 0  # the nonzero responsibilities
-    if W.shape[1] == 0:
-        np.dot(F.T, coef, Wt)  # (b, K): coef is coefᵀ here
-        _exp_sums_rows(Wt, b, mx, sm, single, two_n, two_n32)
-        ll = _loglik(s, b, mx, sm, w, weighted)
-        for r in range(b):
-            for k in range(K):
-                v = Wt[r, k] * sm[r]
-                Wt[r, k] = v
-                nz += v != 0
-    else:
-        np.dot(coef, F, W)  # log w_k + log N(x | k), (K, b)
-        if D > 0:
-            _tied_quadratic(tied_pt, F, W, b, D)
-        for r in range(b):
-            mx[r] = W[0, r]
-        for k in range(1, K):
-            for r in range(b):
-                mx[r] = max(mx[r], W[k, r])
-        _exp_sums(W, b, mx, sm, single, two_n, two_n32)
-        ll = _loglik(s, b, mx, sm, w, weighted)
-        for r in range(b):
-            for k in range(K):
-                v = W[k, r] * sm[r]  # responsibilities (times the weights), (b, K)
-                Wt[r, k] = v
-                nz += v != 0
+    for r in range(b):
+        for k in range(K):
+            v = W[k, r] * sm[r]  # responsibilities (times the weights), (b, K)
+            Wt[r, k] = v
+            nz += v != 0
     sparse = share > 0 and nz <= share * b * K
     if sparse:
         _scatter(X, s, b, center, Wt, buckets, M, qi, qj)
@@ -453,9 +491,7 @@ def _block(
 
 
 @_jit
-def _chunk_moments(
-    X, center, coef, qi, qj, tied_pt, w, weighted, single, rows, rows_major, bucket_rows, sparse_share
-):
+def _chunk_moments(X, center, coef, qi, qj, tied_pt, w, weighted, single, rows, bucket_rows, sparse_share):
     n = X.shape[0]
     K, P = coef.shape
     dt = coef.dtype
@@ -472,24 +508,22 @@ def _chunk_moments(
     Mb = np.empty((P, K), dt)
     mx = np.empty(rows, dt)
     sm = np.empty(rows, dt)
-    runs = rows * K if rows_major else rows  # the exponentials' run: a block's values, or a row of W
-    two_n = np.empty(runs, np.float64)
-    two_n32 = np.empty(runs, np.float32)
+    two_n = np.empty(rows, np.float64)
+    two_n32 = np.empty(rows, np.float32)
     ll = 0.0
     n_sparse = 0
-    coef_t = np.ascontiguousarray(coef.T) if rows_major else coef
-    wcols = 0 if rows_major else rows
+    prm = (center, _panels(coef), qi, qj, tied_pt)
     F = np.empty((P, rows), dt)
-    W = np.empty((K, wcols), dt)
+    W = np.empty((K, rows), dt)
     Wt = np.empty((rows, K), dt)
     for s in range(0, n, rows):
         b = min(rows, n - s)
         if b < rows:  # the last rows: arrays of their own size (np.dot takes contiguous arrays)
             F = np.empty((P, b), dt)
-            W = np.empty((K, 0 if rows_major else b), dt)
+            W = np.empty((K, b), dt)
             Wt = np.empty((b, K), dt)
-        args = (tied_pt, S, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32)
-        block_ll, sparse = _block(X, s, b, center, coef_t, qi, qj, *args, buckets, sparse_share)
+        work = (S, w, weighted, single, F, W, Wt, Mb, M, mx, sm, two_n, two_n32)
+        block_ll, sparse = _block(X, s, b, prm, work, buckets, sparse_share)
         ll += block_ll
         n_sparse += sparse
     _flush_all(buckets, M, qi, qj)
@@ -508,13 +542,14 @@ def _predict(X, center, coef, qi, qj, tied_pt, single, rows, want_norm, labels, 
     sm = np.empty(rows, dt)
     two_n = np.empty(rows, np.float64)
     two_n32 = np.empty(rows, np.float32)
+    panels = _panels(coef)
     all_finite = True
     for s in range(0, n, rows):
         b = min(rows, n - s)
         F = np.empty((P, b), dt)
         W = np.empty((K, b), dt)
         _design(X, s, b, center, qi, qj, F)
-        np.dot(coef, F, W)
+        _product(panels, F, W, b)
         if tied_pt.shape[0] > 0:
             _tied_quadratic(tied_pt, F, W, b, tied_pt.shape[0])
         for r in range(b):

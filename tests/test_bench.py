@@ -231,9 +231,9 @@ def test_report_names_the_command_that_reproduces_the_run():
 
 
 def test_sparse_block_share_counts_blocks_whose_responsibilities_are_mostly_zero():
-    # 10 blocks of 256 rows: the first 3 lie halfway between two components (2 of the 4
-    # responsibilities nonzero: over the 25% the sparse moments take), the other 7 in one
-    # component each; the expected share comes from scipy's densities and float32's exp cut-off
+    # 10 blocks: the first 3 lie halfway between two components (2 of the 4 responsibilities
+    # nonzero: over the 25% the sparse moments take), the other 7 in one component each; the
+    # expected share comes from scipy's densities and float32's exp cut-off
     from scipy.stats import multivariate_normal
 
     from daskgmm import _compiled
@@ -242,10 +242,11 @@ def test_sparse_block_share_counts_blocks_whose_responsibilities_are_mostly_zero
 
     if not _compiled.available():
         pytest.skip("numba is not installed")
-    k, d, n = 4, 32, 2560
+    k, d, rows = 4, 32, _compiled.BLOCK_ROWS
+    n = 10 * rows
     X, _, _, means, cov = make_mixture(n, d, k, seed=5, separation=15.0, ridge=0.5)
     cov[1] = cov[0]
-    X[:768] = (means[0] + means[1]) / 2
+    X[: 3 * rows] = (means[0] + means[1]) / 2
     weights = np.full(k, 1 / k)
     model = SimpleNamespace(
         weights_=weights,
@@ -257,7 +258,7 @@ def test_sparse_block_share_counts_blocks_whose_responsibilities_are_mostly_zero
         [np.log(weights[j]) + multivariate_normal(means[j], cov[j]).logpdf(X) for j in range(k)], axis=1
     )
     nonzero = (wlp - wlp.max(axis=1, keepdims=True)) > -87.0
-    per_block = nonzero.reshape(-1, 256, k).sum(axis=(1, 2))
-    expected = np.mean(per_block <= _compiled.SPARSE_SHARE * 256 * k)
+    per_block = nonzero.reshape(-1, rows, k).sum(axis=(1, 2))
+    expected = np.mean(per_block <= _compiled.SPARSE_SHARE * rows * k)
     assert expected == pytest.approx(0.7)
     assert bench.sparse_block_share(X.astype(np.float32), model) == pytest.approx(expected)

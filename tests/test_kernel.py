@@ -160,23 +160,24 @@ def test_compiled_kernel_equals_direct_sums_for_any_number_of_rows(n, dtype):
 
 @pytest.mark.parametrize(("covariance_type", "d"), [("full", 8), ("diag", 16), ("spherical", 17)])
 @pytest.mark.parametrize("n", [1, 255, 257, 1000])
-def test_float32_rows_major_layout_equals_scipy(covariance_type, d, n):
-    # float32 with more than 32 design rows lays the log-densities out one row per data row
-    # (daskgmm._compiled.rows_major): weighted sums, a partial last block, a component of zero
-    # weight (exactly zero responsibility), against scipy in float64
+@pytest.mark.parametrize("k", [3, 33])
+def test_float32_kernel_equals_scipy(k, covariance_type, d, n):
+    # float32 with more than 32 design rows, 3 components (one tile of the product, part empty)
+    # and 33 (nine tiles, the last with one component): weighted sums, a partial last block,
+    # a component of zero weight (exactly zero responsibility), against scipy in float64
     from daskgmm import _compiled
 
     if not _compiled.available():
         pytest.skip("numba is not installed")
-    k = 3
     X, _, _, means, cov = make_mixture(n_samples=max(n, 4), n_features=d, n_components=k, seed=7)
     X = X[:n] + 10.0
     means = means + 10.3
-    weights = np.array([0.6, 0.0, 0.4])
+    weights = np.full(k, 0.4 / (k - 2))
+    weights[0], weights[1] = 0.6, 0.0
     cov = _covariances(cov * 1.3, covariance_type)
     prec_chol = compute_precision_cholesky(cov, covariance_type)
     p = _params(weights, means, prec_chol, covariance_type, np.float32, "numba")
-    assert _compiled.rows_major(p)
+    assert p.n_design > 32
     w = np.random.RandomState(2).uniform(0.5, 2.0, size=n)
     stats = chunk_stats(X.astype(np.float32), p, w)
     with np.errstate(divide="ignore"):
@@ -271,6 +272,31 @@ def test_compiled_exponential_equals_numpy_exp(dtype, rtol, zero):
     f(W, W.shape[1], np.empty(W.shape[1], dtype))
     np.testing.assert_allclose(W[live], ref[live], rtol=rtol, atol=0)
     assert np.all(W[~live] == 0) and (~live).sum() >= 2  # below the cut-off: exactly 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(("k", "p"), [(1, 1), (3, 10), (5, 153), (16, 257), (6, 600)])
+def test_tiled_product_equals_numpy(k, p, dtype):
+    """The compiled kernel's product ``coef @ F`` (tiles of 4 components × 2 vectors of rows,
+    256 design rows per pass) against numpy's in float64: components not a multiple of the
+    tile's, one and several passes, and rows that fill no tile, one, or end mid-tile; the columns
+    past ``b`` and the rows past K stay untouched."""
+    from daskgmm import _compiled, _numba
+
+    if not _compiled.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(k * 1000 + p)
+    coef = rng.standard_normal((k, p)).astype(dtype)
+    F = rng.standard_normal((p, 64)).astype(dtype)
+    panels = _numba._panels(coef)
+    assert panels.shape == (-(-k // _numba.TILE_COMPONENTS), p, _numba.TILE_COMPONENTS)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for b in (1, 15, 16, 17, 33, 64):
+        W = np.full((k, 64), 7.0, dtype)
+        _numba._product(panels, F, W, b)
+        ref = coef.astype(np.float64) @ F[:, :b].astype(np.float64)
+        np.testing.assert_allclose(W[:, :b], ref, rtol=tol, atol=tol * np.sqrt(p))
+        assert np.all(W[:, b:] == 7.0)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
