@@ -233,8 +233,11 @@ def _panels(coef):
 def _product(panels, F, W, b):
     """``W[:, :b] = coef @ F[:, :b]`` in tiles (:func:`_tile`) of ``TILE_COMPONENTS`` components
     by ``TILE_VECTORS`` vectors of rows; the rows past the last whole tile (at most 15) one by one.
-    ``coef`` given as :func:`_panels`."""
+    ``coef`` given as :func:`_panels`. The tiles read and write memory unchecked: the shapes are
+    checked here."""
     T, P, _ = panels.shape
+    if P != F.shape[0] or W.shape[0] > T * TILE_COMPONENTS or b > min(F.shape[1], W.shape[1]):
+        raise ValueError("_product: the shapes of coef, F and W do not match")
     step = TILE_VECTORS * 32 // F.itemsize
     whole = b - b % step
     for r0 in range(0, whole, step):

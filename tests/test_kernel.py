@@ -297,6 +297,9 @@ def test_tiled_product_equals_numpy(k, p, dtype):
         ref = coef.astype(np.float64) @ F[:, :b].astype(np.float64)
         np.testing.assert_allclose(W[:, :b], ref, rtol=tol, atol=tol * np.sqrt(p))
         assert np.all(W[:, b:] == 7.0)
+    for shapes in [((k, 64), (p, 65), 65), ((k, 64), (p + 1, 64), 64), ((k + 4, 64), (p, 64), 64)]:
+        with pytest.raises(ValueError, match="shapes"):  # the tiles' memory access is unchecked
+            _numba._product(panels, np.zeros(shapes[1], dtype), np.zeros(shapes[0], dtype), shapes[2])
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
