@@ -155,9 +155,9 @@ def _exp32(W, b, two_n):
 def _tile(typingctx, panel, F, W, k0, r0, p0, p1, add):
     """``W[k0 + m, r0 : r0 + n] (+)= Σ_{p0 <= p < p1} panel[p, m]·F[p, r0 : r0 + n]``, for each
     ``m < TILE_COMPONENTS`` with ``k0 + m < W.shape[0]`` and ``n`` the tile's rows: its
-    ``TILE_COMPONENTS × TILE_VECTORS`` sums are vectors held in registers along ``p`` (numba has no
-    vector type, and LLVM vectorises only innermost loops, so its own code for this tile is scalar:
-    LLVM IR, written here). ``add``: start from ``W`` (a later pass over ``p``) instead of 0."""
+    ``TILE_COMPONENTS × TILE_VECTORS`` sums are vectors held in registers along ``p``. Written in
+    LLVM IR: numba has no vector type, and LLVM vectorises only innermost loops, so the same loop
+    in numba stays scalar. ``add``: start from ``W`` (a later pass over ``p``) instead of 0."""
     if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in (panel, F, W)):
         return None
     if panel.dtype != F.dtype or W.dtype != F.dtype or F.dtype not in (types.float32, types.float64):
@@ -184,14 +184,9 @@ def _tile(typingctx, panel, F, W, k0, r0, p0, p1, add):
             [cgutils.alloca_once_value(builder, zero) for _ in range(TILE_VECTORS)]
             for _ in range(TILE_COMPONENTS)
         ]
-        rows = [
-            builder.add(builder.mul(builder.add(k0, ir.Constant(intp, m)), ld_w), r0)
-            for m in range(TILE_COMPONENTS)
-        ]
-        inside = [
-            builder.icmp_signed("<", builder.add(k0, ir.Constant(intp, m)), n_k)
-            for m in range(TILE_COMPONENTS)
-        ]
+        ks = [builder.add(k0, ir.Constant(intp, m)) for m in range(TILE_COMPONENTS)]
+        rows = [builder.add(builder.mul(k, ld_w), r0) for k in ks]  # offsets of W[k, r0]
+        inside = [builder.icmp_signed("<", k, n_k) for k in ks]
         for m in range(TILE_COMPONENTS):
             with builder.if_then(builder.and_(add, inside[m])):
                 for v in range(TILE_VECTORS):

@@ -292,11 +292,12 @@ def test_tiled_product_equals_numpy(k, p, dtype):
     assert panels.shape == (-(-k // _numba.TILE_COMPONENTS), p, _numba.TILE_COMPONENTS)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for b in (1, 15, 16, 17, 33, 64):
-        W = np.full((k, 64), 7.0, dtype)
+        memory = np.full((k + 1, 64), 7.0, dtype)  # W and the row after it
+        W = memory[:k]
         _numba._product(panels, F, W, b)
         ref = coef.astype(np.float64) @ F[:, :b].astype(np.float64)
         np.testing.assert_allclose(W[:, :b], ref, rtol=tol, atol=tol * np.sqrt(p))
-        assert np.all(W[:, b:] == 7.0)
+        assert np.all(W[:, b:] == 7.0) and np.all(memory[k] == 7.0)
     for shapes in [((k, 64), (p, 65), 65), ((k, 64), (p + 1, 64), 64), ((k + 4, 64), (p, 64), 64)]:
         with pytest.raises(ValueError, match="shapes"):  # the tiles' memory access is unchecked
             _numba._product(panels, np.zeros(shapes[1], dtype), np.zeros(shapes[0], dtype), shapes[2])
