@@ -317,6 +317,16 @@ def _tied_quadratic(tied_pt, F, W, b, D):
 
 
 @_jit
+def _log_densities(X, s, b, center, panels, qi, qj, tied_pt, F, W):
+    """``W[:, :b]``: log w_k + log N(x | k) of rows ``s .. s + b`` of ``X`` (K, b), through their
+    design matrix ``F`` (both kernels' E-step)."""
+    _design(X, s, b, center, qi, qj, F)
+    _product(panels, F, W, b)
+    if tied_pt.shape[0] > 0:
+        _tied_quadratic(tied_pt, F, W, b, tied_pt.shape[0])
+
+
+@_jit
 def _loglik(s, b, mx, sm, w, weighted):
     """The block's ``Σ w·log p`` from its maxima ``mx`` and sums ``sm``; ``sm`` becomes the factor
     that turns the exponentials into responsibilities (times the weights)."""
@@ -448,10 +458,7 @@ def _block(X, s, b, prm, work, buckets, share):
     P = F.shape[0]
     K = Wt.shape[1]
     D = tied_pt.shape[0]  # tied covariances: the features; 0 otherwise
-    _design(X, s, b, center, qi, qj, F)
-    _product(panels, F, W, b)  # log w_k + log N(x | k), (K, b)
-    if D > 0:
-        _tied_quadratic(tied_pt, F, W, b, D)
+    _log_densities(X, s, b, center, panels, qi, qj, tied_pt, F, W)
     for r in range(b):
         mx[r] = W[0, r]
     for k in range(1, K):
@@ -546,10 +553,7 @@ def _predict(X, center, coef, qi, qj, tied_pt, single, rows, want_norm, labels, 
         b = min(rows, n - s)
         F = np.empty((P, b), dt)
         W = np.empty((K, b), dt)
-        _design(X, s, b, center, qi, qj, F)
-        _product(panels, F, W, b)
-        if tied_pt.shape[0] > 0:
-            _tied_quadratic(tied_pt, F, W, b, tied_pt.shape[0])
+        _log_densities(X, s, b, center, panels, qi, qj, tied_pt, F, W)
         for r in range(b):
             mx[r] = W[0, r]
         if labels.shape[0] > 0:
