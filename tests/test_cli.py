@@ -765,3 +765,53 @@ def test_segment_model_bayesian_labels_as_sklearn_predicts(raster, tmp_path, clu
     valid = ~(img == 0).any(axis=-1)
     assert (labels[~valid] == -1).all()
     np.testing.assert_array_equal(labels[valid], model.to_sklearn().predict(img[valid]))
+
+
+# --------------------------------------------------------------------------
+# the local cluster's housekeeping intervals
+# --------------------------------------------------------------------------
+def test_local_cluster_runs_daskgmms_housekeeping_intervals_unless_the_user_set_them(data):
+    """The cluster ``daskgmm fit`` starts runs dask's periodic housekeeping at daskgmm's intervals
+    (its processes share this machine's cores with the fit), read from the callbacks that its
+    scheduler and worker processes actually run; a value the user set keeps; the driver's own
+    config is restored afterwards."""
+    import dask
+    import distributed  # noqa: F401 - its defaults in dask's config before the set below
+
+    from daskgmm.cli import build_parser
+    from daskgmm.cli._cluster import connect
+
+    d, *_ = data
+    args = build_parser().parse_args(
+        ["fit", str(d / "x.npy"), "-k", "2", "--nworkers", "1", "--nthreads", "1"]
+    )
+
+    def worker_intervals(dask_worker):
+        pcs = dask_worker.periodic_callbacks
+        return {name: pcs[name].callback_time for name in ("tick", "monitor", "profile")}
+
+    def scheduler_intervals(dask_scheduler):
+        pcs = dask_scheduler.periodic_callbacks
+        return {name: pcs[name].callback_time for name in ("tick", "monitor")}
+
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}):  # the user's own
+        with connect(args) as client:
+            (on_worker,) = client.run(worker_intervals).values()
+            on_scheduler = client.run_on_scheduler(scheduler_intervals)
+        assert dask.config.get("distributed.admin.tick.interval") == "50ms"
+    # PeriodicCallback times are in milliseconds; distributed's defaults are 20, 500 and 10
+    assert on_worker == {"tick": 50, "monitor": 2000, "profile": 100}
+    assert on_scheduler == {"tick": 50, "monitor": 2000}
+    assert dask.config.get("distributed.worker.profile.interval") == "10ms"
+    with dask.config.set({"daskgmm.housekeeping": False}), connect(args) as client:
+        (on_worker,) = client.run(worker_intervals).values()
+    assert on_worker == {"tick": 20, "monitor": 500, "profile": 10}
+
+
+def test_housekeeping_environment_reads_back_through_dasks_own_parser():
+    import dask
+
+    from daskgmm._placement import HOUSEKEEPING, housekeeping_environ
+
+    parsed = dask.config.collect_env(housekeeping_environ(HOUSEKEEPING))
+    assert {key: dask.config.get(key, config=parsed) for key in HOUSEKEEPING} == HOUSEKEEPING

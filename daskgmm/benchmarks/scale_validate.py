@@ -27,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from daskgmm._placement import cluster_threads
+from daskgmm._placement import cluster_threads, housekeeping_config, housekeeping_environ
 from daskgmm.benchmarks.scale import (
     auto_chunks_per_task,
     estep_params,
@@ -151,20 +151,22 @@ def _task_stream(client):
 
 
 @contextlib.contextmanager
-def local_cluster(n_workers: int, threads: int = 1):
-    """A ``LocalCluster(processes=True)`` and its client."""
+def local_cluster(n_workers: int, threads: int = 1, housekeeping: bool = True):
+    """A ``LocalCluster(processes=True)`` and its client; with ``housekeeping`` started with
+    daskgmm's housekeeping intervals (:data:`daskgmm._placement.HOUSEKEEPING`), as ``daskgmm fit``
+    starts its local cluster, else with dask's defaults."""
+    import dask
     from distributed import Client, LocalCluster
 
-    with (
-        LocalCluster(
+    with dask.config.set(housekeeping_config() if housekeeping else {}):
+        cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads,
             processes=True,
             dashboard_address=":0",
             memory_limit=0,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    with cluster, Client(cluster) as client:
         yield client
 
 
@@ -175,13 +177,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def process_cluster(n_workers: int, threads: int = 1):
-    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (what a real deployment runs)."""
+def process_cluster(n_workers: int, threads: int = 1, housekeeping: bool = True):
+    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (what a real deployment runs);
+    with ``housekeeping``, daskgmm's housekeeping intervals in their environment."""
     from distributed import Client
 
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ)
+    env = dict(os.environ, **(housekeeping_environ(housekeeping_config()) if housekeeping else {}))
     procs = [
         subprocess.Popen(
             [
@@ -395,34 +398,29 @@ def curves(log=print, quick: bool = False, ungrouped_max: int = 10_000, processe
 
 
 def scheduler_comparison(X, k: int = 16, log=print, iters: int = 8, rounds: int = 3) -> list[dict]:
-    """The same in-memory fit on the threaded scheduler, a LocalCluster (as dask starts it, and
-    without glibc's ``MALLOC_TRIM_THRESHOLD_`` that dask sets in its workers) and scheduler/worker
-    processes, with each distributed iteration broken down (:func:`iteration_breakdown`).
+    """The same in-memory fit on the threaded scheduler, a LocalCluster and scheduler/worker
+    processes, each started with dask's default housekeeping intervals and with daskgmm's
+    (:data:`daskgmm._placement.HOUSEKEEPING`), with each distributed iteration broken down
+    (:func:`iteration_breakdown`).
 
-    ``rounds`` rounds, each timing the threaded fit and then each cluster (a fresh one per round);
+    ``rounds`` rounds, each timing the threaded fit and then each cluster (a fresh one per round,
+    in reverse order every other round);
     a row gives the medians over the rounds, its ratio the median of the rounds' ratios to the
     same round's threaded fit, and the range of those ratios (the machine's load moves them)."""
-    import dask
-
-    untrimmed = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
-    untrimmed.pop("MALLOC_TRIM_THRESHOLD_", None)
     setups = (
-        ("LocalCluster, 2 workers x 1 thread", local_cluster, {}),
-        (
-            "the same, MALLOC_TRIM_THRESHOLD_ unset",
-            local_cluster,
-            {"distributed.nanny.pre-spawn-environ": untrimmed},
-        ),
-        ("dask scheduler + 2 dask workers", process_cluster, {}),
+        ("LocalCluster, 2 workers x 1 thread, dask's defaults", local_cluster, False),
+        ("the same with daskgmm's housekeeping (as daskgmm fit starts it)", local_cluster, True),
+        ("dask scheduler + 2 dask workers, dask's defaults", process_cluster, False),
+        ("the same with daskgmm's housekeeping in their environment", process_cluster, True),
     )
     runs: dict = {"threaded (2 threads)": []}
-    for _ in range(rounds):
+    for r in range(rounds):
         base = fit_seconds(X, k, "full", iters)["seconds"]
         runs["threaded (2 threads)"].append({"seconds": base, "ratio": 1.0, "load": os.getloadavg()[0]})
-        for name, cm, config in setups:
+        for name, cm, housekeeping in setups if r % 2 == 0 else setups[::-1]:  # no order favoured
             saved = dict(os.environ)  # a nanny writes pre-spawn-environ into this process's environment
             try:
-                with dask.config.set(config), cm(2) as client:
+                with cm(2, housekeeping=housekeeping) as client:
                     m = fit_seconds(X, k, "full", iters, client, persist="auto")  # held on the workers
             finally:
                 os.environ.clear()
@@ -501,10 +499,35 @@ def schedulers_markdown(rows: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def idle_cpu(housekeeping: bool, seconds: float = 8.0, n_workers: int = 2) -> dict:
+    """Percent of one core that an idle ``LocalCluster`` (client, scheduler and nannies in this
+    process; ``n_workers`` worker processes) takes over ``seconds``, measured with psutil."""
+    import psutil
+
+    me = psutil.Process()
+    with local_cluster(n_workers, housekeeping=housekeeping):
+        time.sleep(2.0)  # past the start
+        procs = [me] + me.children(recursive=True)
+        before = [sum(p.cpu_times()[:2]) for p in procs]
+        time.sleep(seconds)
+        used = [100 * (sum(p.cpu_times()[:2]) - b) / seconds for p, b in zip(procs, before)]
+    workers = [u for p, u in zip(procs[1:], used[1:]) if u > 0.05]  # not the idle resource tracker
+    return {"driver": used[0], "workers": workers, "total": sum(used)}
+
+
 def main() -> None:
-    """``python -m daskgmm.benchmarks.scale_validate [ROUNDS]``: threaded against distributed only."""
+    """``python -m daskgmm.benchmarks.scale_validate [ROUNDS]``: an idle cluster's CPU, then
+    threaded against distributed."""
     from daskgmm import GaussianMixture  # noqa: F401  (imported before the clusters start)
 
+    for housekeeping in (False, True):
+        u = idle_cpu(housekeeping)
+        print(
+            f"idle LocalCluster, 2 workers, {'daskgmm' if housekeeping else 'dask'}'s housekeeping: "
+            f"{u['total']:.1f}% of one core (driver {u['driver']:.1f}%, workers "
+            + ", ".join(f"{w:.1f}%" for w in u["workers"])
+            + f"), load {os.getloadavg()[0]:.1f}"
+        )
     _, means, _, _ = synthetic_params(16, 16, "full")
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     rows = scheduler_comparison(synthetic_rows(500_000, means), log=lambda r: None, rounds=rounds)

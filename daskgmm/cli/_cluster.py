@@ -318,19 +318,23 @@ def connect(args):
             wait_for_a_worker(client, args)
             yield client
         return
+    import dask
     from distributed import Client, LocalCluster
+
+    from daskgmm._placement import housekeeping_config
 
     ncores = os.cpu_count() or 1
     n_workers = args.workers or max(1, ncores // 2)
     threads = args.threads_per_worker or max(1, ncores // n_workers)
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads,
-        memory_limit=args.memory_limit,
-        processes=True,
-        dashboard_address=args.dashboard_address,
-        silence_logs=logging.WARNING,
-    )
+    with dask.config.set(housekeeping_config()):  # its processes share this machine's cores
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads,
+            memory_limit=args.memory_limit,
+            processes=True,
+            dashboard_address=args.dashboard_address,
+            silence_logs=logging.WARNING,
+        )
     try:
         client = Client(cluster)
         try:
