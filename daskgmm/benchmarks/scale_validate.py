@@ -504,15 +504,13 @@ def idle_cpu(housekeeping: bool, seconds: float = 8.0, n_workers: int = 2) -> di
     process; ``n_workers`` worker processes) takes over ``seconds``, measured with psutil."""
     import psutil
 
-    me = psutil.Process()
-    with local_cluster(n_workers, housekeeping=housekeeping):
+    with local_cluster(n_workers, housekeeping=housekeeping) as client:
         time.sleep(2.0)  # past the start
-        procs = [me] + me.children(recursive=True)
+        procs = [psutil.Process()] + [psutil.Process(pid) for pid in client.run(os.getpid).values()]
         before = [sum(p.cpu_times()[:2]) for p in procs]
         time.sleep(seconds)
         used = [100 * (sum(p.cpu_times()[:2]) - b) / seconds for p, b in zip(procs, before)]
-    workers = [u for p, u in zip(procs[1:], used[1:]) if u > 0.05]  # not the idle resource tracker
-    return {"driver": used[0], "workers": workers, "total": sum(used)}
+    return {"driver": used[0], "workers": used[1:], "total": sum(used)}
 
 
 def main() -> None:
