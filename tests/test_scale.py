@@ -257,6 +257,43 @@ def _constants(**kw):
     return Constants(**{**base, **kw})
 
 
+def test_iteration_breakdown_from_a_task_stream_by_hand():
+    """Two threads, one iteration between the callbacks at t=1 and t=2 (the first iteration, before
+    the first callback, is never counted); the numbers are
+    worked out by hand from the definitions: the start is the wait for the first task, the
+    gaps those between a thread's own tasks, the end the wait after the last."""
+    from daskgmm.benchmarks.scale_validate import iteration_breakdown
+
+    def task(key, worker, thread, start, stop):
+        return {
+            "key": key,
+            "worker": worker,
+            "thread": thread,
+            "startstops": [{"action": "compute", "start": start, "stop": stop}],
+        }
+
+    stream = [
+        task("gmm-em-stats-a-0", "w1", 7, 1.01, 1.30),
+        task("gmm-em-stats-a-1", "w1", 7, 1.32, 1.60),
+        task("gmm-em-stats-a-2", "w2", 7, 1.02, 1.50),
+        task("gmm-em-stats-a-3", "w2", 7, 1.55, 1.90),
+        task("other-0", "w2", 7, 1.91, 1.95),  # not a statistics task
+        task("gmm-em-stats-b-0", "w1", 7, 0.10, 0.20),  # in the first iteration
+    ]
+    out = iteration_breakdown(stream, [1.0, 2.0], slots=2)
+    expected = {
+        "t_start": 0.01,
+        "t_kernel": (0.29 + 0.28 + 0.48 + 0.35) / 2,
+        "t_end": 0.10,
+        "t_gaps": (0.02 + 0.05) / 2,  # the same thread id on two workers is two threads
+        "measured_scheduler_share": (0.01 + 0.035) / 1.0,
+    }
+    expected["t_idle"] = 1.0 - 0.01 - expected["t_kernel"] - 0.10
+    assert out.keys() == expected.keys()
+    for key, value in expected.items():
+        assert out[key] == pytest.approx(value, abs=1e-12), key
+
+
 def test_cost_model_against_its_closed_form():
     """Hand-computed terms for given constants: 500,000 x 16 float64 rows in 10,000 chunks of 50
     rows, 625 chunks per task (16 tasks), 2 slots: 8 waves of 31,250 rows (4,000,000 bytes)."""

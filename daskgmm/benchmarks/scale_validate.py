@@ -105,11 +105,13 @@ def iteration_breakdown(stream: list, walls: list, slots: int) -> dict:
     end of the previous iteration to the first statistics task (graph, submission, scheduler);
     ``kernel``, statistics-task compute time per thread; ``end``, last statistics task to the
     end of the iteration (reduction transfers, gather, M-step); ``idle``, the rest (threads idle
-    between tasks and at the end of a pass)."""
+    between tasks and at the end of a pass). ``gaps``, the part of ``idle`` between a thread's
+    consecutive tasks (a task's dispatch and report), per thread; and ``measured_scheduler_share``, the
+    share of an iteration that waited on the scheduler, ``(start + gaps) / iteration``."""
     rows = []
     for t0, t1 in zip(walls, walls[1:]):
         spans = [
-            (s["start"], s["stop"], "combine" in str(t.get("key", "")))
+            (s["start"], s["stop"], "combine" in str(t.get("key", "")), (t.get("worker"), t.get("thread")))
             for t in stream
             if "gmm-em-stats" in str(t.get("key", ""))
             for s in t.get("startstops", ())
@@ -117,14 +119,24 @@ def iteration_breakdown(stream: list, walls: list, slots: int) -> dict:
         ]
         if not spans:
             continue
-        kernel = sum(b - a for a, b, combine in spans if not combine) / slots
-        start = min(a for a, _, _ in spans) - t0
-        end = t1 - max(b for _, b, _ in spans)
-        rows.append((start, kernel, end, (t1 - t0) - start - kernel - end))
+        kernel = sum(b - a for a, b, combine, _ in spans if not combine) / slots
+        start = min(a for a, _, _, _ in spans) - t0
+        end = t1 - max(b for _, b, _, _ in spans)
+        by_thread: dict = {}
+        for a, b, _, where in spans:
+            by_thread.setdefault(where, []).append((a, b))
+        gaps = sum(
+            max(0.0, a - b)
+            for runs in by_thread.values()
+            for (_, b), (a, _) in zip(sorted(runs), sorted(runs)[1:])
+        )
+        gaps /= slots
+        rows.append((start, kernel, end, (t1 - t0) - start - kernel - end, gaps, (start + gaps) / (t1 - t0)))
     if not rows:
         return {}
     med = np.median(np.array(rows), axis=0)
-    return dict(zip(("t_start", "t_kernel", "t_end", "t_idle"), (float(v) for v in med)))
+    names = ("t_start", "t_kernel", "t_end", "t_idle", "t_gaps", "measured_scheduler_share")
+    return dict(zip(names, (float(v) for v in med)))
 
 
 class _Stream:
@@ -353,6 +365,7 @@ def _compared(pred: dict, meas: dict) -> dict:
         "measured": meas["seconds"],
         "ratio": pred["seconds"] / meas["seconds"],
         "overhead_share": meas.get("overhead_share", math.nan),
+        "measured_scheduler_share": meas.get("measured_scheduler_share", math.nan),
         "dominant": pred["dominant"],
         "load": os.getloadavg()[0],
     }
@@ -452,6 +465,7 @@ def curves_markdown(out: dict) -> str:
         "predicted",
         "measured",
         "overhead_share",
+        "measured_scheduler_share",
         "scheduler_share",
         "load",
     )
