@@ -7,6 +7,7 @@ scheduler and logs its choice on the ``daskgmm`` logger.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import dask
 
@@ -316,9 +317,13 @@ def hold(*arrays):
         if not mine:
             continue
         todo = [(j, c[i]) for j, c in enumerate(chunks) for i in mine]
-        for (j, c), f in zip(
-            todo, client.compute([c for _, c in todo], workers=[w], allow_other_workers=True)
-        ):
+        with warnings.catch_warnings():
+            # data in this process's memory (numpy input) travels inside these graphs, once: the
+            # chunks keep their lineage (a lost one is sent again), which a scatter would not,
+            # and no pass sends it again, which is what distributed's warning is about
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+            held = client.compute([c for _, c in todo], workers=[w], allow_other_workers=True)
+        for (j, c), f in zip(todo, held):
             futures[j][c.key] = f
     logger.info("holding %d chunks on %d workers", len(owners), len(threads))
     return _rebuild(arrays, [_from_futures(a, fs) for a, fs in zip(present, futures)])

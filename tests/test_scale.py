@@ -23,6 +23,7 @@ from daskgmm import GaussianMixture
 from daskgmm._engine import DataPlan
 from daskgmm._graph import _grouped_graph, chunks_per_task, shared, task_groups
 from daskgmm._kernels import combine_lists
+from tests.conftest import make_mixture
 
 K, D, N = 3, 4, 3_000
 
@@ -430,6 +431,25 @@ def test_held_chunks_are_spread_over_the_workers_with_their_weights(client):
         assert Counter(xs) == {a: 8 // len(workers) for a in workers}
         np.testing.assert_array_equal(hx.compute(), X)
         np.testing.assert_array_equal(hw.compute(), w)
+
+
+def test_numpy_input_goes_to_the_workers_once_without_distributeds_large_graph_warning(client):
+    """numpy rows travel to the workers inside the graphs that hold them, once per fit (keeping
+    their lineage); distributed's warning about large graphs (repeated sending) is not raised
+    for that. The threshold is lowered so that a small array crosses it: the same array in a
+    plain compute does warn, and the fit still equals scikit-learn's."""
+    X = make_mixture(n_samples=3_000, n_features=8, n_components=3, seed=4)[0]  # 192 kB
+    kw = dict(n_components=3, random_state=0, tol=1e-6)
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "100kB"}):
+        with pytest.warns(UserWarning, match="Sending large graph"):
+            client.compute(da.from_array(X, chunks=(750, 8)).sum()).result()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            gm = GaussianMixture(persist=True, **kw).fit(X)
+    assert not [w for w in seen if "Sending large graph" in str(w.message)]
+    sk = SKGaussianMixture(**kw).fit(X)
+    np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-6, atol=1e-8)
+    assert gm.lower_bound_ == pytest.approx(sk.lower_bound_, rel=1e-9)
 
 
 def test_plan_command_on_a_local_cluster(cluster, client, capsys):
