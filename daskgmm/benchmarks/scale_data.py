@@ -82,7 +82,7 @@ def open_data_array(data, array: str | None = None):
 
 
 def time_tasks(
-    client, data, array=None, span: int = 1, params=None, budget: float = 1.0, rounds: int = 3
+    client, data, array=None, span: int = 1, params=None, budget: float = 2.0, rounds: int = 5
 ) -> dict:
     """Run the fit's own coarse tasks on ``data`` (a dask array or a Zarr path): every thread at
     once, each task reading its ``span`` chunks with the fit's read nodes (the data opened as a

@@ -254,7 +254,7 @@ def validate(
     d: int = 16,
     k: int = 16,
     covariance_type: str = "full",
-    iters: int = 4,
+    iters: int = 5,
     processes: bool = False,
     log=print,
 ) -> list[dict]:
