@@ -125,12 +125,8 @@ def iteration_breakdown(stream: list, walls: list, slots: int) -> dict:
         by_thread: dict = {}
         for a, b, _, where in spans:
             by_thread.setdefault(where, []).append((a, b))
-        gaps = sum(
-            max(0.0, a - b)
-            for runs in by_thread.values()
-            for (_, b), (a, _) in zip(sorted(runs), sorted(runs)[1:])
-        )
-        gaps /= slots
+        runs = [sorted(r) for r in by_thread.values()]
+        gaps = sum(max(0.0, a - b) for r in runs for (_, b), (a, _) in zip(r, r[1:])) / slots
         rows.append((start, kernel, end, (t1 - t0) - start - kernel - end, gaps, (start + gaps) / (t1 - t0)))
     if not rows:
         return {}
